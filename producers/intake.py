@@ -1,0 +1,70 @@
+"""Turn one notification (any S3 event shape) into deduplicated jobs: shared by the webhook,
+the SQS consumer and the Lambda handler."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from producers.api import Producer, build_spec
+from producers.events import ObjectEvent, parse_notification
+from producers.guard import RecursionGuard
+from worker.contract import JobSpec
+
+log = structlog.get_logger("producers.intake")
+
+
+@dataclass
+class IntakeReport:
+    enqueued: list[str] = field(default_factory=list)
+    duplicates: list[str] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "enqueued": len(self.enqueued),
+            "duplicates": len(self.duplicates),
+            "ignored": self.ignored,
+            "job_ids": self.enqueued + self.duplicates,
+        }
+
+
+def guard_for(producer: Producer) -> RecursionGuard:
+    s = producer.settings
+    return RecursionGuard(s.dest_template, tuple(s.guard_prefixes))
+
+
+def specs_for(
+    events: list[ObjectEvent], guard: RecursionGuard, producer: Producer, report: IntakeReport
+) -> list[JobSpec]:
+    specs = []
+    for ev in events:
+        obj = ev.to_s3_object()
+        why = guard.reason(obj, ev.user_metadata)
+        if why:
+            report.ignored.append(f"{obj.uri}: {why}")
+            continue
+        specs.append(build_spec(obj, lane="live", settings=producer.settings))
+    return specs
+
+
+async def enqueue_notification(
+    producer: Producer, body: str | bytes | dict[str, Any]
+) -> IntakeReport:
+    """Parse, guard, enqueue. Raises `MalformedEvent` for a body no parser understands."""
+    parsed = parse_notification(
+        body, eventbridge_keys_encoded=producer.settings.eventbridge_keys_encoded
+    )
+    report = IntakeReport(ignored=list(parsed.ignored))
+    specs = specs_for(parsed.created, guard_for(producer), producer, report)
+    for r in await producer.enqueue_specs(specs):
+        (report.duplicates if r.outcome == "duplicate" else report.enqueued).append(r.job_id)
+    log.info(
+        "notification",
+        enqueued=len(report.enqueued),
+        duplicates=len(report.duplicates),
+        ignored=len(report.ignored),
+    )
+    return report

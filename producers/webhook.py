@@ -1,0 +1,141 @@
+"""`upscale webhook`: bucket notifications and programmatic enqueue over HTTP.
+
+    POST /events            any S3 notification shape (MinIO, SeaweedFS, S3/SNS/EventBridge JSON)
+    POST /jobs              {"source": "s3://b/k", "prompt": ..., ...} or {"jobs": [...]}
+    GET  /jobs/{job_id}     the ledger record
+    GET  /batches/{batch}   a batch's progress and spend
+    GET  /healthz           liveness (no auth)
+
+Every endpoint but /healthz needs `Authorization: Bearer <UPSCALE_API_TOKEN>`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+from collections.abc import Awaitable, Callable
+
+import structlog
+from aiohttp import web
+from pydantic import ValidationError
+
+from producers.api import Producer, build_spec
+from producers.events import MalformedEvent
+from producers.intake import enqueue_notification
+from worker.redis_conn import connect
+from worker.settings import Settings
+
+log = structlog.get_logger("producers.webhook")
+PRODUCER: web.AppKey[Producer] = web.AppKey("producer", Producer)
+MAX_BODY = 8 * 1024 * 1024
+JOB_FIELDS = {
+    "source", "dest", "dest_template", "prompt", "resemblance", "detail", "magic_prompt", "seed",
+    "batch", "lane", "tags", "callback_url", "version_id", "etag",
+}  # fmt: skip
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+@web.middleware
+async def auth(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    if request.path == "/healthz":
+        return await handler(request)
+    token = request.app[PRODUCER].settings.api_token.get_secret_value()
+    if not token:
+        return _error(503, "the endpoint is disabled: set UPSCALE_API_TOKEN")
+    given = request.headers.get("Authorization", "")
+    scheme, _, value = given.partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(
+        value.strip().encode(), token.encode()
+    ):
+        return _error(401, "missing or invalid bearer token")
+    return await handler(request)
+
+
+async def events(request: web.Request) -> web.Response:
+    body = await request.read()
+    if not body:
+        return _error(400, "empty body: expected an S3 notification")
+    try:
+        report = await enqueue_notification(request.app[PRODUCER], body)
+    except MalformedEvent as e:
+        return _error(400, f"malformed notification: {e}")
+    except (ValueError, ValidationError) as e:
+        return _error(400, f"notification names an invalid object: {e}")
+    return web.json_response(report.as_dict())
+
+
+async def post_jobs(request: web.Request) -> web.Response:
+    try:
+        data = await request.json()
+    except (ValueError, UnicodeDecodeError):
+        return _error(400, "body must be JSON")
+    items = data.get("jobs") if isinstance(data, dict) and "jobs" in data else [data]
+    if not isinstance(items, list) or not items or not all(isinstance(i, dict) for i in items):
+        return _error(400, 'expected {"source": "s3://bucket/key", ...} or {"jobs": [...]}')
+    producer = request.app[PRODUCER]
+    specs = []
+    for n, item in enumerate(items):
+        unknown = set(item) - JOB_FIELDS
+        if unknown:
+            return _error(400, f"job {n}: unknown field(s) {sorted(unknown)}")
+        if "source" not in item:
+            return _error(400, f"job {n}: 'source' (s3://bucket/key) is required")
+        try:
+            specs.append(build_spec(settings=producer.settings, **item))
+        except (ValueError, ValidationError, TypeError) as e:
+            return _error(400, f"job {n}: {e}")
+    results = await producer.enqueue_specs(specs)
+    return web.json_response(
+        {"jobs": [{"job_id": r.job_id, "outcome": r.outcome, "state": r.state} for r in results]}
+    )
+
+
+async def get_job(request: web.Request) -> web.Response:
+    rec = await request.app[PRODUCER].status(request.match_info["job_id"])
+    if rec is None:
+        return _error(404, "no such job")
+    return web.json_response(rec.model_dump())
+
+
+async def get_batch(request: web.Request) -> web.Response:
+    summary = await request.app[PRODUCER].ledger.batch_summary(request.match_info["batch"])
+    if not summary["total"]:
+        return _error(404, "no such batch")
+    return web.json_response(summary)
+
+
+async def healthz(_request: web.Request) -> web.Response:
+    return web.json_response({"ok": True})
+
+
+def create_app(producer: Producer) -> web.Application:
+    app = web.Application(middlewares=[auth], client_max_size=MAX_BODY)
+    app[PRODUCER] = producer
+    app.router.add_post("/events", events)
+    app.router.add_post("/jobs", post_jobs)
+    app.router.add_get("/jobs/{job_id}", get_job)
+    app.router.add_get("/batches/{batch}", get_batch)
+    app.router.add_get("/healthz", healthz)
+    return app
+
+
+async def serve(settings: Settings, host: str, port: int) -> None:
+    redis = await connect(settings.redis_url)
+    runner = web.AppRunner(create_app(Producer(redis, settings)), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    log.info("webhook listening", url=f"http://{host}:{port}")
+    try:
+        await _forever()
+    finally:
+        await runner.cleanup()
+        await redis.aclose()
+
+
+async def _forever() -> None:
+    await asyncio.Event().wait()

@@ -1,0 +1,254 @@
+"""The job contract: payload schema, job-id derivation and Redis key names.
+
+Producers import this module and nothing else from `worker/`; everything that crosses the
+producer/worker boundary is defined here so both sides always agree.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import posixpath
+import re
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+from urllib.parse import quote, unquote
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+# ---------------------------------------------------------------------------------------------
+# S3 URIs
+# ---------------------------------------------------------------------------------------------
+
+_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
+
+
+class S3Object(BaseModel):
+    """An S3 object. The key is an opaque string: never stripped, normalised or re-encoded."""
+
+    model_config = ConfigDict(frozen=True)
+
+    bucket: str
+    key: str = Field(min_length=1, max_length=1024)
+    version_id: str | None = None
+    etag: str | None = None
+
+    @field_validator("bucket")
+    @classmethod
+    def _valid_bucket(cls, v: str) -> str:
+        if not _BUCKET_RE.match(v):
+            raise ValueError(f"invalid S3 bucket name {v!r}")
+        return v
+
+    @field_validator("etag")
+    @classmethod
+    def _bare_etag(cls, v: str | None) -> str | None:
+        # S3 returns ETags quoted in some APIs and bare in events: keep one form for identity.
+        return v.strip('"') if v else v
+
+    @property
+    def uri(self) -> str:
+        return f"s3://{self.bucket}/{self.key}"
+
+    @classmethod
+    def parse(cls, uri: str, *, version_id: str | None = None, etag: str | None = None) -> S3Object:
+        """Parse `s3://bucket/key`. The key is taken verbatim (no URL decoding)."""
+        if not uri.startswith("s3://"):
+            raise ValueError(f"not an S3 URI (expected s3://bucket/key): {uri!r}")
+        bucket, sep, key = uri[5:].partition("/")
+        if not sep or not key:
+            raise ValueError(f"S3 URI has no object key: {uri!r}")
+        return cls(bucket=bucket, key=key, version_id=version_id, etag=etag)
+
+
+# The default destination: a sibling bucket, same key, "@2x" before the extension.
+DEFAULT_DEST_TEMPLATE = "s3://{bucket}-upscaled/{key_stem}@2x.{ext}"
+
+
+def render_destination(template: str, source: S3Object) -> S3Object:
+    """Fill a destination template from the source object.
+
+    Variables: {bucket} {key} {key_stem} (key without extension) {ext} (extension, no dot,
+    `png` when the key has none) {basename} {dirname} (no trailing slash; empty at the root).
+    A template that names a bucket and ends in `/` is a prefix: the source key is appended.
+    """
+    stem, dot_ext = posixpath.splitext(source.key)
+    if not dot_ext or "/" in dot_ext:
+        stem, dot_ext = source.key, ".png"
+    values = {
+        "bucket": source.bucket,
+        "key": source.key,
+        "key_stem": stem,
+        "ext": dot_ext[1:],
+        "basename": posixpath.basename(source.key),
+        "dirname": posixpath.dirname(source.key),
+    }
+    if template.endswith("/"):
+        template += "{key}"
+    try:
+        rendered = template.format(**values)
+    except (KeyError, IndexError, ValueError) as e:
+        raise ValueError(f"bad destination template {template!r}: unknown variable {e}") from e
+    dest = S3Object.parse(rendered)
+    if dest.bucket == source.bucket and dest.key == source.key:
+        raise ValueError(f"destination {rendered!r} would overwrite the source")
+    return dest
+
+
+# ---------------------------------------------------------------------------------------------
+# Jobs
+# ---------------------------------------------------------------------------------------------
+
+MagicPrompt = Literal["AUTO", "ON", "OFF"]
+Lane = Literal["live", "bulk"]
+
+
+class JobState(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    WAITING = "waiting"  # paused / cooling down / over budget: never a failure
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+
+    @property
+    def final(self) -> bool:
+        return self in (JobState.SUCCEEDED, JobState.FAILED, JobState.SKIPPED)
+
+
+class UpscaleParams(BaseModel):
+    """The knobs sent to the model. Every field is part of the job identity."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    prompt: str | None = Field(default=None, max_length=10_000)
+    resemblance: Annotated[int, Field(ge=1, le=100)] | None = None
+    detail: Annotated[int, Field(ge=1, le=100)] | None = None
+    magic_prompt: MagicPrompt | None = None
+    seed: Annotated[int, Field(ge=0, le=2_147_483_647)] | None = None
+
+
+class JobSpec(BaseModel):
+    """What a producer asks for. Serialised as JSON into the arq job (never pickle)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    source: S3Object
+    dest: S3Object
+    params: UpscaleParams = UpscaleParams()
+    model: str = "ideogram/ideogram-upscale"
+    # Not part of the identity: the same work requested from two batches is still one job.
+    batch: str | None = Field(default=None, max_length=200, pattern=r"^[A-Za-z0-9._:@\-]+$")
+    lane: Lane = "live"
+    tags: dict[str, str] = Field(default_factory=dict)
+    callback_url: str | None = None
+
+    @property
+    def job_id(self) -> str:
+        return job_id_for(self)
+
+    def to_payload(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_defaults=False)
+
+
+def job_id_for(spec: JobSpec) -> str:
+    """Deterministic id: source identity (incl. version/etag) + destination + parameters + model.
+
+    Duplicate events and re-run backfills map to the same id, so they never pay twice.
+    """
+    identity = {
+        "src": [spec.source.bucket, spec.source.key, spec.source.version_id, spec.source.etag],
+        "dst": [spec.dest.bucket, spec.dest.key],
+        "params": spec.params.model_dump(mode="json"),
+        "model": spec.model,
+    }
+    digest = hashlib.sha256(
+        json.dumps(identity, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    ).hexdigest()
+    return f"uq-{digest[:32]}"
+
+
+def prompt_hash(prompt: str | None) -> str:
+    return hashlib.sha256((prompt or "").encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------------------------
+# Redis key layout (one place). `uq:` is ours; `arq:` keys belong to arq.
+# ---------------------------------------------------------------------------------------------
+
+ARQ_FUNCTION = "upscale"
+QUEUE_NAME = "uq:queue"  # the arq queue (a sorted set scored by run-at ms)
+
+
+class Keys:
+    prefix = "uq"
+
+    @staticmethod
+    def job(job_id: str) -> str:
+        """Ledger record of one job (a hash)."""
+        return f"uq:job:{job_id}"
+
+    @staticmethod
+    def paid(job_id: str) -> str:
+        """What a billed upstream call returned, kept until stored (internal: holds signed URLs)."""
+        return f"uq:paid:{job_id}"
+
+    @staticmethod
+    def batch(batch: str) -> str:
+        """Per-batch counters: jobs per state, spend."""
+        return f"uq:batch:{batch}"
+
+    @staticmethod
+    def batch_jobs(batch: str) -> str:
+        return f"uq:batch:{batch}:jobs"
+
+    batches = "uq:batches"  # sorted set of batch names by first-seen time
+    failures = "uq:failures"  # sorted set of failed job ids by time (latest failures view)
+    states = "uq:states"  # hash: jobs per state, whole fleet
+    spend_total = "uq:spend:total"  # micro-USD, integer
+
+    @staticmethod
+    def spend_day(day: str) -> str:
+        return f"uq:spend:day:{day}"
+
+    @staticmethod
+    def spend_batch(batch: str) -> str:
+        return f"uq:spend:batch:{batch}"
+
+    @staticmethod
+    def final_channel(job_id: str) -> str:
+        """Pub/sub channel told when a job reaches a final state (published by the ledger)."""
+        return f"uq:final:{job_id}"
+
+    @staticmethod
+    def batch_final_channel(batch: str) -> str:
+        return f"uq:batch-final:{batch}"
+
+    # flow control
+    pause = "uq:flow:pause"  # hash: reason, detail, since (ms); absent when running
+    cooldown = "uq:flow:cooldown"  # string: until-ms (global 429 cooldown)
+    inflight = "uq:flow:inflight"  # sorted set: lease token -> expiry ms
+    rate = "uq:flow:rate"  # sorted set: call start times (ms) in the rolling window
+    circuit = "uq:flow:circuit"  # hash: state, failures, opened_at
+    budget_reserved = "uq:budget:reserved"  # hash: job id -> reserved micro-USD
+    canary = "uq:flow:canary"  # string lock: one canary call at a time
+
+
+MICRO = 1_000_000
+
+
+def usd_to_micros(usd: float) -> int:
+    return round(usd * MICRO)
+
+
+def micros_to_usd(micros: int) -> float:
+    return micros / MICRO
+
+
+def s3_key_quote(key: str) -> str:
+    """Quote a key for use in an HTTP header or URL path (S3 metadata must be ASCII)."""
+    return quote(key, safe="/")
+
+
+def s3_key_unquote(key: str) -> str:
+    return unquote(key)

@@ -1,0 +1,5 @@
+"""Fleet-wide flow control (pause, budget, concurrency, rate, cooldown, circuit) in Redis."""
+
+from worker.flow.control import Admitted, Denied, FlowControl, PauseInfo
+
+__all__ = ["Admitted", "Denied", "FlowControl", "PauseInfo"]

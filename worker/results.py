@@ -1,0 +1,68 @@
+"""Fetch a paid result (a signed URL or inline base64) as a stream of chunks."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import AsyncIterator
+from urllib.parse import urlsplit
+
+import httpx
+
+from worker.upstream.errors import ResultUnavailable
+
+CHUNK = 1024 * 1024
+
+
+class DownloadFailed(Exception):
+    """A transient download problem (truncation, reset, 5xx): retry the download, not the call."""
+
+
+def check_host(url: str, allowed: set[str]) -> None:
+    parts = urlsplit(url)
+    host = (parts.hostname or "").lower()
+    if parts.scheme not in ("https", "http") or host not in allowed:
+        # Never reveal the query string: it carries the signature.
+        raise ResultUnavailable(
+            f"result URL host {host or '?'!r} is not in the allowed result hosts"
+        )
+
+
+async def stream_url(
+    client: httpx.AsyncClient, url: str, *, allowed_hosts: set[str], max_bytes: int
+) -> AsyncIterator[bytes]:
+    check_host(url, allowed_hosts)
+    try:
+        async with client.stream("GET", url, follow_redirects=False) as resp:
+            if resp.is_redirect:
+                raise ResultUnavailable(f"result URL redirected (HTTP {resp.status_code}): refused")
+            if resp.status_code in (401, 403, 404, 410):
+                raise ResultUnavailable(f"result URL no longer valid (HTTP {resp.status_code})")
+            if resp.status_code >= 400:
+                raise DownloadFailed(f"result download failed (HTTP {resp.status_code})")
+            expected = resp.headers.get("content-length")
+            if expected and int(expected) > max_bytes:
+                raise ResultUnavailable(
+                    f"result is {expected} bytes, over the {max_bytes}-byte cap"
+                )
+            got = 0
+            async for chunk in resp.aiter_raw(CHUNK):
+                got += len(chunk)
+                if got > max_bytes:
+                    raise ResultUnavailable(f"result exceeds the {max_bytes}-byte cap")
+                yield chunk
+            if expected is not None and got != int(expected):
+                raise DownloadFailed(f"result download truncated: {got} of {expected} bytes")
+            if got == 0:
+                raise DownloadFailed("result download was empty")
+    except httpx.HTTPError as e:
+        raise DownloadFailed(f"result download failed: {type(e).__name__}") from None
+
+
+async def stream_b64(payload: str) -> AsyncIterator[bytes]:
+    """Decode base64 in slices (multiples of 4 chars) so the decoded copy is never whole."""
+    step = (CHUNK // 3) * 4
+    try:
+        for i in range(0, len(payload), step):
+            yield base64.b64decode(payload[i : i + step], validate=False)
+    except ValueError as e:
+        raise ResultUnavailable(f"b64_json result is not valid base64: {e}") from None

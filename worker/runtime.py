@@ -1,0 +1,49 @@
+"""The long-lived objects one worker process shares between its jobs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import httpx
+from redis.asyncio import Redis
+
+from worker.flow import FlowControl
+from worker.ledger import Ledger
+from worker.logs import register_secret
+from worker.settings import Settings
+from worker.storage import Storage
+from worker.upstream import make_upstream
+from worker.upstream.base import Upstream
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    redis: Redis
+    ledger: Ledger
+    flow: FlowControl
+    storage: Storage
+    upstream: Upstream
+    downloads: httpx.AsyncClient
+
+    async def aclose(self) -> None:
+        await self.upstream.aclose()
+        await self.downloads.aclose()
+
+
+def create_runtime(settings: Settings, redis: Redis) -> Runtime:
+    register_secret(settings.api_key_value)
+    if settings.s3_secret_access_key:
+        register_secret(settings.s3_secret_access_key.get_secret_value())
+    return Runtime(
+        settings=settings,
+        redis=redis,
+        ledger=Ledger(redis),
+        flow=FlowControl(redis, settings),
+        storage=Storage(settings),
+        upstream=make_upstream(settings),
+        downloads=httpx.AsyncClient(
+            timeout=httpx.Timeout(settings.read_timeout_s, connect=settings.connect_timeout_s),
+            follow_redirects=False,
+        ),
+    )

@@ -1,0 +1,116 @@
+"""All configuration, from the environment (prefix `UPSCALE_`; `REDIS_URL` also accepted)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Literal
+from urllib.parse import urlsplit
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from worker.contract import DEFAULT_DEST_TEMPLATE
+
+Route = Literal["gateway", "ideogram"]
+ImageMode = Literal["url", "data_url", "edits"]
+ResponseFormat = Literal["url", "b64_json"]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="UPSCALE_", extra="ignore")
+
+    # --- where things are ---------------------------------------------------------------
+    redis_url: str = Field(
+        default="redis://127.0.0.1:6379/0",
+        validation_alias=AliasChoices("REDIS_URL", "UPSCALE_REDIS_URL"),
+    )
+    s3_endpoint_url: str | None = Field(
+        default=None, description="S3 endpoint; unset means AWS (boto3's own resolution)."
+    )
+    s3_region: str = "us-east-1"
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: SecretStr | None = None
+    s3_addressing_style: Literal["auto", "path", "virtual"] = "auto"
+    s3_max_pool_connections: int = 32
+
+    # --- upstream -----------------------------------------------------------------------
+    route: Route = "gateway"
+    gateway_url: str = "http://127.0.0.1:8080"
+    ideogram_url: str = "https://api.ideogram.ai/upscale"
+    api_key: SecretStr = SecretStr("")
+    model: str = "ideogram/ideogram-upscale"
+    gateway_path: str = "/v1/images/generations"
+    gateway_edits_path: str = "/v1/images/edits"
+    gateway_jobs_path: str = "/v1/jobs/{id}"
+    image_mode: ImageMode = "url"
+    image_field: str = "image"
+    response_format: ResponseFormat = "url"
+    price_usd: float = Field(default=0.06, ge=0, description="Billed per output image.")
+    max_input_bytes: int = 10 * 1024 * 1024
+    presign_ttl_s: int = 3600
+    result_hosts: list[str] = Field(
+        default_factory=list,
+        description="Hosts result URLs may be downloaded from; empty = the upstream's own host.",
+    )
+    max_result_bytes: int = 512 * 1024 * 1024
+    connect_timeout_s: float = 10.0
+    read_timeout_s: float = 120.0
+    async_poll_interval_s: float = Field(default=3.0, ge=3.0)
+
+    # --- jobs ---------------------------------------------------------------------------
+    dest_template: str = DEFAULT_DEST_TEMPLATE
+    max_attempts: int = Field(default=5, ge=1, description="Real failures before a job fails.")
+    backoff_base_s: float = 2.0
+    backoff_max_s: float = 300.0
+    job_timeout_s: int = 600
+    max_jobs: int = Field(default=16, description="Concurrent jobs per worker process.")
+    upload_part_bytes: int = 8 * 1024 * 1024
+
+    # --- flow control (global, in Redis) ------------------------------------------------
+    rate_rpm: int = Field(default=600, ge=1, description="The API key's requests per minute.")
+    rate_burst_factor: float = Field(default=2.0, description="Burst allowance: x RPM ...")
+    rate_burst_window_s: float = Field(default=10.0, description="... over this many seconds.")
+    rate_window_margin_s: float = Field(
+        default=1.0, description="Added to the 60 s window: absorbs network jitter."
+    )
+    max_inflight: int = Field(default=10, ge=1, description="Global cap on in-flight calls.")
+    lease_s: int = Field(default=60, description="In-flight slot lease; renewed while running.")
+    pause_poll_s: float = 2.0
+    canary_interval_s: float = Field(
+        default=0.0, description="Auto-resume probe interval while paused by 402; 0 = manual only."
+    )
+    circuit_threshold: int = 5
+    circuit_open_s: float = 30.0
+    budget_total_usd: float | None = None
+    budget_daily_usd: float | None = None
+    budget_batch_usd: float | None = None
+
+    # --- producers ----------------------------------------------------------------------
+    api_token: SecretStr = Field(
+        default=SecretStr(""),
+        description="Bearer token for the webhook / HTTP enqueue endpoint (and dashboard writes).",
+    )
+    eventbridge_keys_encoded: bool = False
+    guard_prefixes: list[str] = Field(
+        default_factory=list, description="Extra s3://bucket/prefix locations that hold outputs."
+    )
+
+    # --- ops ----------------------------------------------------------------------------
+    log_format: Literal["auto", "json", "console"] = "auto"
+    log_level: str = "INFO"
+
+    @property
+    def api_key_value(self) -> str:
+        return self.api_key.get_secret_value()
+
+    def allowed_result_hosts(self) -> set[str]:
+        hosts = {h.lower() for h in self.result_hosts}
+        if not hosts:
+            base = self.gateway_url if self.route == "gateway" else self.ideogram_url
+            hosts.add((urlsplit(base).hostname or "").lower())
+        return hosts
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,240 @@
+"""S3 in and out: head, presign, bounded reads, and streaming (multipart) uploads.
+
+boto3 is synchronous: every call runs in a thread so the event loop keeps serving other jobs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from worker.contract import S3Object
+from worker.settings import Settings
+
+_NOT_FOUND = {"404", "NoSuchKey", "NotFound", "NoSuchVersion", "NoSuchBucket"}
+_DENIED = {"403", "AccessDenied", "Forbidden", "AllAccessDisabled", "InvalidObjectState"}
+
+
+class StorageError(Exception):
+    pass
+
+
+class SourceMissing(StorageError):
+    """The object (or its bucket/version) does not exist: a permanent failure."""
+
+
+class AccessDenied(StorageError):
+    """We may not read/write it: a permanent failure until someone fixes IAM."""
+
+
+class StorageUnavailable(StorageError):
+    """S3 is down, throttling or unreachable: wait and retry, never a failed try."""
+
+
+def make_s3_client(settings: Settings) -> Any:
+    kwargs: dict[str, Any] = {
+        "region_name": settings.s3_region,
+        "config": Config(
+            s3={"addressing_style": settings.s3_addressing_style},
+            signature_version="s3v4",
+            retries={"max_attempts": 3, "mode": "standard"},
+            max_pool_connections=settings.s3_max_pool_connections,
+            connect_timeout=5,
+            read_timeout=60,
+        ),
+    }
+    if settings.s3_endpoint_url:
+        kwargs["endpoint_url"] = settings.s3_endpoint_url
+    if settings.s3_access_key_id and settings.s3_secret_access_key:
+        kwargs["aws_access_key_id"] = settings.s3_access_key_id
+        kwargs["aws_secret_access_key"] = settings.s3_secret_access_key.get_secret_value()
+    return boto3.session.Session().client("s3", **kwargs)
+
+
+def classify(exc: Exception, what: str) -> StorageError:
+    if isinstance(exc, ClientError):
+        err = exc.response.get("Error", {})
+        code = str(err.get("Code", ""))
+        status = str(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
+        if code in _NOT_FOUND or status == "404":
+            return SourceMissing(f"{what}: not found ({code or status})")
+        if code in _DENIED or status == "403":
+            return AccessDenied(f"{what}: access denied ({code or status})")
+        return StorageUnavailable(f"{what}: S3 error {code or status}")
+    return StorageUnavailable(f"{what}: S3 unreachable ({type(exc).__name__})")
+
+
+@dataclass(frozen=True)
+class Head:
+    size: int
+    etag: str
+    content_type: str | None
+    metadata: dict[str, str]
+    version_id: str | None
+
+
+@dataclass(frozen=True)
+class Stored:
+    etag: str
+    size: int
+
+
+class Storage:
+    def __init__(self, settings: Settings, client: Any | None = None) -> None:
+        self.settings = settings
+        self.s3 = client or make_s3_client(settings)
+
+    async def _call(self, what: str, fn: Callable[..., Any], **kwargs: Any) -> Any:
+        try:
+            return await asyncio.to_thread(fn, **kwargs)
+        except (ClientError, BotoCoreError) as e:
+            raise classify(e, what) from None
+
+    @staticmethod
+    def _version(obj: S3Object) -> dict[str, str]:
+        return {"VersionId": obj.version_id} if obj.version_id else {}
+
+    async def head(self, obj: S3Object) -> Head | None:
+        try:
+            r = await self._call(
+                f"head {obj.uri}",
+                self.s3.head_object,
+                Bucket=obj.bucket,
+                Key=obj.key,
+                **self._version(obj),
+            )
+        except SourceMissing:
+            return None
+        return Head(
+            size=int(r.get("ContentLength", 0)),
+            etag=str(r.get("ETag", "")).strip('"'),
+            content_type=r.get("ContentType"),
+            metadata={k.lower(): v for k, v in (r.get("Metadata") or {}).items()},
+            version_id=r.get("VersionId"),
+        )
+
+    def presign_get(self, obj: S3Object) -> str:
+        params = {"Bucket": obj.bucket, "Key": obj.key, **self._version(obj)}
+        return str(
+            self.s3.generate_presigned_url(
+                "get_object", Params=params, ExpiresIn=self.settings.presign_ttl_s
+            )
+        )
+
+    async def read(self, obj: S3Object, *, max_bytes: int, byte_range: str | None = None) -> bytes:
+        extra: dict[str, Any] = {"Range": byte_range} if byte_range else {}
+        r = await self._call(
+            f"read {obj.uri}",
+            self.s3.get_object,
+            Bucket=obj.bucket,
+            Key=obj.key,
+            **self._version(obj),
+            **extra,
+        )
+        body = r["Body"]
+        try:
+            # Read one byte past the cap so an oversize object is detected, never buffered whole.
+            data: bytes = await asyncio.to_thread(body.read, max_bytes + 1)
+        except (BotoCoreError, OSError) as e:
+            raise StorageUnavailable(f"read {obj.uri}: {type(e).__name__}") from None
+        finally:
+            body.close()
+        return data
+
+    async def upload_stream(
+        self,
+        dest: S3Object,
+        chunks: AsyncIterator[bytes],
+        *,
+        describe: Callable[[bytes], tuple[str, dict[str, str]]],
+    ) -> Stored:
+        """Stream chunks into `dest`: one PUT if small, multipart otherwise; memory stays at one
+        part. `describe(first_bytes)` returns (content type, metadata) once the header is known."""
+        part_size = max(5 * 1024 * 1024, self.settings.upload_part_bytes)
+        buf = bytearray()
+        upload_id: str | None = None
+        parts: list[dict[str, Any]] = []
+        size = 0
+        ctype_meta: tuple[str, dict[str, str]] | None = None
+
+        async def send_part(upload: str, body: bytes) -> None:
+            n = len(parts) + 1
+            r = await self._call(
+                f"upload {dest.uri} part {n}",
+                self.s3.upload_part,
+                Bucket=dest.bucket,
+                Key=dest.key,
+                UploadId=upload,
+                PartNumber=n,
+                Body=body,
+            )
+            parts.append({"ETag": r["ETag"], "PartNumber": n})
+
+        try:
+            async for chunk in chunks:
+                buf += chunk
+                size += len(chunk)
+                while len(buf) >= part_size:
+                    if upload_id is None:
+                        ctype_meta = describe(bytes(buf[:65536]))
+                        r = await self._call(
+                            f"upload {dest.uri}",
+                            self.s3.create_multipart_upload,
+                            Bucket=dest.bucket,
+                            Key=dest.key,
+                            ContentType=ctype_meta[0],
+                            Metadata=ctype_meta[1],
+                        )
+                        upload_id = r["UploadId"]
+                    part = bytes(buf[:part_size])
+                    del buf[:part_size]
+                    await send_part(upload_id, part)
+            if upload_id is None:
+                ctype, meta = describe(bytes(buf[:65536]))
+                r = await self._call(
+                    f"upload {dest.uri}",
+                    self.s3.put_object,
+                    Bucket=dest.bucket,
+                    Key=dest.key,
+                    Body=bytes(buf),
+                    ContentType=ctype,
+                    Metadata=meta,
+                )
+                return Stored(etag=str(r.get("ETag", "")).strip('"'), size=size)
+            if buf:
+                await send_part(upload_id, bytes(buf))
+            r = await self._call(
+                f"complete {dest.uri}",
+                self.s3.complete_multipart_upload,
+                Bucket=dest.bucket,
+                Key=dest.key,
+                UploadId=upload_id,
+                MultipartUpload={"Parts": parts},
+            )
+            return Stored(etag=str(r.get("ETag", "")).strip('"'), size=size)
+        except BaseException:
+            if upload_id is not None:
+                # Leave no orphaned parts behind (they cost storage until a lifecycle rule runs).
+                with contextlib.suppress(Exception):  # best effort; the original error matters
+                    await asyncio.shield(
+                        asyncio.to_thread(
+                            self.s3.abort_multipart_upload,
+                            Bucket=dest.bucket,
+                            Key=dest.key,
+                            UploadId=upload_id,
+                        )
+                    )
+            raise
+
+    async def ensure_bucket(self, bucket: str) -> None:
+        try:
+            await self._call(f"bucket {bucket}", self.s3.head_bucket, Bucket=bucket)
+        except SourceMissing:
+            await self._call(f"create bucket {bucket}", self.s3.create_bucket, Bucket=bucket)

@@ -1,0 +1,18 @@
+"""Upstream adapters (one module per route) behind one interface, plus typed errors."""
+
+from __future__ import annotations
+
+import httpx
+
+from worker.settings import Settings
+from worker.upstream.base import Upstream
+
+
+def make_upstream(settings: Settings, client: httpx.AsyncClient | None = None) -> Upstream:
+    if settings.route == "ideogram":
+        from worker.upstream.ideogram import IdeogramUpstream
+
+        return IdeogramUpstream(settings, client)
+    from worker.upstream.gateway import GatewayUpstream
+
+    return GatewayUpstream(settings, client)

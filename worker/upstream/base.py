@@ -1,0 +1,56 @@
+"""What every upstream adapter takes and returns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from worker.contract import UpscaleParams
+
+
+@dataclass(frozen=True)
+class ImageInput:
+    """The reference image: a presigned GET URL (no bytes through the worker) or the bytes."""
+
+    url: str | None = None
+    data: bytes | None = None
+    content_type: str = "image/png"
+    filename: str = "image.png"
+
+
+@dataclass(frozen=True)
+class UpscaleRequest:
+    image: ImageInput
+    params: UpscaleParams
+    model: str
+    tag: str | None = None  # batch id, sent for cost tracking
+
+
+@dataclass(frozen=True)
+class Output:
+    url: str | None = None
+    b64: str | None = None
+    seed: int | None = None
+    resolution: str | None = None
+    safe: bool = True
+
+
+@dataclass
+class CallResult:
+    """A completed (billed) call, or an accepted async job still pending."""
+
+    request_id: str | None
+    outputs: list[Output] = field(default_factory=list)
+    pending_id: str | None = None  # 202 async: poll this upstream job id
+    rate_remaining: int | None = None
+    rate_reset_s: float | None = None
+
+
+class Upstream(Protocol):
+    needs_bytes: bool
+
+    async def submit(self, req: UpscaleRequest) -> CallResult: ...
+
+    async def poll(self, pending_id: str) -> CallResult: ...
+
+    async def aclose(self) -> None: ...

@@ -1,0 +1,171 @@
+"""Route 1: the OpenAI-compatible gateway (`/v1/images/generations`, `/v1/images/edits`)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from typing import Any
+
+import httpx
+
+from worker.settings import Settings
+from worker.upstream import errors as e
+from worker.upstream.base import CallResult, ImageInput, Output, UpscaleRequest
+from worker.upstream.http import fill_rate_headers, raise_for_status, request_id, transport_error
+
+_TAG_SAFE = re.compile(r"[^A-Za-z0-9._:@\-]")
+
+
+def knobs(req: UpscaleRequest) -> dict[str, Any]:
+    """The model's knobs under their wire names; unset ones are left to the upstream default."""
+    p = req.params
+    out: dict[str, Any] = {
+        "prompt": p.prompt,
+        "resemblance": p.resemblance,
+        "detail": p.detail,
+        "magic_prompt_option": p.magic_prompt,
+        "seed": p.seed,
+    }
+    return {k: v for k, v in out.items() if v is not None}
+
+
+class GatewayUpstream:
+    """Sends the reference image as a URL, a data URL or a multipart file (`image_mode`)."""
+
+    def __init__(self, settings: Settings, client: httpx.AsyncClient | None = None) -> None:
+        self.s = settings
+        self.base = settings.gateway_url.rstrip("/")
+        self.client = client or httpx.AsyncClient(
+            timeout=httpx.Timeout(settings.read_timeout_s, connect=settings.connect_timeout_s),
+            follow_redirects=False,
+        )
+        self.needs_bytes = settings.image_mode in ("data_url", "edits")
+
+    def _headers(self, tag: str | None) -> dict[str, str]:
+        h = {"Authorization": f"Bearer {self.s.api_key_value}"}
+        if tag:
+            h["x-aig-tag"] = _TAG_SAFE.sub("_", tag)[:128]
+        return h
+
+    async def submit(self, req: UpscaleRequest) -> CallResult:
+        try:
+            if self.s.image_mode == "edits":
+                resp = await self._post_edits(req)
+            else:
+                body: dict[str, Any] = {
+                    "model": req.model,
+                    "n": 1,
+                    "response_format": self.s.response_format,
+                    self.s.image_field: self._image_ref(req.image),
+                    **knobs(req),
+                }
+                resp = await self.client.post(
+                    self.base + self.s.gateway_path, json=body, headers=self._headers(req.tag)
+                )
+        except httpx.HTTPError as exc:
+            raise transport_error(exc) from None
+        return self._parse(resp)
+
+    def _image_ref(self, image: ImageInput) -> str:
+        if self.s.image_mode == "url":
+            if not image.url:
+                raise ValueError("image_mode=url needs a presigned URL")
+            return image.url
+        if image.data is None:
+            raise ValueError("image_mode=data_url needs the image bytes")
+        return f"data:{image.content_type};base64,{base64.b64encode(image.data).decode()}"
+
+    async def _post_edits(self, req: UpscaleRequest) -> httpx.Response:
+        if req.image.data is None:
+            raise ValueError("image_mode=edits needs the image bytes")
+        form = {
+            "model": req.model,
+            "n": "1",
+            "response_format": self.s.response_format,
+            **{k: str(v) for k, v in knobs(req).items()},
+        }
+        files = {"image": (req.image.filename, req.image.data, req.image.content_type)}
+        return await self.client.post(
+            self.base + self.s.gateway_edits_path,
+            data=form,
+            files=files,
+            headers=self._headers(req.tag),
+        )
+
+    def _parse(self, resp: httpx.Response) -> CallResult:
+        raise_for_status(resp)
+        rid = request_id(resp)
+        data = _json(resp)
+        if resp.status_code == 202:
+            pending = data.get("id")
+            if not pending:
+                raise e.TransientError("202 Accepted without a job id", request_id=rid)
+            return fill_rate_headers(CallResult(request_id=rid, pending_id=str(pending)), resp)
+        return fill_rate_headers(CallResult(request_id=rid, outputs=_outputs(data, rid)), resp)
+
+    async def poll(self, pending_id: str) -> CallResult:
+        """One poll of an async job. Returns a result with outputs, or with pending_id still set."""
+        url = self.base + self.s.gateway_jobs_path.format(id=pending_id)
+        try:
+            resp = await self.client.get(url, headers=self._headers(None))
+        except httpx.HTTPError as exc:
+            raise transport_error(exc) from None
+        if resp.status_code == 304:  # polled too soon: nothing new
+            return CallResult(request_id=request_id(resp), pending_id=pending_id)
+        raise_for_status(resp)
+        data = _json(resp)
+        status = str(data.get("status", "")).lower()
+        rid = request_id(resp)
+        if status in ("completed", "succeeded", "success"):
+            result = data.get("result") or {}
+            url_out = (
+                result.get("file_url") or result.get("url") if isinstance(result, dict) else None
+            )
+            if not url_out:
+                raise e.TransientError("async job completed without a result URL", request_id=rid)
+            return CallResult(request_id=rid, outputs=[Output(url=str(url_out))])
+        if status in ("failed", "error", "cancelled"):
+            message, code = e.error_message(json.dumps(data).encode(), "upstream job failed")
+            raise e.TransientError(f"async job failed: {message}", code=code, request_id=rid)
+        return CallResult(request_id=rid, pending_id=pending_id)
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+
+def _json(resp: httpx.Response) -> dict[str, Any]:
+    try:
+        data = resp.json()
+    except ValueError:
+        raise e.TransientError(
+            f"upstream returned non-JSON (HTTP {resp.status_code})", request_id=request_id(resp)
+        ) from None
+    if not isinstance(data, dict):
+        raise e.TransientError("upstream returned unexpected JSON", request_id=request_id(resp))
+    return data
+
+
+def _outputs(data: dict[str, Any], rid: str | None) -> list[Output]:
+    items = data.get("data")
+    if not isinstance(items, list) or not items:
+        raise e.TransientError("upstream response has no data", request_id=rid)
+    outs: list[Output] = []
+    for item in items:
+        if not isinstance(item, dict):
+            continue
+        url, b64 = item.get("url"), item.get("b64_json")
+        safe = item.get("is_image_safe", True) is not False
+        seed = item.get("seed")
+        outs.append(
+            Output(
+                url=str(url) if url else None,
+                b64=str(b64) if b64 else None,
+                seed=int(seed) if isinstance(seed, int) else None,
+                resolution=item.get("upscaled_resolution") or item.get("resolution"),
+                safe=safe and bool(url or b64),
+            )
+        )
+    if not outs:
+        raise e.TransientError("upstream response has no usable output", request_id=rid)
+    return outs

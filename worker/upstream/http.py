@@ -1,0 +1,80 @@
+"""HTTP plumbing shared by the upstream adapters: status -> typed error, rate-limit headers."""
+
+from __future__ import annotations
+
+import re
+
+import httpx
+
+from worker.upstream import errors as e
+from worker.upstream.base import CallResult
+
+_DURATION = re.compile(r"^\s*(?:(\d+(?:\.\d+)?)m(?!s))?\s*(?:(\d+(?:\.\d+)?)s)?\s*(?:(\d+)ms)?\s*$")
+
+
+def parse_reset(value: str | None) -> float | None:
+    """`x-ratelimit-reset-requests`: seconds ("12"), or durations like "1m30s", "12s", "250ms"."""
+    if not value:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    m = _DURATION.match(value)
+    if not m or not any(m.groups()):
+        return None
+    mins, secs, ms = m.groups()
+    return float(mins or 0) * 60 + float(secs or 0) + float(ms or 0) / 1000
+
+
+def request_id(resp: httpx.Response) -> str | None:
+    rid = resp.headers.get("x-request-id") or resp.headers.get("request-id")
+    return str(rid) if rid else None
+
+
+def fill_rate_headers(result: CallResult, resp: httpx.Response) -> CallResult:
+    remaining = resp.headers.get("x-ratelimit-remaining-requests")
+    if remaining is not None and remaining.strip().isdigit():
+        result.rate_remaining = int(remaining)
+    result.rate_reset_s = parse_reset(resp.headers.get("x-ratelimit-reset-requests"))
+    return result
+
+
+def raise_for_status(resp: httpx.Response) -> None:
+    """Map an error response to the typed error the worker acts on."""
+    status = resp.status_code
+    if status < 400:
+        return
+    message, code = e.error_message(resp.content, resp.reason_phrase or f"HTTP {status}")
+    rid = request_id(resp)
+
+    def err(cls: type[e.UpstreamError]) -> e.UpstreamError:
+        return cls(message, status=status, code=code, request_id=rid)
+
+    if status == 402:
+        raise err(e.OutOfCredits)
+    if status == 401:
+        raise err(e.AuthFailed)
+    if status == 403:
+        raise err(e.Forbidden)
+    if status == 404:
+        raise err(e.ModelNotFound)
+    if status == 422:
+        raise err(e.UnsafeContent)
+    if status == 429:
+        # Ideogram's inflight_limit comes without Retry-After: a short global cooldown is right.
+        retry_after = e.parse_retry_after(
+            resp.headers.get("retry-after"),
+            default=parse_reset(resp.headers.get("x-ratelimit-reset-requests")) or 1.0,
+        )
+        raise e.RateLimited(
+            message, retry_after=retry_after, status=status, code=code, request_id=rid
+        )
+    if status in (400, 413) or 405 <= status < 500:
+        raise err(e.InvalidRequest)
+    raise err(e.TransientError)
+
+
+def transport_error(exc: httpx.HTTPError) -> e.TransientError:
+    kind = "timed out" if isinstance(exc, httpx.TimeoutException) else "connection failed"
+    return e.TransientError(f"upstream {kind}: {type(exc).__name__}")

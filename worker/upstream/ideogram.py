@@ -1,0 +1,50 @@
+"""Route 2: Ideogram direct (`POST /upscale`, `Api-Key`, multipart image_request + image_file)."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+
+from worker.settings import Settings
+from worker.upstream import errors as e
+from worker.upstream.base import CallResult, UpscaleRequest
+from worker.upstream.gateway import _json, _outputs, knobs
+from worker.upstream.http import fill_rate_headers, raise_for_status, request_id, transport_error
+
+
+class IdeogramUpstream:
+    needs_bytes = True  # the direct API takes the file itself
+
+    def __init__(self, settings: Settings, client: httpx.AsyncClient | None = None) -> None:
+        self.s = settings
+        self.client = client or httpx.AsyncClient(
+            timeout=httpx.Timeout(settings.read_timeout_s, connect=settings.connect_timeout_s),
+            follow_redirects=False,
+        )
+
+    async def submit(self, req: UpscaleRequest) -> CallResult:
+        if req.image.data is None:
+            raise ValueError("the Ideogram route needs the image bytes")
+        form = {"image_request": json.dumps(knobs(req))}
+        files = {"image_file": (req.image.filename, req.image.data, req.image.content_type)}
+        try:
+            resp = await self.client.post(
+                self.s.ideogram_url,
+                data=form,
+                files=files,
+                headers={"Api-Key": self.s.api_key_value},
+            )
+        except httpx.HTTPError as exc:
+            raise transport_error(exc) from None
+        raise_for_status(resp)
+        rid = request_id(resp)
+        return fill_rate_headers(
+            CallResult(request_id=rid, outputs=_outputs(_json(resp), rid)), resp
+        )
+
+    async def poll(self, pending_id: str) -> CallResult:
+        raise e.InvalidRequest("the Ideogram route has no async jobs")
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
