@@ -11,7 +11,7 @@ import structlog
 from producers.api import Producer, build_spec
 from producers.events import ObjectEvent, parse_notification
 from producers.guard import RecursionGuard
-from worker.contract import JobSpec
+from worker.contract import JobSpec, Keys
 
 log = structlog.get_logger("producers.intake")
 
@@ -61,6 +61,12 @@ async def enqueue_notification(
     specs = specs_for(parsed.created, guard_for(producer), producer, report)
     for r in await producer.enqueue_specs(specs):
         (report.duplicates if r.outcome == "duplicate" else report.enqueued).append(r.job_id)
+    async with producer.redis.pipeline(transaction=False) as p:
+        p.hincrby(Keys.intake, "notifications", 1)
+        p.hincrby(Keys.intake, "enqueued", len(report.enqueued))
+        p.hincrby(Keys.intake, "duplicates", len(report.duplicates))
+        p.hincrby(Keys.intake, "ignored", len(report.ignored))
+        await p.execute()
     log.info(
         "notification",
         enqueued=len(report.enqueued),

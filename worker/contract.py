@@ -206,6 +206,7 @@ class Keys:
     failures = "uq:failures"  # sorted set of failed job ids by time (latest failures view)
     states = "uq:states"  # hash: jobs per state, whole fleet
     spend_total = "uq:spend:total"  # micro-USD, integer
+    intake = "uq:intake"  # hash: notifications received / enqueued / duplicates / ignored
 
     @staticmethod
     def spend_day(day: str) -> str:
