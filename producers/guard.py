@@ -14,7 +14,7 @@ import posixpath
 import re
 from dataclasses import dataclass
 
-from worker.contract import S3Object
+from worker.contract import STAGING_PREFIX, S3Object
 
 META_JOB_ID = "upscale-job-id"
 
@@ -26,6 +26,8 @@ class RecursionGuard:
 
     def reason(self, obj: S3Object, user_metadata: dict[str, str] | None = None) -> str | None:
         """Why `obj` must not be processed, or None if it is a genuine input."""
+        if obj.key.startswith(STAGING_PREFIX):
+            return "object is a staged input of upscale-queue"
         if user_metadata and META_JOB_ID in {k.lower() for k in user_metadata}:
             return "object carries upscale-queue provenance metadata (our output)"
         bucket_part, _, key_part = self.template[len("s3://") :].partition("/")

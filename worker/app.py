@@ -36,7 +36,15 @@ async def upscale(ctx: dict[str, Any], payload: dict[str, Any]) -> dict[str, Any
     except ValidationError as e:
         await record_invalid_payload(rt, ctx["job_id"], f"invalid job payload: {e}")
         return {"state": "failed", "error": "invalid payload"}
-    return await UpscaleJob(rt, spec, ctx["job_id"]).run()
+    job = UpscaleJob(rt, spec, ctx["job_id"])
+    # Beat arq's own timeout (which would end the job without a ledger update): a job that
+    # overruns is a failed attempt with backoff, and any paid result stays saved for the retry.
+    limit = rt.settings.job_timeout_s
+    try:
+        async with asyncio.timeout(max(1.0, limit - min(5.0, limit * 0.1))):
+            return await job.run()
+    except TimeoutError:
+        return await job.on_timeout()
 
 
 async def startup(ctx: dict[str, Any]) -> None:

@@ -180,6 +180,10 @@ ARQ_FUNCTION = "upscale"
 QUEUE_NAME = "uq:queue"  # the arq queue (a sorted set scored by run-at ms)
 
 
+# Converted inputs are staged here (in the destination bucket) when the upstream fetches a URL.
+STAGING_PREFIX = ".upscale-staging/"
+
+
 class Keys:
     prefix = "uq"
 

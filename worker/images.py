@@ -6,7 +6,7 @@ import io
 import warnings
 from dataclasses import dataclass
 
-from PIL import Image, ImageFile, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 # Formats the upstream takes as they are.
 UPSTREAM_FORMATS = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp"}
@@ -85,6 +85,101 @@ def check_dimensions(info: ImageInfo) -> None:
             f"image is {info.resolution} ({info.width * info.height:,} pixels), over the "
             f"{MAX_PIXELS:,}-pixel safety limit"
         )
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What goes to the upstream: the original bytes, or a converted/re-encoded copy."""
+
+    data: bytes
+    info: ImageInfo
+    note: str = ""  # why the bytes differ from the source ("" when they are the original)
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.note)
+
+
+def prepare(
+    data: bytes, info: ImageInfo, *, max_bytes: int, convert: bool, reencode: bool
+) -> Prepared:
+    """Make a validated image acceptable to the upstream.
+
+    JPEG/PNG/WebP go as they are, unless an EXIF orientation must be applied or they exceed
+    `max_bytes`. Other formats (TIFF, BMP, GIF's first frame, ...) become PNG when `convert`.
+    Oversized images are re-encoded when `reencode`: lossless (PNG, then lossless WebP) first,
+    then high-quality JPEG steps; when nothing fits the job fails with the reason.
+    """
+    notes: list[str] = []
+    with Image.open(io.BytesIO(data)) as img:
+        orientation = img.getexif().get(0x0112, 1)
+        needs_convert = info.format not in UPSTREAM_FORMATS
+        if needs_convert and not convert:
+            check_supported(info)
+        if not needs_convert and orientation in (0, 1) and len(data) <= max_bytes:
+            return Prepared(data, info)
+        img.seek(0)
+        frame = ImageOps.exif_transpose(img) or img
+        if orientation not in (0, 1):
+            notes.append(f"EXIF orientation {orientation} applied")
+        out_format = info.format if not needs_convert else "PNG"
+        if needs_convert:
+            notes.append(f"{info.format} converted to PNG")
+        frame = _normalise_mode(frame, out_format)
+        encoded = _encode(frame, out_format, lossless=True)
+        if len(encoded) > max_bytes:
+            if not reencode:
+                raise ImageRejected(
+                    f"image is {len(data):,} bytes, over the upstream's {max_bytes:,}-byte limit "
+                    "(re-encoding to fit is switched off: UPSCALE_REENCODE_OVERSIZE=false)"
+                )
+            encoded, out_format, how = _fit(frame, max_bytes, len(data))
+            notes.append(how)
+    w, h = frame.size
+    return Prepared(encoded, ImageInfo(out_format, w, h), "; ".join(notes))
+
+
+def _normalise_mode(img: Image.Image, fmt: str) -> Image.Image:
+    if fmt == "JPEG" and img.mode not in ("RGB", "L", "CMYK"):
+        return img.convert("RGB")
+    if fmt in ("PNG", "WEBP") and img.mode not in ("RGB", "RGBA", "L", "LA", "P", "I", "I;16"):
+        return img.convert("RGBA" if "A" in img.getbands() else "RGB")
+    return img
+
+
+def _encode(img: Image.Image, fmt: str, *, lossless: bool, quality: int = 95) -> bytes:
+    buf = io.BytesIO()
+    if fmt == "JPEG":
+        img.save(buf, "JPEG", quality=quality, subsampling=0 if quality >= 90 else 2)
+    elif fmt == "WEBP":
+        img.save(buf, "WEBP", lossless=lossless, quality=quality if not lossless else 100)
+    else:
+        img.save(buf, "PNG", optimize=lossless)
+    return buf.getvalue()
+
+
+def _fit(img: Image.Image, max_bytes: int, original: int) -> tuple[bytes, str, str]:
+    for fmt in ("PNG", "WEBP"):
+        data = _encode(_normalise_mode(img, fmt), fmt, lossless=True)
+        if len(data) <= max_bytes:
+            return (
+                data,
+                fmt,
+                f"re-encoded losslessly as {fmt} ({original:,} -> {len(data):,} bytes)",
+            )
+    rgb = img.convert("RGB")
+    for quality in (95, 92, 90, 85):
+        data = _encode(rgb, "JPEG", lossless=False, quality=quality)
+        if len(data) <= max_bytes:
+            return (
+                data,
+                "JPEG",
+                f"re-encoded as JPEG q{quality} ({original:,} -> {len(data):,} bytes)",
+            )
+    raise ImageRejected(
+        f"image is {original:,} bytes and does not fit the upstream's {max_bytes:,}-byte limit "
+        "even as JPEG q85: downscale it first"
+    )
 
 
 def check_supported(info: ImageInfo) -> None:

@@ -9,6 +9,7 @@ real failures only, and arq's own try counter is set out of reach (see app.py).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from collections.abc import AsyncIterator
@@ -17,9 +18,17 @@ from typing import Any, NoReturn
 import structlog
 from arq import Retry
 
-from worker.contract import JobSpec, JobState, prompt_hash, s3_key_quote, usd_to_micros
+from worker.contract import (
+    STAGING_PREFIX,
+    JobSpec,
+    JobState,
+    S3Object,
+    prompt_hash,
+    s3_key_quote,
+    usd_to_micros,
+)
 from worker.flow import Admitted, Denied
-from worker.images import ImageRejected, check_supported, sniff, validate
+from worker.images import ImageRejected, prepare, sniff, validate
 from worker.ledger import JobRecord
 from worker.logs import redact
 from worker.results import DownloadFailed, stream_b64, stream_url
@@ -58,6 +67,7 @@ class UpscaleJob:
         self.job_id = job_id
         self.timings: dict[str, int] = {}
         self.started = time.monotonic()
+        self.staged: S3Object | None = None
 
     # ------------------------------------------------------------------------------------
     async def run(self) -> dict[str, Any]:
@@ -83,7 +93,17 @@ class UpscaleJob:
             log.info("job skipped", reason=str(sk))
             return {"state": "skipped", "reason": str(sk)}
         finally:
+            await self._drop_staged()
             structlog.contextvars.unbind_contextvars("job_id", "batch", "source", "attempt")
+
+    async def on_timeout(self) -> dict[str, Any]:
+        msg = f"job did not finish within {self.s.job_timeout_s}s (a paid result is kept)"
+        log.warning("job timed out", limit_s=self.s.job_timeout_s)
+        try:
+            await self._failed_attempt("Timeout", msg)
+        except JobFailed as f:
+            await self._fail(f.error_class, f.message)
+            return {"state": "failed", "error": f.message}
 
     async def _run(self) -> dict[str, Any]:
         paid = await self.rt.ledger.load_paid(self.job_id)
@@ -143,19 +163,27 @@ class UpscaleJob:
                     f"source {src.uri} changed since the job was made (etag {head.etag}, "
                     f"expected {src.etag}); the newer version makes its own job",
                 )
-            if head.size > self.s.max_input_bytes:
+            cap = self.s.max_source_bytes if self.s.reencode_oversize else self.s.max_input_bytes
+            if head.size > cap:
                 raise JobFailed(
                     "InputTooLarge",
-                    f"source is {head.size:,} bytes, over the upstream's "
-                    f"{self.s.max_input_bytes:,}-byte limit",
+                    f"source is {head.size:,} bytes, over the {cap:,}-byte limit"
+                    + ("" if self.s.reencode_oversize else " (re-encoding to fit is off)"),
                 )
             if head.size == 0:
                 raise JobFailed("InvalidImage", "source object is empty (0 bytes)")
             # Always decoded in full, even when the upstream fetches the URL itself: a corrupt,
             # truncated or bomb input must fail here, before any call is made.
-            data = await storage.read(src, max_bytes=self.s.max_input_bytes)
-            info = validate(data, max_bytes=self.s.max_input_bytes)
-            check_supported(info)
+            data = await storage.read(src, max_bytes=cap)
+            info = validate(data, max_bytes=cap)
+            prepared = await asyncio.to_thread(
+                prepare,
+                data,
+                info,
+                max_bytes=self.s.max_input_bytes,
+                convert=self.s.convert_inputs,
+                reencode=self.s.reencode_oversize,
+            )
         except ImageRejected as e:
             raise JobFailed("InvalidImage", str(e)) from None
         except SourceMissing as e:
@@ -169,10 +197,34 @@ class UpscaleJob:
         await self.rt.ledger.update(
             self.job_id, source_resolution=info.resolution, source_bytes=head.size
         )
+        if prepared.changed:
+            log.info("input prepared", note=prepared.note, bytes=len(prepared.data))
+            await self.rt.ledger.update(self.job_id, input_note=prepared.note)
         name = src.key.rsplit("/", 1)[-1] or "image"
-        if not self.rt.upstream.needs_bytes:
-            return ImageInput(url=storage.presign_get(src), content_type=info.content_type)
-        return ImageInput(data=data, content_type=info.content_type, filename=name)
+        pinfo = prepared.info
+        if prepared.changed:
+            name = f"{name.rsplit('.', 1)[0]}.{pinfo.extension}"
+        if self.rt.upstream.needs_bytes:
+            return ImageInput(data=prepared.data, content_type=pinfo.content_type, filename=name)
+        if not prepared.changed:
+            return ImageInput(url=storage.presign_get(src), content_type=pinfo.content_type)
+        # The upstream fetches a URL: stage the prepared copy next to the output.
+        self.staged = S3Object(
+            bucket=self.spec.dest.bucket,
+            key=f"{STAGING_PREFIX}{self.job_id}.{pinfo.extension}",
+        )
+        try:
+            await storage.put_bytes(
+                self.staged,
+                prepared.data,
+                content_type=pinfo.content_type,
+                metadata={META_JOB_ID: self.job_id, "upscale-staged": "input"},
+            )
+        except AccessDenied as e:
+            raise JobFailed("DestinationAccessDenied", f"cannot stage the input: {e}") from None
+        except (StorageUnavailable, SourceMissing) as e:
+            await self._wait("storage", self._backoff(0), str(e))
+        return ImageInput(url=storage.presign_get(self.staged), content_type=pinfo.content_type)
 
     # -- step 2: admission + the paid call ----------------------------------------------
     async def _admit(self) -> Admitted:
@@ -219,7 +271,15 @@ class UpscaleJob:
                 await self._on_upstream_error(err)
         self.timings["call"] = _ms(t0)
         await flow.report_ok(admitted.token)
-        return await self._paid(result, t0)
+        paid = await self._paid(result, t0)
+        await self._drop_staged()
+        return paid
+
+    async def _drop_staged(self) -> None:
+        if self.staged is not None:
+            with contextlib.suppress(Exception):  # best effort: a lifecycle rule covers the rest
+                await self.rt.storage.delete(self.staged)
+            self.staged = None
 
     async def _paid(self, result: CallResult, t0: float) -> dict[str, Any]:
         """Persist what a successful submit returned, with its spend, before anything else."""
@@ -234,6 +294,9 @@ class UpscaleJob:
             "cost_micros": cost,
             "at": time.time(),
         }
+        if b64:
+            # Saved with the spend: a crash before the upload resumes from it, not a new call.
+            paid["b64"] = b64[0]
         await self.rt.ledger.record_call(
             self.job_id, cost_micros=cost, request_id=result.request_id, billed=billed, paid=paid
         )
@@ -245,24 +308,26 @@ class UpscaleJob:
             cost_usd=cost / 1e6,
             rate_remaining=result.rate_remaining,
         )
-        if b64:
-            paid["b64"] = b64[0]  # kept in memory only: stored straight into the destination
         return paid
 
     async def _poll(self, paid: dict[str, Any]) -> dict[str, Any]:
         """Poll a 202 async job until it completes (at most every `async_poll_interval_s`)."""
         pending = str(paid["pending_id"])
+        interval = self.s.async_poll_interval_s
         deadline = self.started + self.s.job_timeout_s * 0.8
         while True:
-            await asyncio.sleep(self.s.async_poll_interval_s)
+            await asyncio.sleep(interval)
             try:
                 result = await self.rt.upstream.poll(pending)
-            except ue.UpstreamError as err:
+            except ue.UpstreamJobFailed as err:
                 await self.rt.ledger.drop_paid(self.job_id)  # failed upstream job: not billed
+                await self._failed_attempt("UpstreamJobFailed", err.describe())
+            except ue.UpstreamError as err:
+                # A failed poll is not a failed job: the pending id stays saved, polling resumes.
                 await self._on_upstream_error(err)
             if result.pending_id is None:
                 return await self._paid(result, time.monotonic())
-            if time.monotonic() > deadline:
+            if time.monotonic() + interval > deadline:
                 # Hand back to the queue: the pending id is saved, the next run keeps polling.
                 await self._wait("upstream_pending", 0, f"upstream job {pending} still running")
 

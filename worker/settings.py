@@ -46,7 +46,18 @@ class Settings(BaseSettings):
     image_field: str = "image"
     response_format: ResponseFormat = "url"
     price_usd: float = Field(default=0.06, ge=0, description="Billed per output image.")
-    max_input_bytes: int = 10 * 1024 * 1024
+    max_input_bytes: int = Field(
+        default=10 * 1024 * 1024, description="The upstream's input cap (docs: 10 or 25 MB)."
+    )
+    max_source_bytes: int = Field(
+        default=200 * 1024 * 1024, description="Largest source object read (to re-encode it)."
+    )
+    convert_inputs: bool = Field(
+        default=True, description="Convert TIFF/BMP/GIF/... to PNG (else such inputs fail)."
+    )
+    reencode_oversize: bool = Field(
+        default=True, description="Re-encode inputs over max_input_bytes to fit (else fail)."
+    )
     presign_ttl_s: int = 3600
     result_hosts: list[str] = Field(
         default_factory=list,

@@ -233,6 +233,22 @@ class Storage:
                     )
             raise
 
+    async def put_bytes(
+        self, obj: S3Object, data: bytes, *, content_type: str, metadata: dict[str, str]
+    ) -> None:
+        await self._call(
+            f"upload {obj.uri}",
+            self.s3.put_object,
+            Bucket=obj.bucket,
+            Key=obj.key,
+            Body=data,
+            ContentType=content_type,
+            Metadata=metadata,
+        )
+
+    async def delete(self, obj: S3Object) -> None:
+        await self._call(f"delete {obj.uri}", self.s3.delete_object, Bucket=obj.bucket, Key=obj.key)
+
     async def ensure_bucket(self, bucket: str) -> None:
         try:
             await self._call(f"bucket {bucket}", self.s3.head_bucket, Bucket=bucket)

@@ -86,6 +86,10 @@ class TransientError(UpstreamError):
     """5xx, timeouts, connection failures: backoff and retry, counted as an attempt."""
 
 
+class UpstreamJobFailed(TransientError):
+    """An async (202) upstream job ended `failed` or is unknown: not billed, submit again."""
+
+
 class ResultUnavailable(UpstreamError):
     """A paid result could not be fetched (expired / refused): only a new call can replace it."""
 

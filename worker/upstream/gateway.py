@@ -113,6 +113,8 @@ class GatewayUpstream:
             raise transport_error(exc) from None
         if resp.status_code == 304:  # polled too soon: nothing new
             return CallResult(request_id=request_id(resp), pending_id=pending_id)
+        if resp.status_code == 404:
+            raise e.UpstreamJobFailed(f"async job {pending_id} is unknown upstream (expired?)")
         raise_for_status(resp)
         data = _json(resp)
         status = str(data.get("status", "")).lower()
@@ -127,7 +129,7 @@ class GatewayUpstream:
             return CallResult(request_id=rid, outputs=[Output(url=str(url_out))])
         if status in ("failed", "error", "cancelled"):
             message, code = e.error_message(json.dumps(data).encode(), "upstream job failed")
-            raise e.TransientError(f"async job failed: {message}", code=code, request_id=rid)
+            raise e.UpstreamJobFailed(f"async job failed: {message}", code=code, request_id=rid)
         return CallResult(request_id=rid, pending_id=pending_id)
 
     async def aclose(self) -> None:
