@@ -37,9 +37,10 @@ fmt: install
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-## Benchmarks: throughput vs the rate limit, 429s, calls after a 402 (figures, not tests).
+## Benchmarks (figures, not tests): flow control vs a naive baseline; backfill keys/s + memory.
 bench: install
 	$(PY) -m tests.bench.flow
+	$(PY) -m tests.bench.backfill $${BENCH_BACKFILL_KEYS:-100000}
 
 ## Start the local stack and print its environment (Ctrl-C stops it).
 stack: install

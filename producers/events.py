@@ -251,7 +251,7 @@ def _seaweedfs(doc: dict[str, Any], out: ParsedNotification) -> None:
         for name, value in ext.items():
             text = _b64_text(value)
             if name.lower() == "seaweed-x-amz-etag":
-                etag = text
+                etag = text.strip('"') if text else None
             elif name.lower().startswith("x-amz-meta-"):
                 meta[name[len("x-amz-meta-") :].lower()] = text or ""
     attrs = entry.get("attributes") or {}

@@ -1,0 +1,272 @@
+"""Flow-control benchmark (`make bench`): our workers vs a naive arq baseline, side by side.
+
+Scenario A (throughput): the simulator enforces 600 RPM with a 2x/10 s burst and answers in
+1-3 s; 4 worker processes per side; enough jobs to fill more than one rolling minute.
+Scenario B (402 mid-run): the wallet pays for ~40 images, then every call is a 402.
+
+Figures (from the simulator's own call log, not from the workers):
+- busiest 60 s: most calls started in any rolling 60 s window, as % of the 600 RPM limit
+  (100 % is the ceiling a polite client can reach; more is impossible without 429s);
+- 429s received; calls that arrived after the first 402 had been answered; wall time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import contextlib
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import httpx
+from arq.connections import ArqRedis, RedisSettings, create_pool
+from PIL import Image
+from redis.asyncio import Redis
+from rich.console import Console
+from rich.table import Table
+
+from infra.stack import LocalStack, die_with_parent
+from producers.api import Producer
+from tests.bench.naive import DONE, QUEUE
+from worker.settings import Settings
+
+RPM = 600
+WORKERS = 4
+JOBS_A = int(os.environ.get("BENCH_JOBS", "700"))
+JOBS_B = 100
+WALLET_IMAGES = 40
+console = Console(stderr=True)
+CALL = "/v1/images/generations"
+
+
+def sim_admin(stack: LocalStack, path: str, body: dict[str, Any] | None = None) -> Any:
+    r = httpx.post(stack.simulator_url + path, json=body or {}, timeout=10)
+    r.raise_for_status()
+    return r.json()
+
+
+def sim_stats(stack: LocalStack) -> dict[str, Any]:
+    r = httpx.get(stack.simulator_url + "/_admin/stats", timeout=30)
+    r.raise_for_status()
+    data: dict[str, Any] = r.json()
+    return data
+
+
+def reset(stack: LocalStack, wallet: float | None) -> None:
+    sim_admin(stack, "/_admin/reset")
+    sim_admin(
+        stack,
+        "/_admin/config",
+        {
+            "api_keys": {stack.api_key: RPM},
+            "burst_factor": 2.0,
+            "burst_window_s": 10.0,
+            "latency_ms": [1000, 3000],
+            "wallet_usd": wallet,
+        },
+    )
+
+
+def upload(stack: LocalStack, bucket: str, n: int) -> list[str]:
+    s3 = stack.s3_client()
+    s3.create_bucket(Bucket=bucket)
+    buf = io.BytesIO()
+    Image.new("RGB", (16, 16), (90, 30, 200)).save(buf, "PNG")
+    keys = [f"bench/{i:05d}.png" for i in range(n)]
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda k: s3.put_object(Bucket=bucket, Key=k, Body=buf.getvalue()), keys))
+    return keys
+
+
+class Procs:
+    def __init__(self) -> None:
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self, argv: list[str], env: dict[str, str], n: int) -> None:
+        for _ in range(n):
+            self.procs.append(
+                subprocess.Popen(
+                    argv,
+                    env={**os.environ, **env},
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                    start_new_session=True,
+                    preexec_fn=die_with_parent,
+                )
+            )
+
+    def stop(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGKILL)
+        for p in self.procs:
+            p.wait(10)
+        self.procs.clear()
+
+
+def ours_env(stack: LocalStack, **extra: Any) -> dict[str, str]:
+    env = {
+        **stack.env(),
+        "UPSCALE_RATE_RPM": str(RPM),
+        "UPSCALE_RATE_BURST_FACTOR": "2",
+        "UPSCALE_RATE_BURST_WINDOW_S": "10",
+        "UPSCALE_MAX_INFLIGHT": "64",
+        "UPSCALE_MAX_JOBS": "32",
+        "UPSCALE_LOG_LEVEL": "WARNING",
+        "UPSCALE_LOG_FORMAT": "json",
+    }
+    env.update({f"UPSCALE_{k.upper()}": str(v) for k, v in extra.items()})
+    return env
+
+
+async def run_ours(stack: LocalStack, keys: list[str], bucket: str, **extra: Any) -> float:
+    os.environ.update(stack.env())
+    redis = Redis.from_url(stack.redis_url)
+    await redis.flushdb()
+    producer = Producer(redis, Settings())
+    from producers.api import build_spec
+
+    specs = [
+        build_spec(f"s3://{bucket}/{k}", batch="bench", settings=producer.settings) for k in keys
+    ]
+    await producer.enqueue_specs(specs)
+    procs = Procs()
+    t0 = time.monotonic()
+    procs.start(
+        [sys.executable, "-m", "producers.cli", "worker"], ours_env(stack, **extra), WORKERS
+    )
+    try:
+        await _wait(lambda: _ours_final(producer), len(keys), "ours", redis, paused_ok=bool(extra))
+    finally:
+        procs.stop()
+        await redis.aclose()
+    return time.monotonic() - t0
+
+
+async def _ours_final(producer: Producer) -> int:
+    counts = await producer.ledger.state_counts()
+    return sum(counts.get(s, 0) for s in ("succeeded", "failed", "skipped"))
+
+
+async def run_naive(stack: LocalStack, keys: list[str], bucket: str, stop_at: int = 0) -> float:
+    redis = Redis.from_url(stack.redis_url)
+    await redis.flushdb()
+    pool: ArqRedis = await create_pool(RedisSettings.from_dsn(stack.redis_url))
+    for k in keys:
+        await pool.enqueue_job("naive_upscale", bucket, k, _queue_name=QUEUE)
+    procs = Procs()
+    t0 = time.monotonic()
+    procs.start(
+        [sys.executable, "-m", "arq", "tests.bench.naive.WorkerSettings"], stack.env(), WORKERS
+    )
+
+    async def done() -> int:
+        return int(await redis.get(DONE) or 0)
+
+    try:
+        await _wait(done, stop_at or len(keys), "naive", redis)
+    finally:
+        procs.stop()
+        await pool.aclose()
+        await redis.aclose()
+    return time.monotonic() - t0
+
+
+async def _wait(
+    final: Any, target: int, label: str, redis: Redis, *, paused_ok: bool = False
+) -> None:
+    last = 0.0
+    while True:
+        n = await final()
+        if n >= target:
+            return
+        if paused_ok and await redis.exists("uq:flow:pause"):
+            await asyncio.sleep(3)  # let in-flight calls land, then stop: the wallet is empty
+            return
+        if time.monotonic() - last > 5:
+            console.print(f"  {label}: {n}/{target} final")
+            last = time.monotonic()
+        await asyncio.sleep(0.2)
+
+
+def busiest_minute(starts: list[float]) -> int:
+    starts = sorted(starts)
+    return max((bisect.bisect_left(starts, t + 60) - i for i, t in enumerate(starts)), default=0)
+
+
+def throughput_figures(stack: LocalStack, wall: float) -> dict[str, str]:
+    log = [c for c in sim_stats(stack)["log"] if c["path"] == CALL]
+    ok = [c["t"] for c in log if c["status"] == 200]
+    n429 = sum(1 for c in log if c["status"] == 429)
+    peak = busiest_minute(ok)
+    return {
+        "busiest 60 s (% of 600 RPM)": f"{peak} calls = {100 * peak / RPM:.1f} %",
+        "429s received": str(n429),
+        "upstream calls (all)": str(len(log)),
+        "wall time": f"{wall:.1f} s",
+    }
+
+
+def after_402_figures(stack: LocalStack) -> dict[str, str]:
+    log = [c for c in sim_stats(stack)["log"] if c["path"] == CALL]
+    first = min((c["t_end"] for c in log if c["status"] == 402), default=None)
+    after = 0 if first is None else sum(1 for c in log if c["t"] > first)
+    return {
+        "calls after the first 402": str(after),
+        "402s received": str(sum(1 for c in log if c["status"] == 402)),
+        "images paid": str(sum(1 for c in log if c["status"] == 200)),
+    }
+
+
+async def main_async() -> None:
+    with LocalStack() as stack:
+        console.print(f"uploading {JOBS_A} sample images…")
+        keys = upload(stack, "bench", JOBS_A)
+        results: dict[str, dict[str, str]] = {"ours": {}, "naive": {}}
+        for side in ("ours", "naive"):
+            console.print(f"[bold]A[/] throughput, {side}: {JOBS_A} jobs, {WORKERS} processes")
+            reset(stack, None)
+            wall = await (run_ours if side == "ours" else run_naive)(stack, keys, "bench")
+            results[side].update(throughput_figures(stack, wall))
+        for side in ("ours", "naive"):
+            console.print(f"[bold]B[/] wallet empties after {WALLET_IMAGES} images, {side}")
+            reset(stack, round(WALLET_IMAGES * 0.06, 2))
+            if side == "ours":
+                await run_ours(stack, keys[:JOBS_B], "bench", canary_interval_s=0)
+            else:
+                await _naive_until_quiet(stack, keys[:JOBS_B])
+            results[side].update(after_402_figures(stack))
+    table = Table(title=f"flow control: ours vs naive ({WORKERS} processes each, 600 RPM key)")
+    table.add_column("figure")
+    table.add_column("ours", justify="right")
+    table.add_column("naive baseline", justify="right")
+    for name in results["ours"]:
+        table.add_row(name, results["ours"][name], results["naive"].get(name, ""))
+    Console().print(table)
+    console.print(
+        "targets for ours: busiest minute >= 97 % of the limit, 0 self-inflicted 429s, "
+        "0 calls after a 402"
+    )
+
+
+async def _naive_until_quiet(stack: LocalStack, keys: list[str]) -> None:
+    """The naive side never pauses: let it hammer the empty wallet for 20 s, then stop it."""
+    task = asyncio.create_task(run_naive(stack, keys, "bench"))
+    await asyncio.sleep(20)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+def main() -> None:
+    asyncio.run(main_async())
+
+
+if __name__ == "__main__":
+    main()
