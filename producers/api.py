@@ -11,6 +11,7 @@ one job, however many times it is enqueued (a finished job is never redone unles
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -18,7 +19,9 @@ from typing import Any
 from redis.asyncio import Redis
 
 from worker.contract import (
+    QUEUES,
     JobSpec,
+    Keys,
     Lane,
     S3Object,
     UpscaleParams,
@@ -114,6 +117,29 @@ class Producer:
             return None
         spec = spec_from_record(rec)
         return (await self.ledger.enqueue([spec], requeue_failed=True))[0]
+
+    async def lanes(self) -> dict[str, dict[str, float]]:
+        """Per lane: queue depth (incl. running and deferred), calls in the last minute, and the
+        age of the oldest ready job in seconds."""
+        now_ms = time.time() * 1000
+        async with self.redis.pipeline(transaction=False) as p:
+            for lane in QUEUES.values():
+                p.zcard(lane)
+                p.zrange(lane, 0, 0, withscores=True)
+            p.zcount(Keys.rate, now_ms - 60_000, "+inf")
+            p.zcount(Keys.rate_bulk, now_ms - 60_000, "+inf")
+            replies = await p.execute()
+        calls, bulk_calls = int(replies[-2]), int(replies[-1])
+        out: dict[str, dict[str, float]] = {}
+        for i, lane in enumerate(QUEUES):
+            oldest = replies[2 * i + 1]
+            age = max(0.0, (now_ms - oldest[0][1]) / 1000) if oldest else 0.0
+            out[lane] = {
+                "depth": int(replies[2 * i]),
+                "calls_last_minute": bulk_calls if lane == "bulk" else calls - bulk_calls,
+                "oldest_age_s": round(age, 1),
+            }
+        return out
 
     async def status(self, job_id: str) -> JobRecord | None:
         return await self.ledger.get(job_id)

@@ -19,7 +19,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from producers.api import build_spec
-from worker.contract import QUEUE_NAME, JobSpec, S3Object, render_destination, usd_to_micros
+from worker.contract import BULK_QUEUE_NAME, JobSpec, S3Object, render_destination, usd_to_micros
 from worker.ledger import Ledger
 from worker.settings import Settings
 
@@ -219,7 +219,7 @@ class Backfill:
         limit = self.plan.max_queue or max(1000, self.settings.rate_rpm * 10)
         # Polling is right here: the queue drains at the upstream's pace (jobs/s), so a 1 s
         # look costs nothing and needs no event plumbing from every worker.
-        while int(await self.redis.zcard(QUEUE_NAME)) + n > limit:  # noqa: ASYNC110
+        while int(await self.redis.zcard(BULK_QUEUE_NAME)) + n > limit:  # noqa: ASYNC110
             await asyncio.sleep(1.0)
 
     async def _list(self, start_after: str) -> AsyncIterator[dict[str, Any]]:

@@ -15,7 +15,6 @@ from rich.console import Console
 from rich.table import Table
 
 from producers.api import Producer
-from worker.contract import QUEUE_NAME
 from worker.settings import get_settings
 
 T = TypeVar("T")
@@ -236,9 +235,11 @@ def status(job_id: str | None, batch: str | None, as_json: bool) -> None:
 
 async def fleet_status(p: Producer) -> dict[str, Any]:
     flow = await p.flow.snapshot()
+    lanes = await p.lanes()
     return {
         "states": await p.ledger.state_counts(),
-        "queue_depth": int(await p.redis.zcard(QUEUE_NAME)),
+        "lanes": lanes,
+        "queue_depth": sum(int(v["depth"]) for v in lanes.values()),
         "spend": await p.ledger.spend(),
         **flow,
     }
@@ -261,6 +262,11 @@ def _print_record(d: dict[str, Any]) -> None:
 def _print_fleet(d: dict[str, Any]) -> None:
     pause = d.get("pause")
     console.print(f"jobs: {_fmt_states(d['states'])}   queue depth: {d['queue_depth']}")
+    for lane, v in d["lanes"].items():
+        console.print(
+            f"  {lane:<4} depth {v['depth']:>7}  calls/min {v['calls_last_minute']:>5}  "
+            f"oldest ready {v['oldest_age_s']:.0f}s"
+        )
     if pause:
         console.print(
             f"[bold red]PAUSED[/] reason={pause.get('reason')} {pause.get('detail', '')} "

@@ -27,7 +27,7 @@ from producers.lambda_handler import handle
 from producers.sqs import DEAD_LETTERS, SqsConsumer
 from producers.webhook import create_app
 from tests.conftest import Buckets, drain, png, put
-from worker.contract import QUEUE_NAME, S3Object, job_id_for
+from worker.contract import BULK_QUEUE_NAME, QUEUE_NAME, S3Object, job_id_for
 from worker.settings import Settings, get_settings
 from worker.storage import make_s3_client
 
@@ -344,12 +344,12 @@ async def test_backfill_resumes_from_checkpoint(
 
     with pytest.raises(Interrupted):
         await Backfill(producer.redis, settings, s3, plan, stop_after_first_chunk).run()
-    assert await producer.redis.zcard(QUEUE_NAME) == 10
+    assert await producer.redis.zcard(BULK_QUEUE_NAME) == 10
     stats = await Backfill(producer.redis, settings, s3, plan).run()
     assert stats.resumed_from.startswith("set/img 00")
     assert stats.enqueued == 15 and stats.duplicates == 0
     assert stats.skipped == {"filtered": 1, "size": 1}
-    assert await producer.redis.zcard(QUEUE_NAME) == 25
+    assert await producer.redis.zcard(BULK_QUEUE_NAME) == 25
     ck = await producer.redis.hgetall(checkpoint_key("bf"))  # type: ignore[misc]
     assert ck[b"done"] == b"1"
     summary = await producer.ledger.batch_summary("bf")

@@ -15,10 +15,10 @@ import structlog
 from arq import Worker, func
 from pydantic import ValidationError
 
-from worker.contract import ARQ_FUNCTION, QUEUE_NAME, JobSpec
+from worker.contract import ARQ_FUNCTION, BULK_QUEUE_NAME, QUEUE_NAME, QUEUES, JobSpec, queue_for
 from worker.job import UpscaleJob, record_invalid_payload
 from worker.logs import configure_logging
-from worker.redis_conn import deserialize, redis_settings, serialize
+from worker.redis_conn import connect, deserialize, redis_settings, serialize
 from worker.runtime import Runtime, create_runtime
 from worker.settings import Settings, get_settings
 
@@ -48,25 +48,39 @@ async def upscale(ctx: dict[str, Any], payload: dict[str, Any]) -> dict[str, Any
 
 
 async def startup(ctx: dict[str, Any]) -> None:
+    # One runtime per process, shared by both lanes' arq workers (they share this ctx dict).
+    ctx["_users"] = ctx.get("_users", 0) + 1
+    if "runtime" in ctx:
+        return
     settings: Settings = ctx.get("settings") or get_settings()
     configure_logging(settings.log_format, settings.log_level)
-    ctx["runtime"] = create_runtime(settings, ctx["redis"])
-    worker: Worker | None = ctx.get("arq_worker")
-    if worker is not None:
-        ctx["pause_watch"] = asyncio.create_task(_watch_pause(ctx["runtime"], worker))
-    log.info("worker started", queue=QUEUE_NAME, route=settings.route, max_jobs=settings.max_jobs)
+    # Its own connection: in burst mode one lane's worker closes its pool before the other.
+    ctx["runtime"] = create_runtime(settings, await connect(settings.redis_url))
+    workers: list[Worker] = ctx.get("arq_workers", [])
+    if workers:
+        ctx["pause_watch"] = asyncio.create_task(_watch_pause(ctx["runtime"], workers))
+    log.info(
+        "worker started",
+        queues=[w.queue_name for w in workers] or [QUEUE_NAME],
+        route=settings.route,
+        max_jobs=settings.max_jobs,
+    )
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
-    task = ctx.get("pause_watch")
+    ctx["_users"] = ctx.get("_users", 1) - 1
+    if ctx["_users"] > 0:
+        return
+    task = ctx.pop("pause_watch", None)
     if task is not None:
         task.cancel()
-    rt: Runtime | None = ctx.get("runtime")
+    rt: Runtime | None = ctx.pop("runtime", None)
     if rt is not None:
         await rt.aclose()
+        await rt.redis.aclose()
 
 
-async def _watch_pause(rt: Runtime, worker: Worker) -> None:
+async def _watch_pause(rt: Runtime, workers: list[Worker]) -> None:
     """Keep `allow_pick_jobs` in step with the fleet's pause flag (never undoing a shutdown).
 
     While paused, a worker picks jobs only when a canary call is due, so one job per interval
@@ -76,12 +90,14 @@ async def _watch_pause(rt: Runtime, worker: Worker) -> None:
     while True:
         try:
             gate = await rt.flow.gate()
-            if gate == "closed" and worker.allow_pick_jobs:
-                worker.allow_pick_jobs = False
+            if gate == "closed" and any(w.allow_pick_jobs for w in workers) and not closed_by_us:
+                for w in workers:
+                    w.allow_pick_jobs = False
                 closed_by_us = True
                 log.info("fleet paused: not picking jobs")
             elif gate != "closed" and closed_by_us:
-                worker.allow_pick_jobs = True
+                for w in workers:
+                    w.allow_pick_jobs = True
                 closed_by_us = False
                 if gate == "open":
                     log.info("fleet resumed: picking jobs")
@@ -90,18 +106,19 @@ async def _watch_pause(rt: Runtime, worker: Worker) -> None:
         await asyncio.sleep(rt.settings.pause_poll_s)
 
 
-def worker_options(settings: Settings) -> dict[str, Any]:
+def worker_options(settings: Settings, lane: str = "live") -> dict[str, Any]:
+    max_jobs = settings.max_jobs if lane == "live" else settings.bulk_max_jobs or settings.max_jobs
     return {
         "functions": [
             func(
                 upscale, name=ARQ_FUNCTION, max_tries=ARQ_MAX_TRIES, timeout=settings.job_timeout_s
             )
         ],
-        "queue_name": QUEUE_NAME,
+        "queue_name": queue_for(lane),
         "redis_settings": redis_settings(settings.redis_url),
         "on_startup": startup,
         "on_shutdown": shutdown,
-        "max_jobs": settings.max_jobs,
+        "max_jobs": max_jobs,
         "job_timeout": settings.job_timeout_s,
         # A deploy drains: running (paid) calls finish before the process exits.
         "job_completion_wait": settings.job_timeout_s,
@@ -109,7 +126,7 @@ def worker_options(settings: Settings) -> dict[str, Any]:
         "max_tries": ARQ_MAX_TRIES,
         "poll_delay": 0.2,
         # Must exceed the jobs in flight fleet-wide, or running jobs fill every read.
-        "queue_read_limit": max(1000, settings.max_jobs * 50),
+        "queue_read_limit": max(1000, max_jobs * 50),
         "job_serializer": serialize,
         "job_deserializer": deserialize,
         "health_check_interval": 30,
@@ -118,7 +135,11 @@ def worker_options(settings: Settings) -> dict[str, Any]:
 
 
 class WorkerSettings:
-    """For `arq worker.app.WorkerSettings` (the pause watcher needs `run_worker` instead)."""
+    """For `arq worker.app.WorkerSettings` (live lane) and `arq worker.app.BulkWorkerSettings`.
+
+    `upscale worker` is the better way: one process serves both lanes and stops picking jobs
+    while the fleet is paused.
+    """
 
     _s = get_settings()
     functions = worker_options(_s)["functions"]
@@ -134,21 +155,48 @@ class WorkerSettings:
     job_deserializer = deserialize
 
 
-def build_worker(settings: Settings, *, burst: bool = False, **overrides: Any) -> Worker:
-    ctx: dict[str, Any] = {"settings": settings}
-    opts = {**worker_options(settings), "burst": burst, **overrides}
-    worker = Worker(ctx=ctx, **opts)
-    ctx["arq_worker"] = worker
-    return worker
+class BulkWorkerSettings(WorkerSettings):
+    queue_name = BULK_QUEUE_NAME
+
+
+class LaneWorkers:
+    """One arq worker per lane in one process, sharing a runtime: a process serves both lanes,
+    so it never idles while either has work; the flow control decides who calls first."""
+
+    def __init__(self, settings: Settings, *, burst: bool = False, **overrides: Any) -> None:
+        ctx: dict[str, Any] = {"settings": settings}
+        self.workers = [
+            Worker(ctx=ctx, **{**worker_options(settings, lane), "burst": burst, **overrides})
+            for lane in QUEUES
+        ]
+        ctx["arq_workers"] = self.workers
+
+    def handle_signal(self, sig: signal.Signals) -> None:
+        for w in self.workers:
+            w.handle_sig_wait_for_completion(sig)  # drain: running (paid) jobs finish
+
+    async def async_run(self) -> None:
+        await asyncio.gather(*(w.async_run() for w in self.workers), return_exceptions=True)
+
+    async def close(self) -> None:
+        for w in self.workers:
+            with contextlib.suppress(Exception):
+                await w.close()
+
+
+def build_worker(settings: Settings, *, burst: bool = False, **overrides: Any) -> LaneWorkers:
+    return LaneWorkers(settings, burst=burst, **overrides)
 
 
 async def run_worker(settings: Settings, *, burst: bool = False) -> None:
-    worker = build_worker(settings, burst=burst)
+    workers = LaneWorkers(settings, burst=burst, handle_signals=False)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, workers.handle_signal, sig)
     try:
-        await worker.async_run()
+        await workers.async_run()
     finally:
-        with contextlib.suppress(Exception):
-            await worker.close()
+        await workers.close()
 
 
 def main(burst: bool = False) -> None:

@@ -177,7 +177,13 @@ def prompt_hash(prompt: str | None) -> str:
 # ---------------------------------------------------------------------------------------------
 
 ARQ_FUNCTION = "upscale"
-QUEUE_NAME = "uq:queue"  # the arq queue (a sorted set scored by run-at ms)
+QUEUE_NAME = "uq:queue"  # the live lane's arq queue (a sorted set scored by run-at ms)
+BULK_QUEUE_NAME = "uq:queue:bulk"  # the bulk lane's arq queue
+QUEUES: dict[str, str] = {"live": QUEUE_NAME, "bulk": BULK_QUEUE_NAME}
+
+
+def queue_for(lane: str) -> str:
+    return QUEUES[lane]
 
 
 # Converted inputs are staged here (in the destination bucket) when the upstream fetches a URL.
@@ -237,6 +243,8 @@ class Keys:
     circuit = "uq:flow:circuit"  # hash: state, failures, opened_at
     budget_reserved = "uq:budget:reserved"  # hash: job id -> reserved micro-USD
     canary = "uq:flow:canary"  # string lock: one canary call at a time
+    live_waiting = "uq:flow:live-waiting"  # sorted set: live job id -> expiry ms (live demand)
+    rate_bulk = "uq:flow:rate:bulk"  # sorted set: bulk call start times (the bulk floor)
 
 
 MICRO = 1_000_000

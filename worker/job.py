@@ -230,13 +230,15 @@ class UpscaleJob:
     async def _admit(self) -> Admitted:
         waited = 0.0
         while True:
-            decision = await self.rt.flow.admit(batch=self.spec.batch)
+            decision = await self.rt.flow.admit(
+                batch=self.spec.batch, lane=self.spec.lane, job_id=self.job_id
+            )
             if isinstance(decision, Admitted):
                 if waited:
                     self.timings["admit_wait"] = int(waited * 1000)
                 return decision
             assert isinstance(decision, Denied)
-            short = decision.reason in ("rate", "concurrency", "circuit_half_open")
+            short = decision.reason in ("rate", "concurrency", "circuit_half_open", "lane")
             if short and decision.wait_s <= INLINE_WAIT_MAX_S and waited < INLINE_WAIT_TOTAL_S:
                 # Jitter spreads the wake-ups of many waiting jobs over the slot.
                 delay = decision.wait_s + random.uniform(0, 0.05)

@@ -19,11 +19,11 @@ from redis.asyncio import Redis
 
 from worker.contract import (
     ARQ_FUNCTION,
-    QUEUE_NAME,
     JobSpec,
     JobState,
     Keys,
     micros_to_usd,
+    queue_for,
 )
 from worker.redis_conn import serialize
 
@@ -61,17 +61,27 @@ end
 """
 
 # Enqueue: create the ledger record and the arq job in one step, deduplicated.
-# KEYS: ledger, arq job, queue.  ARGV: job id, arq payload, fields (json), batch, requeue_failed
+# KEYS: ledger, arq job, this lane's queue, the other lane's queue, arq in-progress key.
+# ARGV: job id, arq payload, fields (json), batch, requeue_failed, lane
 _ENQUEUE = (
     _TRANSITION_FN
     + """
-local ledger, arq_job, queue = KEYS[1], KEYS[2], KEYS[3]
+local ledger, arq_job, queue, other_queue = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local job_id, payload, fields, batch, requeue_failed = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local state = redis.call('HGET', ledger, 'state')
 if state == 'succeeded' or state == 'skipped' then return {'duplicate', state} end
 if state == 'failed' and requeue_failed ~= '1' then return {'duplicate', state} end
 local in_arq = redis.call('EXISTS', arq_job) == 1
-if state and in_arq then return {'duplicate', state} end
+if state and in_arq then
+  -- A live request for a job still queued in the bulk lane (e.g. a fresh upload already in a
+  -- backfill) moves it to the live lane instead of leaving it behind the backlog.
+  if ARGV[6] == 'live' and redis.call('EXISTS', KEYS[5]) == 0
+     and redis.call('ZREM', other_queue, job_id) == 1 then
+    redis.call('ZADD', queue, now_ms(), job_id)
+    redis.call('HSET', ledger, 'lane', 'live')
+  end
+  return {'duplicate', state}
+end
 local now = now_ms()
 if not in_arq then
   -- No TTL: a queued job must outlive any pause; the ledger, not a timer, decides its fate.
@@ -278,13 +288,20 @@ class Ledger:
                         }
                     )
                     await self._enqueue(
-                        keys=[Keys.job(job_id), f"arq:job:{job_id}", QUEUE_NAME],
+                        keys=[
+                            Keys.job(job_id),
+                            f"arq:job:{job_id}",
+                            queue_for(spec.lane),
+                            queue_for("bulk" if spec.lane == "live" else "live"),
+                            f"arq:in-progress:{job_id}",
+                        ],
                         args=[
                             job_id,
                             payload,
                             json.dumps(_ledger_fields(spec)),
                             spec.batch or "",
                             "1" if requeue_failed else "0",
+                            spec.lane,
                         ],
                         client=pipe,
                     )

@@ -78,6 +78,15 @@ class Settings(BaseSettings):
     upload_part_bytes: int = 8 * 1024 * 1024
 
     # --- flow control (global, in Redis) ------------------------------------------------
+    bulk_floor: float = Field(
+        default=0.1,
+        ge=0,
+        le=1,
+        description="Share of the rate the bulk lane keeps while live work waits.",
+    )
+    bulk_max_jobs: int | None = Field(
+        default=None, description="Concurrent bulk jobs per process (default: max_jobs)."
+    )
     rate_rpm: int = Field(default=600, ge=1, description="The API key's requests per minute.")
     rate_burst_factor: float = Field(default=2.0, description="Burst allowance: x RPM ...")
     rate_burst_window_s: float = Field(default=10.0, description="... over this many seconds.")

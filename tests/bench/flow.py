@@ -236,11 +236,14 @@ async def main_async() -> None:
             results[side].update(throughput_figures(stack, wall))
         for side in ("ours", "naive"):
             console.print(f"[bold]B[/] wallet empties after {WALLET_IMAGES} images, {side}")
+            # fresh objects: A's outputs exist, so ours would rightly skip A's keys unpaid
+            bucket = f"bench-b-{side}"
+            keys_b = upload(stack, bucket, JOBS_B)
             reset(stack, round(WALLET_IMAGES * 0.06, 2))
             if side == "ours":
-                await run_ours(stack, keys[:JOBS_B], "bench", canary_interval_s=0)
+                await run_ours(stack, keys_b, bucket, canary_interval_s=0)
             else:
-                await _naive_until_quiet(stack, keys[:JOBS_B])
+                await _naive_until_quiet(stack, keys_b, bucket)
             results[side].update(after_402_figures(stack))
     table = Table(title=f"flow control: ours vs naive ({WORKERS} processes each, 600 RPM key)")
     table.add_column("figure")
@@ -255,9 +258,9 @@ async def main_async() -> None:
     )
 
 
-async def _naive_until_quiet(stack: LocalStack, keys: list[str]) -> None:
+async def _naive_until_quiet(stack: LocalStack, keys: list[str], bucket: str) -> None:
     """The naive side never pauses: let it hammer the empty wallet for 20 s, then stop it."""
-    task = asyncio.create_task(run_naive(stack, keys, "bench"))
+    task = asyncio.create_task(run_naive(stack, keys, bucket))
     await asyncio.sleep(20)
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):

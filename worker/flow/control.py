@@ -32,7 +32,9 @@ class Admitted:
 
 @dataclass(frozen=True)
 class Denied:
-    reason: str  # paused:<why> | cooldown | circuit_open | circuit_half_open | budget:<cap> | concurrency | rate
+    # paused:<why> | cooldown | circuit_open | circuit_half_open | budget:<cap> | lane |
+    # concurrency | rate
+    reason: str
     wait_s: float
 
 
@@ -72,7 +74,14 @@ class FlowControl:
         ]
         return spent, reserved
 
-    async def admit(self, *, batch: str | None = None, images: int = 1) -> Admitted | Denied:
+    async def admit(
+        self,
+        *,
+        batch: str | None = None,
+        images: int = 1,
+        lane: str = "live",
+        job_id: str = "",
+    ) -> Admitted | Denied:
         s = self.settings
         token = uuid.uuid4().hex
         spent, reserved = self._budget_keys(batch)
@@ -93,6 +102,8 @@ class FlowControl:
                 *spent,
                 *reserved,
                 Keys.batch(batch or ""),
+                Keys.live_waiting,
+                Keys.rate_bulk,
             ],
             args=[
                 token,
@@ -109,6 +120,9 @@ class FlowControl:
                 cap(s.budget_batch_usd, bool(batch)),  # plus the batch's own cap, if set
                 int(s.pause_poll_s * 1000),
                 10_000,
+                lane,
+                job_id or token,
+                math.ceil(s.bulk_floor * s.rate_rpm),
             ],
         )
         if int(reply[0]) == 1:

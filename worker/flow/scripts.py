@@ -13,10 +13,12 @@ end
 # Admission: one atomic decision covering every control, so nothing is half-acquired.
 # KEYS: 1 pause, 2 cooldown, 3 circuit, 4 inflight, 5 rate, 6 canary, 7 budget reserved (hash),
 #       8 spend total, 9 spend today, 10 spend batch, 11 reserved-total, 12 reserved-day,
-#       13 reserved-batch, 14 batch hash (may hold a per-batch `budget_micros` cap)
+#       13 reserved-batch, 14 batch hash (may hold a per-batch `budget_micros` cap),
+#       15 live waiters (zset job -> expiry), 16 bulk rate window
 # ARGV: 1 token, 2 max_inflight, 3 lease_ms, 4 rpm, 5 window_ms, 6 burst_max, 7 burst_window_ms,
 #       8 canary_interval_ms (0 = off), 9 est cost micros, 10 cap total (-1 none), 11 cap day,
-#       12 cap batch, 13 pause_poll_ms, 14 ease_ms
+#       12 cap batch, 13 pause_poll_ms, 14 ease_ms, 15 lane (live|bulk), 16 job id,
+#       17 bulk floor (calls per window bulk keeps while live waits)
 # Returns {1, kind} when admitted (kind: normal | canary | probe), else {0, reason, wait_ms}.
 ADMIT = (
     _NOW
@@ -28,8 +30,17 @@ local burst_max, burst_window_ms = tonumber(ARGV[6]), tonumber(ARGV[7])
 local canary_ms, est = tonumber(ARGV[8]), tonumber(ARGV[9])
 local cap_total, cap_day, cap_batch = tonumber(ARGV[10]), tonumber(ARGV[11]), tonumber(ARGV[12])
 local poll_ms, ease_ms = tonumber(ARGV[13]), tonumber(ARGV[14])
+local lane, job_id, bulk_floor = ARGV[15], ARGV[16], tonumber(ARGV[17])
 local now = now_ms()
 local kind = 'normal'
+
+-- a live job that must wait registers as live demand (bulk then yields its capacity)
+local function live_waits(wait_ms)
+  if lane == 'live' then
+    redis.call('ZADD', KEYS[15], now + math.min(wait_ms, 3000) + 1000, job_id)
+    redis.call('PEXPIRE', KEYS[15], 10000)
+  end
+end
 
 -- 1. pause (402 / 401 / 403 / manual): nothing starts, except one canary per interval
 local preason = redis.call('HGET', KEYS[1], 'reason')
@@ -73,14 +84,25 @@ if over(cap_total, KEYS[8], KEYS[11]) then return {0, 'budget:total', poll_ms * 
 if over(cap_day, KEYS[9], KEYS[12]) then return {0, 'budget:daily', poll_ms * 5} end
 if over(cap_batch, KEYS[10], KEYS[13]) then return {0, 'budget:batch', poll_ms * 5} end
 
--- 5. global in-flight cap (leases expire, so a crashed worker's slot comes back)
+-- 5. lanes: while live jobs wait for capacity, bulk yields it (beyond its guaranteed floor)
+redis.call('ZREMRANGEBYSCORE', KEYS[15], '-inf', now)
+if lane == 'bulk' and redis.call('ZCARD', KEYS[15]) > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[16], '-inf', now - window_ms)
+  if redis.call('ZCARD', KEYS[16]) >= bulk_floor then
+    return {0, 'lane', math.max(250, poll_ms)}
+  end
+end
+
+-- 6. global in-flight cap (leases expire, so a crashed worker's slot comes back)
 redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now)
 if redis.call('ZCARD', KEYS[4]) >= max_inflight then
   local first = redis.call('ZRANGE', KEYS[4], 0, 0, 'WITHSCORES')
-  return {0, 'concurrency', math.max(1, math.min(poll_ms, tonumber(first[2]) - now))}
+  local wait = math.max(1, math.min(poll_ms, tonumber(first[2]) - now))
+  live_waits(wait)
+  return {0, 'concurrency', wait}
 end
 
--- 6. rate: the upstream's rolling window (and its burst window), mirrored exactly
+-- 7. rate: the upstream's rolling window (and its burst window), mirrored exactly
 redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', now - window_ms)
 local limit = rpm
 local ease_until = tonumber(redis.call('HGET', KEYS[3], 'ease_until') or '0')
@@ -88,18 +110,28 @@ if now < ease_until then limit = math.max(1, math.floor(rpm / 2)) end
 local in_window = redis.call('ZCARD', KEYS[5])
 if in_window >= limit then
   local oldest = redis.call('ZRANGE', KEYS[5], in_window - limit, in_window - limit, 'WITHSCORES')
-  return {0, 'rate', math.max(1, tonumber(oldest[2]) + window_ms - now)}
+  local wait = math.max(1, tonumber(oldest[2]) + window_ms - now)
+  live_waits(wait)
+  return {0, 'rate', wait}
 end
 local in_burst = redis.call('ZCOUNT', KEYS[5], now - burst_window_ms, '+inf')
 if in_burst >= burst_max then
   local rows = redis.call('ZRANGEBYSCORE', KEYS[5], now - burst_window_ms, '+inf', 'WITHSCORES', 'LIMIT', in_burst - burst_max, 1)
-  return {0, 'rate', math.max(1, tonumber(rows[2]) + burst_window_ms - now)}
+  local wait = math.max(1, tonumber(rows[2]) + burst_window_ms - now)
+  live_waits(wait)
+  return {0, 'rate', wait}
 end
 
 -- admitted: take the slot, the rate token and the budget reservation together
 redis.call('ZADD', KEYS[4], now + lease_ms, token)
 redis.call('ZADD', KEYS[5], now, token)
 redis.call('PEXPIRE', KEYS[5], window_ms + 1000)
+if lane == 'live' then
+  redis.call('ZREM', KEYS[15], job_id)
+else
+  redis.call('ZADD', KEYS[16], now, token)
+  redis.call('PEXPIRE', KEYS[16], window_ms + 1000)
+end
 if est > 0 then
   redis.call('HSET', KEYS[7], token, est)
   redis.call('INCRBY', KEYS[11], est)
