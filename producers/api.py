@@ -118,6 +118,24 @@ class Producer:
         spec = spec_from_record(rec)
         return (await self.ledger.enqueue([spec], requeue_failed=True))[0]
 
+    async def set_batch_callback(self, batch: str, url: str) -> None:
+        """POST one notice (counts, spend) to `url` when every job of `batch` is final."""
+        await self.redis.hset(Keys.batch(batch), "callback_url", url)  # type: ignore[misc]
+
+    async def wait_for_batch(self, batch: str, timeout: float | None = None) -> dict[str, Any]:
+        """Await a batch where every job is final (woken by the ledger's batch events)."""
+        async with self.redis.pubsub() as ps:
+            await ps.subscribe(Keys.batch_final_channel(batch))
+            async with asyncio.timeout(timeout):
+                while True:
+                    summary = await self.ledger.batch_summary(batch)
+                    final = sum(
+                        summary["states"].get(s, 0) for s in ("succeeded", "failed", "skipped")
+                    )
+                    if summary["total"] and final >= summary["total"]:
+                        return summary
+                    await ps.get_message(ignore_subscribe_messages=True, timeout=5.0)
+
     async def lanes(self) -> dict[str, dict[str, float]]:
         """Per lane: queue depth (incl. running and deferred), calls in the last minute, and the
         age of the oldest ready job in seconds."""

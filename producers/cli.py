@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sys
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -108,6 +110,9 @@ def enqueue(sources: tuple[str, ...], as_json: bool, **opts: Any) -> None:
 @click.option("--since", type=click.DateTime(), help="Only objects modified at/after (UTC).")
 @click.option("--until", type=click.DateTime(), help="Only objects modified before (UTC).")
 @click.option("--budget", type=float, help="Spend cap in USD for this backfill.")
+@click.option(
+    "--batch-callback", help="URL told (signed POST) once every job of the backfill is final."
+)
 @click.option("--batch", help="Batch id (default: derived from the source). Same id = resume.")
 @click.option("--prompt")
 @click.option("--resemblance", type=click.IntRange(1, 100))
@@ -175,6 +180,8 @@ def backfill(source: str, as_json: bool, **o: Any) -> None:
                     description=f"listed {st.listed:,}  matched {st.matched:,}  enqueued {st.enqueued:,}  dup {st.duplicates:,}  ({rate:,.0f} keys/s)",
                 )
 
+            if o["batch_callback"] and not plan.dry_run:
+                await p.set_batch_callback(batch, o["batch_callback"])
             return await Backfill(p.redis, settings, make_s3_client(settings), plan, show).run()
 
     st = _run(go)
@@ -208,7 +215,11 @@ def backfill(source: str, as_json: bool, **o: Any) -> None:
 @click.argument("job_id", required=False)
 @click.option("--batch", help="Show one batch's progress and spend.")
 @click.option("--json", "as_json", is_flag=True)
-def status(job_id: str | None, batch: str | None, as_json: bool) -> None:
+@click.option("--watch", is_flag=True, help="Keep the view on screen, updating (Ctrl-C stops).")
+@click.option("--interval", default=1.0, show_default=True, help="Seconds between updates.")
+def status(
+    job_id: str | None, batch: str | None, as_json: bool, watch: bool, interval: float
+) -> None:
     async def go(p: Producer) -> dict[str, Any]:
         if job_id:
             rec = await p.status(job_id)
@@ -219,16 +230,16 @@ def status(job_id: str | None, batch: str | None, as_json: bool) -> None:
             return await p.ledger.batch_summary(batch)
         return await fleet_status(p)
 
+    if watch and not job_id:
+        return _watch(batch, interval)
     data = _run(go)
     if as_json:
         click.echo(json.dumps(data, indent=2, default=str))
     elif job_id:
         _print_record(data)
     elif batch:
-        console.print(
-            f"batch [bold]{data['batch']}[/]: {data['total']} job(s), spend ${data['spend_usd']:.2f}"
-        )
-        console.print("  " + _fmt_states(data["states"]))
+        for line in _batch_lines(data):
+            console.print(line)
     else:
         _print_fleet(data)
 
@@ -259,27 +270,64 @@ def _print_record(d: dict[str, Any]) -> None:
     console.print(t)
 
 
-def _print_fleet(d: dict[str, Any]) -> None:
-    pause = d.get("pause")
-    console.print(f"jobs: {_fmt_states(d['states'])}   queue depth: {d['queue_depth']}")
+def _fleet_lines(d: dict[str, Any]) -> list[str]:
+    lines = [f"jobs: {_fmt_states(d['states'])}   queue depth: {d['queue_depth']}"]
     for lane, v in d["lanes"].items():
-        console.print(
+        lines.append(
             f"  {lane:<4} depth {v['depth']:>7}  calls/min {v['calls_last_minute']:>5}  "
             f"oldest ready {v['oldest_age_s']:.0f}s"
         )
+    pause = d.get("pause")
     if pause:
-        console.print(
+        lines.append(
             f"[bold red]PAUSED[/] reason={pause.get('reason')} {pause.get('detail', '')} "
             "- run `upscale resume` once fixed (e.g. after a top-up)"
         )
     else:
-        console.print("[green]running[/] (not paused)")
-    console.print(
+        lines.append("[green]running[/] (not paused)")
+    lines.append(
         f"in flight: {d['inflight']}  calls last minute: {d['calls_last_minute']}  "
         f"circuit: {d['circuit']}  cooldown: {d['cooldown_s']:.1f}s"
     )
-    s = d["spend"]
-    console.print(f"spend: today ${s['today_usd']:.2f}  total ${s['total_usd']:.2f}")
+    sp = d["spend"]
+    lines.append(f"spend: today ${sp['today_usd']:.2f}  total ${sp['total_usd']:.2f}")
+    return lines
+
+
+def _batch_lines(d: dict[str, Any]) -> list[str]:
+    return [
+        f"batch [bold]{d['batch']}[/]: {d['total']} job(s), spend ${d['spend_usd']:.2f}",
+        "  " + _fmt_states(d["states"]),
+    ]
+
+
+def _print_fleet(d: dict[str, Any]) -> None:
+    for line in _fleet_lines(d):
+        console.print(line)
+
+
+def _watch(batch: str | None, interval: float) -> None:
+    """Redraw the fleet (or a batch) in place until Ctrl-C."""
+    from rich.console import Group
+    from rich.live import Live
+    from rich.text import Text
+
+    async def go(p: Producer) -> None:
+        with Live(console=console, auto_refresh=False) as live:
+            while True:
+                if batch:
+                    lines = _batch_lines(await p.ledger.batch_summary(batch))
+                else:
+                    lines = _fleet_lines(await fleet_status(p))
+                stamp = time.strftime("%H:%M:%S")
+                live.update(
+                    Group(*(Text.from_markup(x) for x in [f"[dim]{stamp}[/]", *lines])),
+                    refresh=True,
+                )
+                await asyncio.sleep(interval)
+
+    with contextlib.suppress(KeyboardInterrupt):
+        _run(go)
 
 
 @main.command(help="Show spend: total, today, and per batch.")

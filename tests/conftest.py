@@ -24,7 +24,7 @@ from infra.stack import LocalStack, die_with_parent
 from producers.api import Producer
 from worker.app import build_worker
 from worker.ledger import JobRecord
-from worker.settings import Settings
+from worker.settings import Settings, get_settings
 
 _bucket_ids = itertools.count(1)
 _log_ids = itertools.count(1)
@@ -102,6 +102,16 @@ def settings(stack: LocalStack) -> Settings:
             else:
                 os.environ[k] = v
     return s
+
+
+@pytest.fixture
+def stack_env(stack: LocalStack, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The stack's settings in the environment, for entry points that read it themselves."""
+    for k, v in stack.env().items():
+        monkeypatch.setenv(k, v)
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()
 
 
 @pytest.fixture

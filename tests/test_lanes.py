@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 from infra.stack import LocalStack
 from producers.api import Producer
@@ -83,3 +84,18 @@ async def test_bulk_keeps_its_floor_while_live_never_stops(
                 break
             await asyncio.sleep(0.2)
     assert live_left, "bulk only moved after live finished: no floor"
+
+
+def test_status_shows_depth_rate_and_age_per_lane(stack_env: None, buckets: Buckets) -> None:
+    from click.testing import CliRunner
+
+    from producers.cli import main as cli
+
+    r = CliRunner().invoke(cli, ["enqueue", f"s3://{buckets.src}/a.png", "--batch", "s"])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(cli, ["status"])
+    assert r.exit_code == 0, r.output
+    assert "live depth" in r.output and "bulk depth" in r.output
+    r = CliRunner().invoke(cli, ["status", "--json"])
+    data = json.loads(r.output)
+    assert data["lanes"]["live"]["depth"] >= 1 and "oldest_age_s" in data["lanes"]["bulk"]

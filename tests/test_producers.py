@@ -28,7 +28,7 @@ from producers.sqs import DEAD_LETTERS, SqsConsumer
 from producers.webhook import create_app
 from tests.conftest import Buckets, drain, png, put
 from worker.contract import BULK_QUEUE_NAME, QUEUE_NAME, S3Object, job_id_for
-from worker.settings import Settings, get_settings
+from worker.settings import Settings
 from worker.storage import make_s3_client
 
 TOKEN = "test-token-0123456789"
@@ -70,16 +70,6 @@ async def serving(app: web.Application, port: int = 0) -> AsyncIterator[str]:
         yield f"http://127.0.0.1:{bound}"
     finally:
         await runner.cleanup()
-
-
-@pytest.fixture
-def stack_env(stack: LocalStack, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """The stack's settings in the environment, for entry points that read it themselves."""
-    for k, v in stack.env().items():
-        monkeypatch.setenv(k, v)
-    get_settings.cache_clear()
-    yield
-    get_settings.cache_clear()
 
 
 @pytest.fixture

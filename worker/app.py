@@ -15,6 +15,7 @@ import structlog
 from arq import Worker, func
 from pydantic import ValidationError
 
+from worker.callbacks import NOTIFY_FUNCTION, notify
 from worker.contract import ARQ_FUNCTION, BULK_QUEUE_NAME, QUEUE_NAME, QUEUES, JobSpec, queue_for
 from worker.job import UpscaleJob, record_invalid_payload
 from worker.logs import configure_logging
@@ -112,7 +113,13 @@ def worker_options(settings: Settings, lane: str = "live") -> dict[str, Any]:
         "functions": [
             func(
                 upscale, name=ARQ_FUNCTION, max_tries=ARQ_MAX_TRIES, timeout=settings.job_timeout_s
-            )
+            ),
+            func(
+                notify,
+                name=NOTIFY_FUNCTION,
+                max_tries=ARQ_MAX_TRIES,
+                timeout=min(60, settings.job_timeout_s),
+            ),
         ],
         "queue_name": queue_for(lane),
         "redis_settings": redis_settings(settings.redis_url),

@@ -18,6 +18,7 @@ from typing import Any, NoReturn
 import structlog
 from arq import Retry
 
+from worker.callbacks import queue_batch_notice_if_done, queue_job_notice
 from worker.contract import (
     STAGING_PREFIX,
     JobSpec,
@@ -84,17 +85,30 @@ class UpscaleJob:
         )
         try:
             await ledger.set_state(self.job_id, JobState.RUNNING, wait_reason=None)
-            return await self._run()
+            out = await self._run()
         except JobFailed as f:
             await self._fail(f.error_class, f.message)
-            return {"state": "failed", "error": f.message}
+            out = {"state": "failed", "error": f.message}
         except JobSkipped as sk:
             await ledger.set_state(self.job_id, JobState.SKIPPED, note=str(sk), wait_reason=None)
             log.info("job skipped", reason=str(sk))
-            return {"state": "skipped", "reason": str(sk)}
+            out = {"state": "skipped", "reason": str(sk)}
         finally:
             await self._drop_staged()
             structlog.contextvars.unbind_contextvars("job_id", "batch", "source", "attempt")
+        await self._after_final()
+        return out
+
+    async def _after_final(self) -> None:
+        """Queue completion notices (delivered by their own arq job, off the upstream path)."""
+        redis: Any = self.rt.redis  # an ArqRedis (worker.redis_conn.connect)
+        try:
+            if self.spec.callback_url:
+                await queue_job_notice(redis, self.job_id)
+            if self.spec.batch:
+                await queue_batch_notice_if_done(redis, self.spec.batch)
+        except Exception as e:  # the job itself is done and recorded; a notice is best effort
+            log.warning("could not queue completion notice", error=str(e))
 
     async def on_timeout(self) -> dict[str, Any]:
         msg = f"job did not finish within {self.s.job_timeout_s}s (a paid result is kept)"
@@ -103,6 +117,7 @@ class UpscaleJob:
             await self._failed_attempt("Timeout", msg)
         except JobFailed as f:
             await self._fail(f.error_class, f.message)
+            await self._after_final()
             return {"state": "failed", "error": f.message}
 
     async def _run(self) -> dict[str, Any]:

@@ -202,6 +202,9 @@ class JobRecord(BaseModel):
     timings_ms: dict[str, int] = {}
     created_at: int | None = None
     updated_at: int | None = None
+    callback_state: str | None = None  # delivered | retrying | failed | refused
+    callback_attempts: int = 0
+    callback_detail: str | None = None
     payload: dict[str, Any] | None = Field(default=None, exclude=True)
 
     @classmethod
@@ -237,6 +240,9 @@ class JobRecord(BaseModel):
             timings_ms=timings,
             created_at=opt_int("created_at"),
             updated_at=opt_int("updated_at"),
+            callback_state=h.get("callback_state") or None,
+            callback_attempts=int(h.get("callback_attempts", 0)),
+            callback_detail=h.get("callback_detail") or None,
             payload=json.loads(h["spec"]) if h.get("spec") else None,
         )
 
@@ -393,7 +399,9 @@ class Ledger:
 
     async def batch_summary(self, batch: str) -> dict[str, Any]:
         h = await self.redis.hgetall(Keys.batch(batch))  # type: ignore[misc]  # redis-py's async stubs
-        counts = {_s(k): int(v) for k, v in h.items() if _s(k) in {s.value for s in JobState}}
+        counts = {
+            _s(k): int(v) for k, v in h.items() if _s(k) in {s.value for s in JobState} and int(v)
+        }
         data = {_s(k): _s(v) for k, v in h.items()}
         return {
             "batch": batch,

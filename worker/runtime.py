@@ -33,6 +33,8 @@ class Runtime:
 
 def create_runtime(settings: Settings, redis: Redis) -> Runtime:
     register_secret(settings.api_key_value)
+    if settings.callback_secret.get_secret_value():
+        register_secret(settings.callback_secret.get_secret_value())
     if settings.s3_secret_access_key:
         register_secret(settings.s3_secret_access_key.get_secret_value())
     return Runtime(

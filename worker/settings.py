@@ -78,6 +78,16 @@ class Settings(BaseSettings):
     upload_part_bytes: int = 8 * 1024 * 1024
 
     # --- flow control (global, in Redis) ------------------------------------------------
+    callback_secret: SecretStr = Field(
+        default=SecretStr(""), description="HMAC-SHA256 key that signs completion notices."
+    )
+    callback_hosts: list[str] = Field(
+        default_factory=list,
+        description="Hosts callbacks may be sent to (`.example.com` = any subdomain).",
+    )
+    callback_allow_http: bool = False
+    callback_max_tries: int = 6
+    callback_backoff_s: float = 2.0
     bulk_floor: float = Field(
         default=0.1,
         ge=0,

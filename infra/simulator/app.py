@@ -132,7 +132,7 @@ async def _handle(
             raise ApiError(503, "upstream saturated, retry later")
         async with _inflight(state, key):
             lo, hi = cfg.latency_ms
-            if hi > 0:
+            if hi > 0 and not (cfg.async_mode and route == 1):  # async: 202 now, ready later
                 await asyncio.sleep(random.uniform(lo, hi) / 1000)
             try:
                 out, size_in, size_out = await asyncio.to_thread(upscale_2x, call.image)
@@ -167,7 +167,7 @@ async def _handle(
     finally:
         if held:
             state.release(held)
-        state.record(request.path, status, key, arrived)
+        state.record(request.path, status, key, arrived, request.headers.get("x-aig-tag", ""))
 
 
 def _reject(route: int, reason: str) -> dict[str, Any]:

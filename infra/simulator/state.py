@@ -112,7 +112,7 @@ class SimState:
         exp = int(time.time()) + self.config.result_url_ttl_s
         return f"/files/{file_id}?exp={exp}&sig={sign(file_id, exp)}"
 
-    def record(self, path: str, status: int, key: str, arrived: float) -> None:
+    def record(self, path: str, status: int, key: str, arrived: float, tag: str = "") -> None:
         """`t` is when the call arrived, `t_end` when it was answered (both unix seconds)."""
         self.by_status[str(status)] += 1
         self.log.append(
@@ -122,6 +122,7 @@ class SimState:
                 "path": path,
                 "status": status,
                 "key_suffix": key[-4:],
+                "tag": tag,
             }
         )
 
