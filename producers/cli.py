@@ -385,15 +385,28 @@ def retry(job_ids: tuple[str, ...]) -> None:
 # -- processes --------------------------------------------------------------------------------
 @main.command(help="Run a worker process (arq). Many can run, on many machines.")
 @click.option("--burst", is_flag=True, help="Exit when the queue is empty.")
-def worker(burst: bool) -> None:
+@click.option(
+    "--processes",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 256),
+    help="Worker processes on this host (each serves both lanes; flow control stays global).",
+)
+def worker(burst: bool, processes: int) -> None:
     from worker.app import main as worker_main
 
-    worker_main(burst=burst)
+    if processes == 1:
+        worker_main(burst=burst)
+        return
+    from producers.supervise import supervise
+
+    argv = [sys.executable, "-m", "producers.cli", "worker", *(["--burst"] if burst else [])]
+    sys.exit(supervise(argv, processes))
 
 
 @main.command(help="Serve bucket notifications and HTTP enqueue (needs UPSCALE_API_TOKEN).")
 @click.option("--host", default="0.0.0.0", show_default=True)
-@click.option("--port", default=8090, show_default=True)
+@click.option("--port", default=8080, show_default=True)
 def webhook(host: str, port: int) -> None:
     from producers.webhook import serve
     from worker.logs import configure_logging

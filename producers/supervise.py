@@ -1,0 +1,35 @@
+"""`upscale worker --processes N`: run N worker processes and pass signals on to them.
+
+SIGTERM/SIGINT are forwarded, so every child drains (its running jobs finish, see arq's
+`job_completion_wait`) and the supervisor exits when they all have. A child that dies is not
+restarted here: that is the job of the process manager (systemd, Kubernetes) around us.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+from types import FrameType
+
+import structlog
+
+log = structlog.get_logger("producers.supervise")
+
+
+def supervise(argv: list[str], n: int) -> int:
+    children = [subprocess.Popen(argv) for _ in range(n)]
+    log.info("worker processes started", processes=n, pids=[c.pid for c in children])
+
+    def forward(signum: int, _frame: FrameType | None) -> None:
+        for c in children:
+            if c.poll() is None:
+                c.send_signal(signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, forward)
+    while any(c.poll() is None for c in children):
+        time.sleep(0.2)
+    codes = [c.returncode for c in children]
+    log.info("worker processes exited", codes=codes)
+    return max((abs(c) for c in codes), default=0)
