@@ -94,7 +94,7 @@ class Producer:
     @asynccontextmanager
     async def connect(cls, settings: Settings | None = None) -> AsyncIterator[Producer]:
         s = settings or get_settings()
-        redis = await connect(s.redis_url)
+        redis = await connect(s)
         try:
             yield cls(redis, s)
         finally:
@@ -117,6 +117,33 @@ class Producer:
             return None
         spec = spec_from_record(rec)
         return (await self.ledger.enqueue([spec], requeue_failed=True))[0]
+
+    async def fleet_status(self) -> dict[str, Any]:
+        """The whole fleet in one dict: jobs per state, lanes, pause, circuit, spend, budgets,
+        and jobs finished per minute over the last hour (for `status`, the dashboard, metrics)."""
+        flow = await self.flow.snapshot()
+        lanes = await self.lanes()
+        s = self.settings
+        spend = await self.ledger.spend()
+        budgets = {
+            "total_usd": s.budget_total_usd,
+            "daily_usd": s.budget_daily_usd,
+            "total_left_usd": None
+            if s.budget_total_usd is None
+            else max(0.0, s.budget_total_usd - spend["total_usd"]),
+            "daily_left_usd": None
+            if s.budget_daily_usd is None
+            else max(0.0, s.budget_daily_usd - spend["today_usd"]),
+        }
+        return {
+            "states": await self.ledger.state_counts(),
+            "lanes": lanes,
+            "queue_depth": sum(int(v["depth"]) for v in lanes.values()),
+            "spend": spend,
+            "budgets": budgets,
+            "finished_per_minute": await self.ledger.finished_per_minute(60),
+            **flow,
+        }
 
     async def set_batch_callback(self, batch: str, url: str) -> None:
         """POST one notice (counts, spend) to `url` when every job of `batch` is final."""

@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from producers.api import Producer
+from worker.logs import configure_logging
 from worker.settings import get_settings
 
 T = TypeVar("T")
@@ -245,15 +246,7 @@ def status(
 
 
 async def fleet_status(p: Producer) -> dict[str, Any]:
-    flow = await p.flow.snapshot()
-    lanes = await p.lanes()
-    return {
-        "states": await p.ledger.state_counts(),
-        "lanes": lanes,
-        "queue_depth": sum(int(v["depth"]) for v in lanes.values()),
-        "spend": await p.ledger.spend(),
-        **flow,
-    }
+    return await p.fleet_status()
 
 
 def _fmt_states(states: dict[str, int]) -> str:
@@ -402,6 +395,50 @@ def worker(burst: bool, processes: int) -> None:
 
     argv = [sys.executable, "-m", "producers.cli", "worker", *(["--burst"] if burst else [])]
     sys.exit(supervise(argv, processes))
+
+
+@main.command(help="Serve the status page, its JSON API and the fleet's /metrics.")
+@click.option("--host", default="0.0.0.0", show_default=True)
+@click.option("--port", default=8090, show_default=True)
+def dashboard(host: str, port: int) -> None:
+    from producers.dashboard import serve
+
+    settings = get_settings()
+    configure_logging(settings.log_format, settings.log_level)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve(settings, host, port))
+
+
+@main.command(help="Check Redis, S3 and the upstream key; exit 1 if any check fails.")
+@click.option("--json", "as_json", is_flag=True)
+def health(as_json: bool) -> None:
+    from worker.health import run_checks
+    from worker.redis_conn import connect
+    from worker.runtime import create_runtime
+
+    settings = get_settings()
+
+    async def go() -> dict[str, tuple[bool, str]]:
+        try:
+            redis = await asyncio.wait_for(connect(settings), 10)
+        except Exception as e:
+            return {"redis": (False, f"{type(e).__name__}: {e}")}
+        rt = create_runtime(settings, redis)
+        try:
+            return await run_checks(rt)
+        finally:
+            await rt.aclose()
+            await redis.aclose()
+
+    results = asyncio.run(go())
+    ok = all(r[0] for r in results.values())
+    if as_json:
+        click.echo(json.dumps({k: {"ok": v[0], "detail": v[1]} for k, v in results.items()}))
+    else:
+        for name, (good, detail) in results.items():
+            console.print(f"{'[green]ok  [/]' if good else '[red]FAIL[/]'} {name:<9} {detail}")
+        console.print("healthy" if ok else "[bold red]unhealthy[/]")
+    sys.exit(0 if ok else 1)
 
 
 @main.command(help="Serve bucket notifications and HTTP enqueue (needs UPSCALE_API_TOKEN).")

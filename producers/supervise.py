@@ -7,6 +7,7 @@ restarted here: that is the job of the process manager (systemd, Kubernetes) aro
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import time
@@ -18,7 +19,13 @@ log = structlog.get_logger("producers.supervise")
 
 
 def supervise(argv: list[str], n: int) -> int:
-    children = [subprocess.Popen(argv) for _ in range(n)]
+    base = os.environ.get("UPSCALE_METRICS_PORT")
+
+    def env(i: int) -> dict[str, str]:
+        # each child serves its own /metrics: port + i (one registry per process)
+        return {**os.environ, **({"UPSCALE_METRICS_PORT": str(int(base) + i)} if base else {})}
+
+    children = [subprocess.Popen(argv, env=env(i)) for i in range(n)]
     log.info("worker processes started", processes=n, pids=[c.pid for c in children])
 
     def forward(signum: int, _frame: FrameType | None) -> None:

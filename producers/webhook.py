@@ -125,7 +125,7 @@ def create_app(producer: Producer) -> web.Application:
 
 
 async def serve(settings: Settings, host: str, port: int) -> None:
-    redis = await connect(settings.redis_url)
+    redis = await connect(settings)
     runner = web.AppRunner(create_app(Producer(redis, settings)), access_log=None)
     await runner.setup()
     await web.TCPSite(runner, host, port).start()

@@ -23,6 +23,7 @@ from redis.asyncio import Redis
 from infra.stack import LocalStack, die_with_parent
 from producers.api import Producer
 from worker.app import build_worker
+from worker.contract import Keys
 from worker.ledger import JobRecord
 from worker.settings import Settings, get_settings
 
@@ -156,12 +157,27 @@ def put(stack: LocalStack, bucket: str, key: str, data: bytes) -> str:
     return str(r["ETag"]).strip('"')
 
 
-async def drain(settings: Settings, *, timeout: float = 60) -> None:
-    """Run one in-process worker until the queue is empty (arq burst mode)."""
+async def drain(settings: Settings, *, timeout: float = 60, until_paused: bool = False) -> None:
+    """Run one in-process worker until the queue is empty (arq burst mode), or, with
+    `until_paused`, until the fleet is paused and no job is still running."""
     worker = build_worker(settings, burst=True, handle_signals=False, poll_delay=0.05)
+    task = asyncio.create_task(worker.async_run())
     try:
-        await asyncio.wait_for(worker.async_run(), timeout)
+        if not until_paused:
+            await asyncio.wait_for(task, timeout)
+            return
+        r: Redis = Redis.from_url(settings.redis_url)
+        try:
+            async with asyncio.timeout(timeout):
+                while not (
+                    await r.exists(Keys.pause)
+                    and int(await r.hget(Keys.states, "running") or 0) == 0  # type: ignore[misc]
+                ):
+                    await asyncio.sleep(0.05)
+        finally:
+            await r.aclose()
     finally:
+        task.cancel()
         await worker.close()
 
 

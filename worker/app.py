@@ -17,9 +17,10 @@ from pydantic import ValidationError
 
 from worker.callbacks import NOTIFY_FUNCTION, notify
 from worker.contract import ARQ_FUNCTION, BULK_QUEUE_NAME, QUEUE_NAME, QUEUES, JobSpec, queue_for
+from worker.health import serve_health
 from worker.job import UpscaleJob, record_invalid_payload
 from worker.logs import configure_logging
-from worker.redis_conn import connect, deserialize, redis_settings, serialize
+from worker.redis_conn import connect, deserialize, serialize, settings_for
 from worker.runtime import Runtime, create_runtime
 from worker.settings import Settings, get_settings
 
@@ -56,7 +57,9 @@ async def startup(ctx: dict[str, Any]) -> None:
     settings: Settings = ctx.get("settings") or get_settings()
     configure_logging(settings.log_format, settings.log_level)
     # Its own connection: in burst mode one lane's worker closes its pool before the other.
-    ctx["runtime"] = create_runtime(settings, await connect(settings.redis_url))
+    ctx["runtime"] = create_runtime(settings, await connect(settings))
+    if settings.metrics_port:
+        ctx["health_server"] = await serve_health(ctx["runtime"], settings.metrics_port)
     workers: list[Worker] = ctx.get("arq_workers", [])
     if workers:
         ctx["pause_watch"] = asyncio.create_task(_watch_pause(ctx["runtime"], workers))
@@ -75,6 +78,9 @@ async def shutdown(ctx: dict[str, Any]) -> None:
     task = ctx.pop("pause_watch", None)
     if task is not None:
         task.cancel()
+    server = ctx.pop("health_server", None)
+    if server is not None:
+        await server.cleanup()
     rt: Runtime | None = ctx.pop("runtime", None)
     if rt is not None:
         await rt.aclose()
@@ -122,7 +128,7 @@ def worker_options(settings: Settings, lane: str = "live") -> dict[str, Any]:
             ),
         ],
         "queue_name": queue_for(lane),
-        "redis_settings": redis_settings(settings.redis_url),
+        "redis_settings": settings_for(settings),
         "on_startup": startup,
         "on_shutdown": shutdown,
         "max_jobs": max_jobs,
@@ -151,7 +157,7 @@ class WorkerSettings:
     _s = get_settings()
     functions = worker_options(_s)["functions"]
     queue_name = QUEUE_NAME
-    redis_settings = redis_settings(_s.redis_url)
+    redis_settings = settings_for(_s)
     on_startup = startup
     on_shutdown = shutdown
     max_jobs = _s.max_jobs

@@ -18,6 +18,7 @@ from typing import Any, NoReturn
 import structlog
 from arq import Retry
 
+from worker import metrics
 from worker.callbacks import queue_batch_notice_if_done, queue_job_notice
 from worker.contract import (
     STAGING_PREFIX,
@@ -96,10 +97,11 @@ class UpscaleJob:
         finally:
             await self._drop_staged()
             structlog.contextvars.unbind_contextvars("job_id", "batch", "source", "attempt")
-        await self._after_final()
+        await self._after_final(str(out.get("state", "")))
         return out
 
-    async def _after_final(self) -> None:
+    async def _after_final(self, state: str) -> None:
+        metrics.JOBS_FINISHED.labels(state).inc()
         """Queue completion notices (delivered by their own arq job, off the upstream path)."""
         redis: Any = self.rt.redis  # an ArqRedis (worker.redis_conn.connect)
         try:
@@ -117,7 +119,7 @@ class UpscaleJob:
             await self._failed_attempt("Timeout", msg)
         except JobFailed as f:
             await self._fail(f.error_class, f.message)
-            await self._after_final()
+            await self._after_final("failed")
             return {"state": "failed", "error": f.message}
 
     async def _run(self) -> dict[str, Any]:
@@ -273,6 +275,7 @@ class UpscaleJob:
             try:
                 result = await self.rt.upstream.submit(req)
             except ue.UpstreamError as err:
+                metrics.UPSTREAM_CALLS.labels(str(err.status or "error")).inc()
                 await ledger.record_call(
                     self.job_id, cost_micros=0, request_id=err.request_id, billed=False
                 )
@@ -287,6 +290,8 @@ class UpscaleJob:
                 )
                 await self._on_upstream_error(err)
         self.timings["call"] = _ms(t0)
+        metrics.UPSTREAM_CALLS.labels("202" if result.pending_id else "200").inc()
+        metrics.UPSTREAM_LATENCY.observe(time.monotonic() - t0)
         await flow.report_ok(admitted.token)
         paid = await self._paid(result, t0)
         await self._drop_staged()
@@ -317,6 +322,7 @@ class UpscaleJob:
         await self.rt.ledger.record_call(
             self.job_id, cost_micros=cost, request_id=result.request_id, billed=billed, paid=paid
         )
+        metrics.SPEND_USD.inc(cost / 1e6)
         log.info(
             "upstream call ok",
             status=202 if result.pending_id else 200,
@@ -398,6 +404,7 @@ class UpscaleJob:
             except (StorageUnavailable, SourceMissing) as e:
                 await self._wait("storage", self._backoff(1), str(e))
         self.timings["store"] = _ms(t0)
+        metrics.RESULT_BYTES.inc(stored.size)
         self.timings["total"] = _ms(self.started)
         await self.rt.ledger.set_state(
             self.job_id,
@@ -463,6 +470,7 @@ class UpscaleJob:
             self.job_id, JobState.WAITING, wait_reason=reason, wait_detail=redact(detail)[:300]
         )
         await self.rt.ledger.incr(self.job_id, "waits")
+        metrics.JOB_WAITS.labels(reason.split(":", 1)[0]).inc()
         log.info("job waiting", reason=reason, retry_in_s=round(seconds, 2))
         raise Retry(defer=max(0.05, seconds))
 

@@ -50,6 +50,9 @@ local function transition(ledger, new_state, now)
   if new_state == 'succeeded' or new_state == 'failed' or new_state == 'skipped' then
     -- wakes `wait_for()` callers: an event, not a polling loop
     redis.call('PUBLISH', 'uq:final:' .. job_id, new_state)
+    local minute = 'uq:finished:' .. math.floor(now / 60000)
+    redis.call('INCR', minute)
+    redis.call('EXPIRE', minute, 7200)
     if batch and batch ~= '' then redis.call('PUBLISH', 'uq:batch-final:' .. batch, job_id) end
   end
   return old or ''
@@ -422,6 +425,16 @@ class Ledger:
             "today_usd": micros_to_usd(int(today or 0)),
             "day": day,
         }
+
+    async def finished_per_minute(self, minutes: int = 60) -> list[int]:
+        """Jobs that reached a final state in each of the last `minutes` minutes (oldest first)."""
+        now_min = int(time.time() // 60)
+        keys = [f"uq:finished:{m}" for m in range(now_min - minutes + 1, now_min + 1)]
+        return [int(v or 0) for v in await self.redis.mget(keys)]
+
+    async def recent_batches(self, limit: int = 20) -> list[dict[str, Any]]:
+        names = await self.redis.zrevrange(Keys.batches, 0, limit - 1)
+        return [await self.batch_summary(_s(n)) for n in names]
 
     async def recent_failures(self, limit: int = 20) -> list[JobRecord]:
         ids = await self.redis.zrevrange(Keys.failures, 0, limit - 1)

@@ -88,6 +88,17 @@ class Settings(BaseSettings):
     callback_allow_http: bool = False
     callback_max_tries: int = 6
     callback_backoff_s: float = 2.0
+    redis_sentinels: list[str] = Field(
+        default_factory=list,
+        description='Sentinel "host:port" list; the primary is found by name (TLS: rediss://).',
+    )
+    redis_sentinel_master: str = "mymaster"
+    metrics_port: int | None = Field(
+        default=None, description="Worker HTTP port: /metrics, /healthz, /readyz (unset = off)."
+    )
+    health_bucket: str | None = Field(
+        default=None, description="A bucket readiness checks can HEAD (S3 reachable + allowed)."
+    )
     bulk_floor: float = Field(
         default=0.1,
         ge=0,

@@ -249,6 +249,19 @@ class Storage:
     async def delete(self, obj: S3Object) -> None:
         await self._call(f"delete {obj.uri}", self.s3.delete_object, Bucket=obj.bucket, Key=obj.key)
 
+    async def head_bucket(self, bucket: str) -> None:
+        await self._call(f"bucket {bucket}", self.s3.head_bucket, Bucket=bucket)
+
+    async def reachable(self) -> None:
+        """The endpoint answers (a HEAD of a bucket that need not exist: any HTTP answer but
+        a network failure counts; 403/404 still prove S3 is there)."""
+        try:
+            await self.head_bucket("upscale-queue-health-probe")
+        except StorageUnavailable:
+            raise
+        except StorageError:
+            return
+
     async def ensure_bucket(self, bucket: str) -> None:
         try:
             await self._call(f"bucket {bucket}", self.s3.head_bucket, Bucket=bucket)

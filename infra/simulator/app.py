@@ -427,6 +427,14 @@ async def download(request: web.Request) -> web.StreamResponse:
     return resp
 
 
+async def list_models(request: web.Request) -> web.Response:
+    """Like an OpenAI-compatible gateway: free, never billed, 401 for a bad key."""
+    state = request.app[STATE]
+    if _key(request, 1) not in state.config.api_keys:
+        return _error_response(state, ApiError(401, "invalid or missing API key"))
+    return web.json_response({"data": [{"id": m, "object": "model"} for m in state.config.models]})
+
+
 async def admin_stats(request: web.Request) -> web.Response:
     return web.json_response(request.app[STATE].stats())
 
@@ -467,6 +475,7 @@ def create_app(config: SimConfig | None = None) -> web.Application:
     r.add_post("/upscale", ideogram)
     r.add_get("/files/{file_id}", download)
     r.add_get("/healthz", healthz)
+    r.add_get("/v1/models", list_models)
     r.add_get("/_admin/stats", admin_stats)
     r.add_post("/_admin/reset", admin_reset)
     r.add_post("/_admin/config", admin_config)

@@ -132,6 +132,16 @@ class GatewayUpstream:
             raise e.UpstreamJobFailed(f"async job failed: {message}", code=code, request_id=rid)
         return CallResult(request_id=rid, pending_id=pending_id)
 
+    async def check_key(self) -> str:
+        # OpenAI-compatible gateways list models for a valid key: free, never billed.
+        try:
+            resp = await self.client.get(self.base + "/v1/models", headers=self._headers(None))
+        except httpx.HTTPError:
+            return "unknown"
+        if resp.status_code in (401, 403):
+            return "invalid"
+        return "ok" if resp.is_success else "unknown"
+
     async def aclose(self) -> None:
         await self.client.aclose()
 

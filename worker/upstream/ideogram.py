@@ -46,5 +46,8 @@ class IdeogramUpstream:
     async def poll(self, pending_id: str) -> CallResult:
         raise e.InvalidRequest("the Ideogram route has no async jobs")
 
+    async def check_key(self) -> str:
+        return "unknown"  # the direct API has no free endpoint to test a key against
+
     async def aclose(self) -> None:
         await self.client.aclose()

@@ -1,0 +1,84 @@
+"""Health: the checks behind `upscale health` and the worker's /healthz and /readyz.
+
+Liveness (/healthz) is the process's event loop answering. Readiness (/readyz) is Redis and S3
+reachable: a worker that cannot reach them should get no traffic (and a rollout should wait).
+The upstream key is checked by `upscale health` with a request that is never billed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import structlog
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from worker.runtime import Runtime
+from worker.storage import StorageError
+
+log = structlog.get_logger("worker.health")
+
+
+async def check_redis(rt: Runtime) -> tuple[bool, str]:
+    try:
+        await asyncio.wait_for(rt.redis.ping(), 3)
+        return True, "ok"
+    except Exception as e:
+        return False, f"{type(e).__name__}: {e}"
+
+
+async def check_s3(rt: Runtime) -> tuple[bool, str]:
+    bucket = rt.settings.health_bucket
+    try:
+        if bucket:
+            await rt.storage.head_bucket(bucket)
+            return True, f"bucket {bucket} reachable"
+        await rt.storage.reachable()
+        return True, "endpoint reachable"
+    except StorageError as e:
+        return False, str(e)
+
+
+async def check_upstream(rt: Runtime) -> tuple[bool, str]:
+    verdict = await rt.upstream.check_key()
+    return verdict != "invalid", f"key {verdict}"
+
+
+async def run_checks(rt: Runtime, *, upstream: bool = True) -> dict[str, tuple[bool, str]]:
+    checks: dict[str, Any] = {"redis": check_redis(rt), "s3": check_s3(rt)}
+    if upstream:
+        checks["upstream"] = check_upstream(rt)
+    results = await asyncio.gather(*checks.values())
+    return dict(zip(checks, results, strict=True))
+
+
+def health_app(rt: Runtime) -> web.Application:
+    started = time.time()
+
+    async def metrics(_: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def healthz(_: web.Request) -> web.Response:
+        return web.json_response({"ok": True, "uptime_s": round(time.time() - started)})
+
+    async def readyz(_: web.Request) -> web.Response:
+        results = await run_checks(rt, upstream=False)
+        ok = all(r[0] for r in results.values())
+        body = {name: {"ok": r[0], "detail": r[1]} for name, r in results.items()}
+        return web.json_response({"ok": ok, "checks": body}, status=200 if ok else 503)
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    return app
+
+
+async def serve_health(rt: Runtime, port: int) -> web.AppRunner:
+    runner = web.AppRunner(health_app(rt), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "0.0.0.0", port).start()
+    log.info("metrics and health listening", port=port)
+    return runner

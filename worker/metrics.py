@@ -1,0 +1,96 @@
+"""Prometheus metrics.
+
+Two kinds, served from different places on purpose:
+- per-process counters/histograms (what *this* worker did): served by each worker on
+  `UPSCALE_METRICS_PORT` (`upscale worker --processes N` gives child i port + i, so processes
+  sharing a host never share a registry; Prometheus sums them);
+- fleet gauges read from Redis (queue depth, states, pause, spend, budgets, circuit): rendered
+  on demand by ONE process, the dashboard (`upscale dashboard` → `/metrics`), so N workers do
+  not report N copies of the same number.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+
+UPSTREAM_CALLS = Counter(
+    "upscale_upstream_calls_total",
+    "Upstream calls made by this process, by HTTP status.",
+    ["status"],
+)
+UPSTREAM_LATENCY = Histogram(
+    "upscale_upstream_latency_seconds",
+    "Upstream call latency.",
+    buckets=(0.25, 0.5, 1, 2, 3, 5, 10, 20, 40, 80, 160),
+)
+JOBS_FINISHED = Counter(
+    "upscale_jobs_finished_total", "Jobs this process brought to a final state.", ["state"]
+)
+JOB_WAITS = Counter("upscale_job_waits_total", "Jobs handed back to wait, by reason.", ["reason"])
+RESULT_BYTES = Counter("upscale_result_bytes_total", "Bytes of results stored to S3.")
+SPEND_USD = Counter("upscale_spend_usd_total", "USD billed by upstream calls this process made.")
+
+
+def fleet_metrics(status: dict[str, Any]) -> bytes:
+    """Render fleet gauges from `Producer.fleet_status()` in the text exposition format."""
+    registry = CollectorRegistry(auto_describe=False)
+
+    class Fleet:
+        def collect(self) -> Any:
+            depth = GaugeMetricFamily(
+                "upscale_queue_depth",
+                "Jobs in the arq queue (incl. running, deferred).",
+                labels=["lane"],
+            )
+            for lane, v in status["lanes"].items():
+                depth.add_metric([lane], v["depth"])
+            yield depth
+            total = GaugeMetricFamily("upscale_queue_depth_total", "Jobs in all lanes' queues.")
+            total.add_metric([], status["queue_depth"])
+            yield total
+            jobs = GaugeMetricFamily("upscale_jobs", "Jobs per ledger state.", labels=["state"])
+            for state in ("queued", "running", "waiting", "succeeded", "failed", "skipped"):
+                jobs.add_metric([state], status["states"].get(state, 0))
+            yield jobs
+            pause = status.get("pause") or {}
+            paused = GaugeMetricFamily(
+                "upscale_paused", "1 while the fleet is paused, with the reason.", labels=["reason"]
+            )
+            paused.add_metric([pause.get("reason", "")], 1 if pause else 0)
+            yield paused
+            spend = GaugeMetricFamily("upscale_spend_usd", "Spend in USD.", labels=["period"])
+            spend.add_metric(["today"], status["spend"]["today_usd"])
+            spend.add_metric(["total"], status["spend"]["total_usd"])
+            yield spend
+            left = GaugeMetricFamily(
+                "upscale_budget_remaining_usd",
+                "Budget left (absent cap: not reported).",
+                labels=["cap"],
+            )
+            for cap in ("total", "daily"):
+                v = status["budgets"][f"{cap}_left_usd"]
+                if v is not None:
+                    left.add_metric([cap], v)
+            yield left
+            circuit = GaugeMetricFamily(
+                "upscale_circuit_state",
+                "Circuit breaker (1 for the current state).",
+                labels=["state"],
+            )
+            for st in ("closed", "open", "half_open"):
+                circuit.add_metric([st], 1 if status["circuit"] == st else 0)
+            yield circuit
+            for name, doc, key in (
+                ("upscale_cooldown_seconds", "Seconds left in the global 429 cooldown.", "cooldown_s"),
+                ("upscale_inflight_calls", "Upstream calls in flight, fleet-wide.", "inflight"),
+                ("upscale_calls_last_minute", "Upstream calls started in the last 60 s.", "calls_last_minute"),
+            ):  # fmt: skip
+                g = GaugeMetricFamily(name, doc)
+                g.add_metric([], status[key])
+                yield g
+
+    registry.register(Fleet())
+    return bytes(generate_latest(registry))
