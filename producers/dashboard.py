@@ -16,7 +16,6 @@ keeps it in the tab's sessionStorage; without one it is read-only.
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 from collections.abc import Awaitable, Callable
 
@@ -25,8 +24,8 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from producers.api import Producer
+from producers.serving import serve_app
 from worker.metrics import fleet_metrics
-from worker.redis_conn import connect
 from worker.settings import Settings
 
 log = structlog.get_logger("producers.dashboard")
@@ -108,16 +107,7 @@ def create_app(producer: Producer) -> web.Application:
 
 
 async def serve(settings: Settings, host: str, port: int) -> None:
-    redis = await connect(settings)
-    runner = web.AppRunner(create_app(Producer(redis, settings)), access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, host, port).start()
-    log.info("dashboard listening", url=f"http://{host}:{port}")
-    try:
-        await asyncio.Event().wait()
-    finally:
-        await runner.cleanup()
-        await redis.aclose()
+    await serve_app("dashboard", create_app, settings, host, port)
 
 
 PAGE = """<!doctype html>

@@ -11,7 +11,6 @@ Every endpoint but /healthz needs `Authorization: Bearer <UPSCALE_API_TOKEN>`.
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 from collections.abc import Awaitable, Callable
 
@@ -22,7 +21,7 @@ from pydantic import ValidationError
 from producers.api import Producer, build_spec
 from producers.events import MalformedEvent
 from producers.intake import enqueue_notification
-from worker.redis_conn import connect
+from producers.serving import serve_app
 from worker.settings import Settings
 
 log = structlog.get_logger("producers.webhook")
@@ -125,17 +124,4 @@ def create_app(producer: Producer) -> web.Application:
 
 
 async def serve(settings: Settings, host: str, port: int) -> None:
-    redis = await connect(settings)
-    runner = web.AppRunner(create_app(Producer(redis, settings)), access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, host, port).start()
-    log.info("webhook listening", url=f"http://{host}:{port}")
-    try:
-        await _forever()
-    finally:
-        await runner.cleanup()
-        await redis.aclose()
-
-
-async def _forever() -> None:
-    await asyncio.Event().wait()
+    await serve_app("webhook", create_app, settings, host, port)

@@ -1,0 +1,34 @@
+"""Run an aiohttp app built around a Producer until the process is stopped."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import structlog
+from aiohttp import web
+
+from producers.api import Producer
+from worker.redis_conn import connect
+from worker.settings import Settings
+
+log = structlog.get_logger("producers.serving")
+
+
+async def serve_app(
+    name: str,
+    factory: Callable[[Producer], web.Application],
+    settings: Settings,
+    host: str,
+    port: int,
+) -> None:
+    redis = await connect(settings)
+    runner = web.AppRunner(factory(Producer(redis, settings)), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    log.info(f"{name} listening", url=f"http://{host}:{port}")
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()
+        await redis.aclose()
