@@ -1,0 +1,19 @@
+# upscale-queue: one image for every role (worker, webhook, sqs, dashboard, simulator).
+FROM python:3.11-slim AS build
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY worker ./worker
+COPY producers ./producers
+COPY infra ./infra
+RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+
+FROM python:3.11-slim
+RUN useradd --system --uid 10001 --home /app upscale
+COPY --from=build /wheels /wheels
+RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels
+USER 10001
+WORKDIR /app
+ENV UPSCALE_LOG_FORMAT=json PYTHONUNBUFFERED=1
+EXPOSE 8080 8090 9100
+ENTRYPOINT ["upscale"]
+CMD ["worker"]
