@@ -85,3 +85,15 @@ def test_terraform_is_formatted() -> None:
         text=True,
     )
     assert r.returncode == 0, f"terraform fmt would change: {r.stdout}"
+
+
+def test_grafana_dashboard_uses_only_exported_metrics() -> None:
+    import json
+    import re
+
+    dash = json.loads((ROOT / "infra/grafana/upscale-queue.json").read_text())
+    readme = (ROOT / "README.md").read_text()
+    for panel in dash["panels"]:
+        for name in re.findall(r"upscale_[a-z_]+", panel["targets"][0]["expr"]):
+            base = re.sub(r"_(bucket|sum|count)$", "", name)
+            assert f"`{base}" in readme, f"{name} is not documented/exported"
