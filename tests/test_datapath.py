@@ -221,3 +221,39 @@ async def test_route_1_async_mode_polls_the_pending_job_across_runs(
     assert len(submits) == 1 and stats["billed_calls"] == 1
     polls = sorted(c["t"] for c in stats["log"] if c["path"].startswith("/v1/jobs/"))
     assert all(b - a >= 2.9 for a, b in itertools.pairwise(polls))
+
+
+def _rss_kb(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+
+
+@pytest.mark.slow
+async def test_a_100mb_result_streams_in_constant_memory(
+    stack: LocalStack, sim: Sim, producer: Producer, buckets: Buckets, workers: WorkerProcs
+) -> None:
+    # A flat 2900x2900 input with detail=100: the simulator's grain makes a ~100 MB PNG.
+    put(stack, buckets.src, "warm.png", png(64, 64))
+    put(
+        stack, buckets.src, "huge.png", _encode(Image.new("RGB", (2900, 2900), (90, 60, 30)), "PNG")
+    )
+    (proc,) = workers.start(1, **FAST)
+    warm = (await producer.enqueue(f"s3://{buckets.src}/warm.png", detail=100)).job_id
+    await wait_state(producer, warm, "succeeded", timeout=60)  # imports and pools warmed up
+    baseline = _rss_kb(proc.pid)
+    job_id = (await producer.enqueue(f"s3://{buckets.src}/huge.png", detail=100)).job_id
+    peak = baseline
+    async with asyncio.timeout(120):
+        while (rec := await producer.status(job_id)) is None or not rec.final:
+            peak = max(peak, _rss_kb(proc.pid))
+            await asyncio.sleep(0.02)
+    assert rec.state == "succeeded", rec.error
+    assert rec.output_bytes is not None and rec.output_bytes > 90_000_000
+    assert rec.output_resolution == "5800x5800"
+    growth_mb = (peak - baseline) / 1024
+    print(f"100 MB result: worker RSS {baseline / 1024:.0f} MB -> peak {peak / 1024:.0f} MB")
+    # the source (2900x2900, decoded once to validate it: ~25 MB) plus one 8 MB upload part and
+    # download buffers; the 100 MB result itself never sits in memory
+    assert growth_mb < 64, f"worker RSS grew by {growth_mb:.0f} MB"
+    head = stack.s3_client().head_object(Bucket=buckets.dest, Key="huge@2x.png")
+    assert head["ContentLength"] == rec.output_bytes and head["ContentType"] == "image/png"

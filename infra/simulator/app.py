@@ -135,7 +135,9 @@ async def _handle(
             if hi > 0 and not (cfg.async_mode and route == 1):  # async: 202 now, ready later
                 await asyncio.sleep(random.uniform(lo, hi) / 1000)
             try:
-                out, size_in, size_out = await asyncio.to_thread(upscale_2x, call.image)
+                out, size_in, size_out = await asyncio.to_thread(
+                    upscale_2x, call.image, (call.knobs or {}).get("detail")
+                )
             except BadImage as e:
                 raise ApiError(400, str(e)) from None
         if cfg.async_mode and route == 1:
