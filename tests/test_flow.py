@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import signal
 
 import pytest
@@ -137,3 +138,14 @@ async def test_slot_of_a_killed_worker_is_recovered(
     await _all(producer, more[1:], "succeeded", timeout=30)
     # and the killed job itself runs again once arq's in-progress key expires
     await _all(producer, ids, "succeeded", timeout=40)
+
+
+async def test_no_burst_wanted_means_evenly_spaced_calls(
+    stack: LocalStack, sim: Sim, producer: Producer, buckets: Buckets, workers: WorkerProcs
+) -> None:
+    ids = await _jobs(stack, producer, buckets, 6)
+    workers.start(2, rate_rpm=120, rate_burst_factor=1, max_inflight=10, **FAST)
+    await _all(producer, ids, "succeeded")
+    starts = sorted(c["t"] for c in sim.stats()["log"] if c["path"].startswith("/v1/"))
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
+    assert len(starts) == 6 and min(gaps) >= 0.45  # 120 RPM: one call per 0.5 s, never a clump

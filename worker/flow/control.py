@@ -123,6 +123,8 @@ class FlowControl:
                 lane,
                 job_id or token,
                 math.ceil(s.bulk_floor * s.rate_rpm),
+                # no burst wanted: space calls evenly, so capacity frees every 60/RPM s
+                int(60_000 / s.rate_rpm) if s.rate_burst_factor <= 1 else 0,
             ],
         )
         if int(reply[0]) == 1:

@@ -18,7 +18,8 @@ end
 # ARGV: 1 token, 2 max_inflight, 3 lease_ms, 4 rpm, 5 window_ms, 6 burst_max, 7 burst_window_ms,
 #       8 canary_interval_ms (0 = off), 9 est cost micros, 10 cap total (-1 none), 11 cap day,
 #       12 cap batch, 13 pause_poll_ms, 14 ease_ms, 15 lane (live|bulk), 16 job id,
-#       17 bulk floor (calls per window bulk keeps while live waits)
+#       17 bulk floor (calls per window bulk keeps while live waits), 18 min gap between calls
+#       (ms; 0 = off: even pacing when no burst is wanted)
 # Returns {1, kind} when admitted (kind: normal | canary | probe), else {0, reason, wait_ms}.
 ADMIT = (
     _NOW
@@ -31,6 +32,7 @@ local canary_ms, est = tonumber(ARGV[8]), tonumber(ARGV[9])
 local cap_total, cap_day, cap_batch = tonumber(ARGV[10]), tonumber(ARGV[11]), tonumber(ARGV[12])
 local poll_ms, ease_ms = tonumber(ARGV[13]), tonumber(ARGV[14])
 local lane, job_id, bulk_floor = ARGV[15], ARGV[16], tonumber(ARGV[17])
+local min_gap = tonumber(ARGV[18] or '0')
 local now = now_ms()
 local kind = 'normal'
 
@@ -113,6 +115,14 @@ if in_window >= limit then
   local wait = math.max(1, tonumber(oldest[2]) + window_ms - now)
   live_waits(wait)
   return {0, 'rate', wait}
+end
+if min_gap > 0 and in_window > 0 then
+  local last = redis.call('ZRANGE', KEYS[5], -1, -1, 'WITHSCORES')
+  local gap_wait = tonumber(last[2]) + min_gap - now
+  if gap_wait > 0 then
+    live_waits(gap_wait)
+    return {0, 'rate', gap_wait}
+  end
 end
 local in_burst = redis.call('ZCOUNT', KEYS[5], now - burst_window_ms, '+inf')
 if in_burst >= burst_max then
