@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import io
 import os
+import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -143,7 +144,7 @@ async def _summary(producer: Producer, job_ids: list[str], batch: str) -> int:
             f"${rec.cost_usd:.2f}",
             rec.error or "",
         )
-    out = Console()
+    out = Console() if sys.stdout.isatty() else Console(width=160)  # logs and CI: no wrapping
     out.print(table)
     spend = await producer.ledger.spend()
     summary = await producer.ledger.batch_summary(batch)
