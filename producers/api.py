@@ -142,6 +142,7 @@ class Producer:
             "spend": spend,
             "budgets": budgets,
             "finished_per_minute": await self.ledger.finished_per_minute(60),
+            "depth_per_minute": await self.ledger.depth_per_minute(60),
             **flow,
         }
 

@@ -121,7 +121,7 @@ PAGE = """<!doctype html>
  table{border-collapse:collapse;width:100%} td,th{border-bottom:1px solid #eee;padding:.3rem;text-align:left}
  .grid{display:grid;grid-template-columns:repeat(4,1fr);gap:.8rem}
  .card{border:1px solid #ddd;border-radius:.5rem;padding:.6rem} .big{font-size:1.4rem;font-weight:700}
- button{cursor:pointer} button:disabled{cursor:not-allowed;opacity:.5} #chart{width:100%;height:80px}
+ button{cursor:pointer} button:disabled{cursor:not-allowed;opacity:.5} svg{width:100%;height:80px}
 </style></head><body>
 <h1>upscale-queue <span id="mode" class="pill"></span></h1>
 <div id="pause"></div>
@@ -132,6 +132,7 @@ PAGE = """<!doctype html>
  <div class="card">upstream<div id="flow"></div></div>
 </div>
 <h2>jobs finished per minute, last hour</h2><svg id="chart" viewBox="0 0 600 80" preserveAspectRatio="none"></svg>
+<h2>queue depth, last hour</h2><svg id="depthchart" viewBox="0 0 600 80" preserveAspectRatio="none"></svg>
 <h2>latest failures</h2><table><thead><tr><th>job</th><th>source</th><th>reason</th><th></th></tr></thead><tbody id="failures"></tbody></table>
 <h2>batches</h2><table><thead><tr><th>batch</th><th>progress</th><th>states</th><th>spend</th></tr></thead><tbody id="batches"></tbody></table>
 <script>
@@ -147,9 +148,10 @@ async function post(path) {
   if (!r.ok) alert((await r.json()).error || r.status);
   refresh();
 }
-function chart(points) {
+function chart(points, id = "chart") {
+  points = points.map(v => v ?? 0);
   const max = Math.max(1, ...points), w = 600 / points.length;
-  document.getElementById("chart").innerHTML = points.map((v, i) =>
+  document.getElementById(id).innerHTML = points.map((v, i) =>
     `<rect x="${i * w}" y="${80 - 78 * v / max}" width="${w - 1}" height="${78 * v / max}" fill="#4a7bd0"><title>${v}</title></rect>`).join("");
 }
 async function refresh() {
@@ -168,6 +170,7 @@ async function refresh() {
     bd.total_usd != null ? `total cap ${usd(bd.total_usd)} (left ${usd(bd.total_left_usd)})` : ""].filter(Boolean).join("<br>") || "no caps";
   document.getElementById("flow").innerHTML = `circuit: <b>${esc(s.circuit)}</b><br>cooldown: ${s.cooldown_s.toFixed(1)}s<br>in flight: ${s.inflight}<br>calls last minute: ${s.calls_last_minute}`;
   chart(s.finished_per_minute);
+  chart(s.depth_per_minute, "depthchart");
   document.getElementById("failures").innerHTML = f.map(x => `<tr class="failure"><td>${esc(x.job_id)}</td><td>${esc(x.source)}</td>
     <td class="reason">${esc(x.error_class)}: ${esc(x.error)}</td><td><button class="retry" ${token ? "" : "disabled"} onclick="post('/api/retry/${esc(x.job_id)}')">Retry</button></td></tr>`).join("")
     || "<tr><td colspan=4>none</td></tr>";

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -54,6 +55,7 @@ async def test_dashboard_api_pause_resume_failures_retry_and_metrics(
         st = (await c.get("/api/status")).json()
         assert st["pause"]["reason"] == "credits" and st["states"]["failed"] == 1
         assert len(st["finished_per_minute"]) == 60 and sum(st["finished_per_minute"]) >= 1
+        assert any(v is not None for v in st["depth_per_minute"])  # sampled by the workers
         (f,) = (await c.get("/api/failures")).json()
         assert f["job_id"] == bad and "not an image" in f["error"]
         (b,) = (await c.get("/api/batches")).json()
@@ -81,10 +83,9 @@ async def test_worker_serves_metrics_and_readiness(
 
     port = free_port()
     put(stack, buckets.src, "a.png", png(10, 10))
-    await producer.enqueue(f"s3://{buckets.src}/a.png")
+    job_id = (await producer.enqueue(f"s3://{buckets.src}/a.png")).job_id
     workers = build_worker(settings.model_copy(update={"metrics_port": port}), burst=False,
                            handle_signals=False, poll_delay=0.05)  # fmt: skip
-    import asyncio
 
     def value(text: str, name: str, **labels: str) -> float:
         for fam in text_string_to_metric_families(text):
@@ -98,16 +99,16 @@ async def test_worker_serves_metrics_and_readiness(
     calls = value(generate_latest().decode(), "upscale_upstream_calls_total", status="200")
     task = asyncio.create_task(workers.async_run())
     try:
+        rec = await producer.wait_for(job_id, timeout=40)
+        assert rec.state == "succeeded", rec
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as c:
-            async with asyncio.timeout(20):
+            async with asyncio.timeout(10):  # the counter moves just after the ledger's event
                 while True:
-                    try:
-                        m = (await c.get("/metrics")).text
-                        if value(m, "upscale_jobs_finished_total", state="succeeded") > before:
-                            break
-                    except httpx.HTTPError:
-                        pass
-                    await asyncio.sleep(0.1)
+                    m = (await c.get("/metrics")).text
+                    if value(m, "upscale_jobs_finished_total", state="succeeded") > before:
+                        break
+                    await asyncio.sleep(0.05)
+            assert value(m, "upscale_jobs_finished_total", state="succeeded") == before + 1
             assert value(m, "upscale_upstream_calls_total", status="200") == calls + 1
             assert (await c.get("/healthz")).json()["ok"] is True
             ready = (await c.get("/readyz")).json()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import time
 from typing import Any
 
 import structlog
@@ -94,8 +95,13 @@ async def _watch_pause(rt: Runtime, workers: list[Worker]) -> None:
     can probe the upstream and a long pause does not cycle the whole queue.
     """
     closed_by_us = False
+    sampled_minute = 0
     while True:
         try:
+            minute = int(time.time() // 60)
+            if minute != sampled_minute:
+                await rt.ledger.sample_depth(minute)  # the dashboard's depth-over-the-hour chart
+                sampled_minute = minute
             gate = await rt.flow.gate()
             if gate == "closed" and any(w.allow_pick_jobs for w in workers) and not closed_by_us:
                 for w in workers:

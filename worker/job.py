@@ -33,7 +33,7 @@ from worker.flow import Admitted, Denied
 from worker.images import ImageRejected, prepare, sniff, validate
 from worker.ledger import JobRecord
 from worker.logs import redact
-from worker.results import DownloadFailed, stream_b64, stream_url
+from worker.results import DownloadFailed, ResultRejected, stream_b64, stream_url
 from worker.runtime import Runtime
 from worker.storage import AccessDenied, SourceMissing, StorageUnavailable
 from worker.upstream import errors as ue
@@ -395,6 +395,12 @@ class UpscaleJob:
                 )
                 if attempt == DOWNLOAD_TRIES:
                     await self._wait("download", self._backoff(1), str(e))
+            except ResultRejected as e:
+                raise JobFailed(
+                    "ResultRejected",
+                    f"{e}; the paid result is kept: fix the setting, then `upscale retry` "
+                    "stores it without a new call (while its URL is valid)",
+                ) from None
             except ue.ResultUnavailable as e:
                 # Only now is a new call justified: the ledger will show both billed calls.
                 await self.rt.ledger.drop_paid(self.job_id)

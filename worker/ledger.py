@@ -19,6 +19,7 @@ from redis.asyncio import Redis
 
 from worker.contract import (
     ARQ_FUNCTION,
+    QUEUES,
     JobSpec,
     JobState,
     Keys,
@@ -431,6 +432,16 @@ class Ledger:
         now_min = int(time.time() // 60)
         keys = [f"uq:finished:{m}" for m in range(now_min - minutes + 1, now_min + 1)]
         return [int(v or 0) for v in await self.redis.mget(keys)]
+
+    async def sample_depth(self, minute: int) -> None:
+        """Record the queue depth once per minute (first worker to get there wins)."""
+        depth = sum([int(await self.redis.zcard(q)) for q in QUEUES.values()])
+        await self.redis.set(f"uq:depth:{minute}", depth, nx=True, ex=7200)
+
+    async def depth_per_minute(self, minutes: int = 60) -> list[int | None]:
+        now_min = int(time.time() // 60)
+        keys = [f"uq:depth:{m}" for m in range(now_min - minutes + 1, now_min + 1)]
+        return [int(v) if v is not None else None for v in await self.redis.mget(keys)]
 
     async def recent_batches(self, limit: int = 20) -> list[dict[str, Any]]:
         names = await self.redis.zrevrange(Keys.batches, 0, limit - 1)

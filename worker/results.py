@@ -17,13 +17,20 @@ class DownloadFailed(Exception):
     """A transient download problem (truncation, reset, 5xx): retry the download, not the call."""
 
 
+class ResultRejected(Exception):
+    """Our policy refuses this result (host not allowed, redirect, over the size cap). A new
+    call would be refused the same way, so the job fails and keeps the paid result for a retry
+    once the setting is fixed."""
+
+
 def check_host(url: str, allowed: set[str]) -> None:
     parts = urlsplit(url)
     host = (parts.hostname or "").lower()
     if parts.scheme not in ("https", "http") or host not in allowed:
         # Never reveal the query string: it carries the signature.
-        raise ResultUnavailable(
-            f"result URL host {host or '?'!r} is not in the allowed result hosts"
+        raise ResultRejected(
+            f"result URL host {host or '?'!r} is not in the allowed result hosts "
+            "(UPSCALE_RESULT_HOSTS)"
         )
 
 
@@ -34,21 +41,24 @@ async def stream_url(
     try:
         async with client.stream("GET", url, follow_redirects=False) as resp:
             if resp.is_redirect:
-                raise ResultUnavailable(f"result URL redirected (HTTP {resp.status_code}): refused")
+                raise ResultRejected(f"result URL redirected (HTTP {resp.status_code}): refused")
             if resp.status_code in (401, 403, 404, 410):
                 raise ResultUnavailable(f"result URL no longer valid (HTTP {resp.status_code})")
             if resp.status_code >= 400:
                 raise DownloadFailed(f"result download failed (HTTP {resp.status_code})")
             expected = resp.headers.get("content-length")
             if expected and int(expected) > max_bytes:
-                raise ResultUnavailable(
-                    f"result is {expected} bytes, over the {max_bytes}-byte cap"
+                raise ResultRejected(
+                    f"result is {expected} bytes, over the {max_bytes}-byte cap "
+                    "(UPSCALE_MAX_RESULT_BYTES)"
                 )
             got = 0
             async for chunk in resp.aiter_raw(CHUNK):
                 got += len(chunk)
                 if got > max_bytes:
-                    raise ResultUnavailable(f"result exceeds the {max_bytes}-byte cap")
+                    raise ResultRejected(
+                        f"result exceeds the {max_bytes}-byte cap (UPSCALE_MAX_RESULT_BYTES)"
+                    )
                 yield chunk
             if expected is not None and got != int(expected):
                 raise DownloadFailed(f"result download truncated: {got} of {expected} bytes")

@@ -1,0 +1,84 @@
+"""Result downloads: allowed hosts only, no redirects, size cap, truncation; a refused result
+fails the job without a second payment and is stored by a retry once the setting is fixed."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+from aiohttp import web
+
+from infra.stack import LocalStack
+from producers.api import Producer
+from tests.conftest import Buckets, Sim, drain, png, put, wait_state
+from tests.test_producers import serving
+from worker.results import DownloadFailed, ResultRejected, stream_url
+from worker.settings import Settings
+
+BODY = b"x" * 300_000
+
+
+async def _ok(_: web.Request) -> web.Response:
+    return web.Response(body=BODY)
+
+
+async def _redirect(_: web.Request) -> web.Response:
+    raise web.HTTPFound("http://169.254.169.254/latest/meta-data/")
+
+
+async def _truncated(request: web.Request) -> web.StreamResponse:
+    resp = web.StreamResponse(headers={"Content-Length": str(len(BODY))})
+    await resp.prepare(request)
+    await resp.write(BODY[:1000])
+    request.transport.close()  # type: ignore[union-attr]  # the connection drops mid-body
+    return resp
+
+
+@pytest.fixture
+async def files() -> AsyncIterator[str]:
+    app = web.Application()
+    app.router.add_get("/ok", _ok)
+    app.router.add_get("/redirect", _redirect)
+    app.router.add_get("/truncated", _truncated)
+    async with serving(app) as url:
+        yield url
+
+
+async def _fetch(url: str, *, hosts: set[str] | None = None, cap: int = 10_000_000) -> bytes:
+    async with httpx.AsyncClient() as client:
+        chunks = [
+            c
+            async for c in stream_url(
+                client, url, allowed_hosts=hosts or {"127.0.0.1"}, max_bytes=cap
+            )
+        ]
+    return b"".join(chunks)
+
+
+async def test_download_rules(files: str) -> None:
+    assert await _fetch(f"{files}/ok") == BODY
+    with pytest.raises(ResultRejected, match="not in the allowed result hosts"):
+        await _fetch(f"{files}/ok?sig=secret", hosts={"cdn.example.com"})
+    with pytest.raises(ResultRejected, match="redirected"):
+        await _fetch(f"{files}/redirect")
+    with pytest.raises(ResultRejected, match="cap"):
+        await _fetch(f"{files}/ok", cap=1000)
+    with pytest.raises(DownloadFailed):
+        await _fetch(f"{files}/truncated")
+
+
+async def test_refused_result_is_kept_and_stored_by_a_retry_without_paying_again(
+    stack: LocalStack, sim: Sim, settings: Settings, producer: Producer, buckets: Buckets
+) -> None:
+    put(stack, buckets.src, "a.png", png(16, 16))
+    job_id = (await producer.enqueue(f"s3://{buckets.src}/a.png")).job_id
+    await drain(settings.model_copy(update={"result_hosts": ["cdn.example.com"]}))
+    rec = await wait_state(producer, job_id, "failed")
+    assert rec.error_class == "ResultRejected" and "UPSCALE_RESULT_HOSTS" in (rec.error or "")
+    assert rec.billed_calls == 1 and rec.attempts == 0
+    assert "sig=" not in (rec.error or "")
+    await producer.retry(job_id)  # after fixing the setting
+    await drain(settings)
+    rec = await wait_state(producer, job_id, "succeeded")
+    assert rec.billed_calls == 1 and sim.stats()["billed_calls"] == 1
