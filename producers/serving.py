@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 from collections.abc import Callable
 
 import structlog
@@ -27,8 +28,13 @@ async def serve_app(
     await runner.setup()
     await web.TCPSite(runner, host, port).start()
     log.info(f"{name} listening", url=f"http://{host}:{port}")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)  # a rollout: close cleanly, exit 0
     try:
-        await asyncio.Event().wait()
+        await stop.wait()
+        log.info(f"{name} stopping")
     finally:
         await runner.cleanup()
         await redis.aclose()

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from infra.stack import LocalStack
@@ -86,3 +87,28 @@ def test_processes_option_runs_and_drains_n_workers(stack_env: None) -> None:
         env={**os.environ, "UPSCALE_LOG_LEVEL": "WARNING"},
     )
     assert proc.wait(60) == 0  # both children ran (burst: empty queue) and exited cleanly
+
+
+def test_webhook_and_dashboard_exit_cleanly_on_sigterm(stack_env: None) -> None:
+    import httpx
+
+    from infra.stack import free_port
+
+    for command in ("webhook", "dashboard"):
+        port = free_port()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "producers.cli", command, "--host", "127.0.0.1", "--port", str(port)],
+            env={**os.environ, "UPSCALE_API_TOKEN": "t", "UPSCALE_LOG_LEVEL": "WARNING"},
+        )  # fmt: skip
+        try:
+            for _ in range(100):
+                try:
+                    httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
+                    break
+                except httpx.HTTPError:
+                    time.sleep(0.1)  # a subprocess starting: nothing to await
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(10) == 0, command
+        finally:
+            if proc.poll() is None:
+                proc.kill()
