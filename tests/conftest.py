@@ -206,7 +206,13 @@ class WorkerProcs:
 
     def start(self, n: int, **overrides: object) -> list[subprocess.Popen[bytes]]:
         env = {**os.environ, **self.env, "UPSCALE_LOG_FORMAT": "json"}
-        env.update({f"UPSCALE_{k.upper()}": _env_value(v) for k, v in overrides.items()})
+        # lower-case names are settings (UPSCALE_*); upper-case ones are plain variables
+        env.update(
+            {
+                (k if k.isupper() else f"UPSCALE_{k.upper()}"): _env_value(v)
+                for k, v in overrides.items()
+            }
+        )
         started = [
             subprocess.Popen(
                 [sys.executable, "-m", "producers.cli", "worker"],

@@ -237,7 +237,8 @@ async def test_a_100mb_result_streams_in_constant_memory(
     put(
         stack, buckets.src, "huge.png", _encode(Image.new("RGB", (2900, 2900), (90, 60, 30)), "PNG")
     )
-    (proc,) = workers.start(1, **FAST)
+    # As in the Dockerfile: few malloc arenas, so memory freed by worker threads is reused.
+    (proc,) = workers.start(1, MALLOC_ARENA_MAX=2, **FAST)
     warm = (await producer.enqueue(f"s3://{buckets.src}/warm.png", detail=100)).job_id
     await wait_state(producer, warm, "succeeded", timeout=60)  # imports and pools warmed up
     baseline = _rss_kb(proc.pid)

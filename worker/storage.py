@@ -181,7 +181,7 @@ class Storage:
             async for chunk in chunks:
                 buf += chunk
                 size += len(chunk)
-                while len(buf) >= part_size:
+                if len(buf) >= part_size:
                     if upload_id is None:
                         ctype_meta = describe(bytes(buf[:65536]))
                         r = await self._call(
@@ -193,9 +193,11 @@ class Storage:
                             Metadata=ctype_meta[1],
                         )
                         upload_id = r["UploadId"]
-                    part = bytes(buf[:part_size])
-                    del buf[:part_size]
+                    # The whole buffer goes as one part (part_size .. part_size + one chunk): no
+                    # slicing of a large bytearray, and the buffer is released at once.
+                    part, buf = bytes(buf), bytearray()
                     await send_part(upload_id, part)
+                    del part
             if upload_id is None:
                 ctype, meta = describe(bytes(buf[:65536]))
                 r = await self._call(
