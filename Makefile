@@ -4,7 +4,7 @@ PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install system-deps run test lint fmt bench stack clean
+.PHONY: install system-deps run test lint fmt bench chaos stack clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -47,6 +47,11 @@ bench: install
 	$(PY) -m tests.bench.flow
 	$(PY) -m tests.bench.lanes
 	$(PY) -m tests.bench.backfill $${BENCH_BACKFILL_KEYS:-100000}
+
+## Real faults (worker SIGKILLs, Redis SIGKILL + AOF restart, S3 down, dropped answers) on
+## 100 jobs x 4 worker processes at default settings: time to all-final, stranded, paid twice.
+chaos: install
+	$(PY) -m tests.bench.chaos $${CHAOS_JOBS:-100} $${CHAOS_PROCS:-4}
 
 ## Start the local stack and print its environment (Ctrl-C stops it).
 stack: install

@@ -145,6 +145,20 @@ class _Proc:
                 p.wait(5)
         self.popen = None
 
+    def kill(self) -> None:
+        """SIGKILL, as a crash or an OOM kill would (no shutdown, no final fsync)."""
+        p = self.popen
+        if p is not None and p.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGKILL)
+            p.wait(10)
+        self.popen = None
+
+    def signal_group(self, sig: signal.Signals) -> None:
+        if self.popen is not None and self.popen.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.popen.pid, sig)
+
     def tail(self, n: int = 40) -> str:
         try:
             return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
@@ -228,8 +242,10 @@ class LocalStack:
             "--port", str(self.redis_port),
             "--bind", "127.0.0.1",
             "--dir", str(data),
-            # an evicted job key is a lost job; AOF keeps the queue across restarts
-            "--appendonly", "yes",
+            # An evicted job key is a lost job; AOF keeps the queue across restarts, and fsync on
+            # every write keeps a paid result recorded by a Lua script across a crash (losing
+            # the last second of writes could buy an image twice).
+            "--appendonly", "yes", "--appendfsync", "always",
             "--maxmemory-policy", "noeviction",
             "--save", "",
             "--daemonize", "no",
@@ -242,6 +258,12 @@ class LocalStack:
         proc = self.procs.pop("redis", None)
         if proc:
             proc.stop()
+
+    def kill_redis(self) -> None:
+        """SIGKILL redis-server (it comes back on its AOF with `start_redis`)."""
+        proc = self.procs.pop("redis", None)
+        if proc:
+            proc.kill()
 
     def _redis_ready(self) -> bool:
         with socket.create_connection(("127.0.0.1", self.redis_port), timeout=1) as s:
@@ -304,6 +326,12 @@ class LocalStack:
         proc = self.procs.pop("weed", None)
         if proc:
             proc.stop()
+
+    def freeze_s3(self, frozen: bool) -> None:
+        """SIGSTOP / SIGCONT SeaweedFS: requests in flight hang, as on a stalled endpoint."""
+        proc = self.procs.get("weed")
+        if proc:
+            proc.signal_group(signal.SIGSTOP if frozen else signal.SIGCONT)
 
     def s3_client(self) -> Any:
         import boto3

@@ -137,15 +137,15 @@ async def test_worker_killed_after_payment_resumes_without_paying_again(
     sim.configure(download_delay_ms=20_000)  # the result download hangs: kill during it
     put(stack, buckets.src, "paid.png", png(40, 40))
     job_id = await _job(producer, buckets, "paid.png")
-    (victim,) = workers.start(1, job_timeout_s=5, **FAST)
+    (victim,) = workers.start(1, **FAST)
     async with asyncio.timeout(30):
         while not await producer.redis.exists(Keys.paid(job_id)):
             await asyncio.sleep(0.05)
     victim.send_signal(signal.SIGKILL)
     victim.wait(5)
     sim.configure(download_delay_ms=0)
-    workers.start(1, job_timeout_s=5, **FAST)
-    # arq hands the job to the new worker once the dead one's in-progress key expires
+    workers.start(1, **FAST)
+    # the dead run's lease expires (20 s) and a live worker reclaims it
     rec = await wait_state(producer, job_id, "succeeded", "failed", timeout=45)
     assert rec.state == "succeeded"
     assert rec.billed_calls == 1 and rec.calls == 1

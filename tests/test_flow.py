@@ -11,6 +11,7 @@ import pytest
 from infra.stack import LocalStack
 from producers.api import Producer
 from tests.conftest import FAST, Buckets, Sim, WorkerProcs, png, put, wait_state
+from worker.keys import Keys
 
 pytestmark = pytest.mark.slow
 
@@ -126,18 +127,19 @@ async def test_slot_of_a_killed_worker_is_recovered(
 ) -> None:
     sim.configure(latency_ms=[4000, 4000])
     ids = await _jobs(stack, producer, buckets, 1)
-    (victim,) = workers.start(1, max_inflight=1, lease_s=2, job_timeout_s=6, **FAST)
-    while sim.stats()["inflight"] == 0:
-        await asyncio.sleep(0.05)
+    (victim,) = workers.start(1, max_inflight=1, **FAST)
+    async with asyncio.timeout(30):
+        while sim.stats()["inflight"] == 0:
+            await asyncio.sleep(0.05)
     victim.send_signal(signal.SIGKILL)
     victim.wait(5)
-    assert await producer.redis.zcard("uq:flow:inflight") == 1  # the dead worker's lease
+    assert await producer.redis.zcard(Keys.inflight) == 1  # the dead worker's slot
     sim.configure(latency_ms=[0, 0])
     more = await _jobs(stack, producer, buckets, 3)
-    workers.start(1, max_inflight=1, lease_s=2, job_timeout_s=6, **FAST)
-    await _all(producer, more[1:], "succeeded", timeout=30)
-    # and the killed job itself runs again once arq's in-progress key expires
-    await _all(producer, ids, "succeeded", timeout=40)
+    workers.start(1, max_inflight=1, **FAST)
+    # default leases (20 s): the slot expires and the killed run is reclaimed, then all run
+    await _all(producer, more[1:] + ids, "succeeded", timeout=60)
+    assert await producer.redis.zcard(Keys.inflight) == 0
 
 
 async def test_no_burst_wanted_means_evenly_spaced_calls(

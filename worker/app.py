@@ -1,7 +1,9 @@
 """arq entry point: `WorkerSettings` (for `arq worker.app.WorkerSettings`) and `run_worker()`.
 
-`upscale worker` uses `run_worker()`, which also stops picking jobs while the fleet is paused
-(arq's `allow_pick_jobs`), so a long pause leaves jobs queued instead of cycling them.
+The process, not arq's poll loop, owns the lifecycle: one runtime per process (shared by both
+lanes), one `Lifecycle` task (run-lease heartbeat, reclaim, heal), one gate watch that stops
+picking jobs while nothing can be admitted, and arq workers whose poll loops ride out a Redis
+outage instead of dying (running jobs keep running).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import asyncio
 import contextlib
 import signal
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import structlog
@@ -17,19 +20,23 @@ from arq import Worker, func
 from pydantic import ValidationError
 
 from worker.callbacks import NOTIFY_FUNCTION, notify
-from worker.contract import ARQ_FUNCTION, BULK_QUEUE_NAME, QUEUE_NAME, QUEUES, JobSpec, queue_for
+from worker.contract import ARQ_FUNCTION, JobSpec
 from worker.health import serve_health
-from worker.job import UpscaleJob, record_invalid_payload
+from worker.job import UpscaleJob
+from worker.keys import BULK_QUEUE_NAME, QUEUE_NAME, QUEUES, queue_for
+from worker.ledger import record_invalid_payload
+from worker.lifecycle import Lifecycle
 from worker.logs import configure_logging
-from worker.redis_conn import connect, deserialize, serialize, settings_for
+from worker.redis_conn import REDIS_DOWN, connect, deserialize, serialize, settings_for
 from worker.runtime import Runtime, create_runtime
 from worker.settings import Settings, get_settings
 
 log = structlog.get_logger("worker.app")
 
-# Waiting uses arq's Retry, and every Retry costs an arq try: put the cap out of reach and
-# count real failures ourselves (ledger `attempts`, bounded by `max_attempts`).
+# Waiting hands the job back through arq's Retry, and every start costs an arq try: put the cap
+# out of reach and count real failures ourselves (ledger `attempts`, bounded by `max_attempts`).
 ARQ_MAX_TRIES = 1_000_000
+_RUNTIME_LOCK = asyncio.Lock()
 
 
 async def upscale(ctx: dict[str, Any], payload: dict[str, Any]) -> dict[str, Any]:
@@ -37,47 +44,78 @@ async def upscale(ctx: dict[str, Any], payload: dict[str, Any]) -> dict[str, Any
     try:
         spec = JobSpec.model_validate(payload)
     except ValidationError as e:
-        await record_invalid_payload(rt, ctx["job_id"], f"invalid job payload: {e}")
+        await record_invalid_payload(rt.ledger, ctx["job_id"], f"invalid job payload: {e}")
         return {"state": "failed", "error": "invalid payload"}
-    job = UpscaleJob(rt, spec, ctx["job_id"])
-    # Beat arq's own timeout (which would end the job without a ledger update): a job that
-    # overruns is a failed attempt with backoff, and any paid result stays saved for the retry.
-    limit = rt.settings.job_timeout_s
-    try:
-        async with asyncio.timeout(max(1.0, limit - min(5.0, limit * 0.1))):
-            return await job.run()
-    except TimeoutError:
-        return await job.on_timeout()
+    return await UpscaleJob(rt, spec, ctx["job_id"]).run()
+
+
+class ResilientWorker(Worker):
+    """An arq worker whose poll loop survives Redis going away: it waits (with backoff) and
+    goes on; jobs already running are never cancelled because a poll failed."""
+
+    async def _poll_iteration(self) -> None:
+        delay = 0.5
+        while True:
+            try:
+                await super()._poll_iteration()
+                return
+            except REDIS_DOWN as e:
+                rt: Runtime | None = self.ctx.get("runtime")
+                if rt is not None:
+                    rt.redis_ok = False
+                log.warning("redis unavailable; poll loop waiting", error=type(e).__name__)
+                await asyncio.sleep(delay)
+                delay = min(5.0, delay * 2)
+
+    async def close(self) -> None:
+        with contextlib.suppress(*REDIS_DOWN):
+            await super().close()
+
+
+async def _process_runtime(ctx: dict[str, Any]) -> Runtime:
+    """The process's runtime, created once (both lanes' start-ups may race for it)."""
+    async with _RUNTIME_LOCK:
+        if "runtime" not in ctx:
+            settings: Settings = ctx.get("settings") or get_settings()
+            configure_logging(settings.log_format, settings.log_level)
+            # Its own connection: in burst mode one lane's worker closes its pool first.
+            ctx["runtime"] = create_runtime(settings, await connect(settings))
+        rt: Runtime = ctx["runtime"]
+        return rt
 
 
 async def startup(ctx: dict[str, Any]) -> None:
-    # One runtime per process, shared by both lanes' arq workers (they share this ctx dict).
+    """arq's on_startup. Under `upscale worker` the process set everything up already; under
+    plain `arq worker.app.WorkerSettings` this sets up the same for the one lane it serves."""
     ctx["_users"] = ctx.get("_users", 0) + 1
-    if "runtime" in ctx:
+    if ctx.get("process_owned"):
         return
-    settings: Settings = ctx.get("settings") or get_settings()
-    configure_logging(settings.log_format, settings.log_level)
-    # Its own connection: in burst mode one lane's worker closes its pool before the other.
-    ctx["runtime"] = create_runtime(settings, await connect(settings))
-    if settings.metrics_port:
-        ctx["health_server"] = await serve_health(ctx["runtime"], settings.metrics_port)
-    workers: list[Worker] = ctx.get("arq_workers", [])
-    if workers:
-        ctx["pause_watch"] = asyncio.create_task(_watch_pause(ctx["runtime"], workers))
-    log.info(
-        "worker started",
-        queues=[w.queue_name for w in workers] or [QUEUE_NAME],
-        route=settings.route,
-        max_jobs=settings.max_jobs,
-    )
+    worker = _calling_worker()
+    rt = await _process_runtime(ctx)
+    if "tasks" not in ctx:
+        ctx["tasks"] = _background(rt, [worker] if worker else [], ctx)
+        if rt.settings.metrics_port:
+            ctx["health_server"] = await serve_health(rt, rt.settings.metrics_port)
+        log.info("worker started", queues=[worker.queue_name] if worker else [QUEUE_NAME])
+
+
+def _calling_worker() -> Worker | None:
+    # arq gives start-up hooks no handle on their worker; its main task is `Worker.main()`.
+    task = asyncio.current_task()
+    frame = getattr(task.get_coro(), "cr_frame", None) if task else None
+    owner = frame.f_locals.get("self") if frame else None
+    return owner if isinstance(owner, Worker) else None
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
     ctx["_users"] = ctx.get("_users", 1) - 1
-    if ctx["_users"] > 0:
+    if ctx["_users"] > 0 or ctx.get("process_owned"):
         return
-    task = ctx.pop("pause_watch", None)
-    if task is not None:
+    await _teardown(ctx)
+
+
+async def _teardown(ctx: dict[str, Any]) -> None:
+    for task in ctx.pop("tasks", []):
         task.cancel()
     server = ctx.pop("health_server", None)
     if server is not None:
@@ -85,11 +123,23 @@ async def shutdown(ctx: dict[str, Any]) -> None:
     rt: Runtime | None = ctx.pop("runtime", None)
     if rt is not None:
         await rt.aclose()
-        await rt.redis.aclose()
+        with contextlib.suppress(*REDIS_DOWN):
+            await rt.redis.aclose()
 
 
-async def _watch_pause(rt: Runtime, workers: list[Worker]) -> None:
-    """Keep `allow_pick_jobs` in step with the fleet's pause flag (never undoing a shutdown).
+def _background(
+    rt: Runtime, workers: Sequence[Worker], ctx: dict[str, Any]
+) -> list[asyncio.Task[None]]:
+    in_progress_ms = int((rt.settings.job_timeout_s + 10) * 1000)  # arq's in-progress TTL
+    return [
+        asyncio.create_task(Lifecycle(rt, in_progress_ttl_ms=in_progress_ms).run()),
+        asyncio.create_task(_watch_gate(rt, workers)),
+    ]
+
+
+async def _watch_gate(rt: Runtime, workers: Sequence[Worker]) -> None:
+    """Keep `allow_pick_jobs` in step with the fleet's gate: no picking while nothing can be
+    admitted (pause, cooldown, open circuit, budget), and never again once draining.
 
     While paused, a worker picks jobs only when a canary call is due, so one job per interval
     can probe the upstream and a long pause does not cycle the whole queue.
@@ -98,24 +148,29 @@ async def _watch_pause(rt: Runtime, workers: list[Worker]) -> None:
     sampled_minute = 0
     while True:
         try:
+            if rt.draining:
+                for w in workers:
+                    w.allow_pick_jobs = False
+                return
             minute = int(time.time() // 60)
             if minute != sampled_minute:
                 await rt.ledger.sample_depth(minute)  # the dashboard's depth-over-the-hour chart
                 sampled_minute = minute
             gate = await rt.flow.gate()
-            if gate == "closed" and any(w.allow_pick_jobs for w in workers) and not closed_by_us:
+            if gate.state == "closed" and not closed_by_us:
                 for w in workers:
                     w.allow_pick_jobs = False
                 closed_by_us = True
-                log.info("fleet paused: not picking jobs")
-            elif gate != "closed" and closed_by_us:
+                log.info("nothing can be admitted: not picking jobs", reason=gate.reason)
+            elif gate.state != "closed" and closed_by_us and not rt.draining:
                 for w in workers:
                     w.allow_pick_jobs = True
                 closed_by_us = False
-                if gate == "open":
-                    log.info("fleet resumed: picking jobs")
-        except Exception as e:  # Redis away: arq itself will notice; keep watching
-            log.warning("pause watch failed", error=str(e))
+                log.info("picking jobs again", gate=gate.state)
+        except REDIS_DOWN as e:
+            log.warning("gate watch: redis unavailable", error=type(e).__name__)
+        except Exception:
+            log.exception("gate watch failed")
         await asyncio.sleep(rt.settings.pause_poll_s)
 
 
@@ -156,8 +211,8 @@ def worker_options(settings: Settings, lane: str = "live") -> dict[str, Any]:
 class WorkerSettings:
     """For `arq worker.app.WorkerSettings` (live lane) and `arq worker.app.BulkWorkerSettings`.
 
-    `upscale worker` is the better way: one process serves both lanes and stops picking jobs
-    while the fleet is paused.
+    `upscale worker` is the better way: one process serves both lanes. Both ways get the same
+    lifecycle (heartbeat, reclaim, heal) and stop picking while nothing can be admitted.
     """
 
     _s = get_settings()
@@ -183,24 +238,50 @@ class LaneWorkers:
     so it never idles while either has work; the flow control decides who calls first."""
 
     def __init__(self, settings: Settings, *, burst: bool = False, **overrides: Any) -> None:
-        ctx: dict[str, Any] = {"settings": settings}
+        self.settings = settings
+        self.ctx: dict[str, Any] = {"settings": settings, "process_owned": True}
         self.workers = [
-            Worker(ctx=ctx, **{**worker_options(settings, lane), "burst": burst, **overrides})
+            ResilientWorker(
+                ctx=self.ctx, **{**worker_options(settings, lane), "burst": burst, **overrides}
+            )
             for lane in QUEUES
         ]
-        ctx["arq_workers"] = self.workers
 
     def handle_signal(self, sig: signal.Signals) -> None:
+        rt: Runtime | None = self.ctx.get("runtime")
+        if rt is not None:
+            rt.draining = True  # picking never reopens, whatever the fleet's gate says
         for w in self.workers:
             w.handle_sig_wait_for_completion(sig)  # drain: running (paid) jobs finish
 
     async def async_run(self) -> None:
-        await asyncio.gather(*(w.async_run() for w in self.workers), return_exceptions=True)
+        """Serve both lanes; if one lane's worker dies, drain the other and exit non-zero."""
+        rt = await _process_runtime(self.ctx)
+        self.ctx["tasks"] = _background(rt, self.workers, self.ctx)
+        if self.settings.metrics_port:
+            self.ctx["health_server"] = await serve_health(rt, self.settings.metrics_port)
+        log.info(
+            "worker started",
+            queues=[w.queue_name for w in self.workers],
+            route=self.settings.route,
+            max_jobs=self.settings.max_jobs,
+        )
+        tasks = [asyncio.create_task(w.async_run()) for w in self.workers]
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        failed = [t for t in done if not t.cancelled() and t.exception() is not None]
+        if failed:
+            exc = failed[0].exception()
+            log.error("a lane's worker stopped; draining the other", error=repr(exc))
+            self.handle_signal(signal.SIGTERM)
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise SystemExit(1)
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def close(self) -> None:
         for w in self.workers:
             with contextlib.suppress(Exception):
                 await w.close()
+        await _teardown(self.ctx)
 
 
 def build_worker(settings: Settings, *, burst: bool = False, **overrides: Any) -> LaneWorkers:

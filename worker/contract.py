@@ -1,7 +1,7 @@
 """The job contract: payload schema, job-id derivation and Redis key names.
 
-Producers import this module and nothing else from `worker/`; everything that crosses the
-producer/worker boundary is defined here so both sides always agree.
+Producers import this module; everything that crosses the producer/worker boundary is defined
+here (key names re-exported from `worker.keys`) so both sides always agree.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ from typing import Annotated, Any, Literal
 from urllib.parse import quote, unquote
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from worker.keys import BULK_QUEUE_NAME, QUEUE_NAME, QUEUES, Keys, queue_for
 
 # ---------------------------------------------------------------------------------------------
 # S3 URIs
@@ -173,78 +175,13 @@ def prompt_hash(prompt: str | None) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# Redis key layout (one place). `uq:` is ours; `arq:` keys belong to arq.
+# Names shared with arq and Redis (every key name lives in worker/keys.py)
 # ---------------------------------------------------------------------------------------------
 
 ARQ_FUNCTION = "upscale"
-QUEUE_NAME = "uq:queue"  # the live lane's arq queue (a sorted set scored by run-at ms)
-BULK_QUEUE_NAME = "uq:queue:bulk"  # the bulk lane's arq queue
-QUEUES: dict[str, str] = {"live": QUEUE_NAME, "bulk": BULK_QUEUE_NAME}
-
-
-def queue_for(lane: str) -> str:
-    return QUEUES[lane]
-
 
 # Converted inputs are staged here (in the destination bucket) when the upstream fetches a URL.
 STAGING_PREFIX = ".upscale-staging/"
-
-
-class Keys:
-    prefix = "uq"
-
-    @staticmethod
-    def job(job_id: str) -> str:
-        """Ledger record of one job (a hash)."""
-        return f"uq:job:{job_id}"
-
-    @staticmethod
-    def paid(job_id: str) -> str:
-        """What a billed upstream call returned, kept until stored (internal: holds signed URLs)."""
-        return f"uq:paid:{job_id}"
-
-    @staticmethod
-    def batch(batch: str) -> str:
-        """Per-batch counters: jobs per state, spend."""
-        return f"uq:batch:{batch}"
-
-    @staticmethod
-    def batch_jobs(batch: str) -> str:
-        return f"uq:batch:{batch}:jobs"
-
-    batches = "uq:batches"  # sorted set of batch names by first-seen time
-    failures = "uq:failures"  # sorted set of failed job ids by time (latest failures view)
-    states = "uq:states"  # hash: jobs per state, whole fleet
-    spend_total = "uq:spend:total"  # micro-USD, integer
-    intake = "uq:intake"  # hash: notifications received / enqueued / duplicates / ignored
-
-    @staticmethod
-    def spend_day(day: str) -> str:
-        return f"uq:spend:day:{day}"
-
-    @staticmethod
-    def spend_batch(batch: str) -> str:
-        return f"uq:spend:batch:{batch}"
-
-    @staticmethod
-    def final_channel(job_id: str) -> str:
-        """Pub/sub channel told when a job reaches a final state (published by the ledger)."""
-        return f"uq:final:{job_id}"
-
-    @staticmethod
-    def batch_final_channel(batch: str) -> str:
-        return f"uq:batch-final:{batch}"
-
-    # flow control
-    pause = "uq:flow:pause"  # hash: reason, detail, since (ms); absent when running
-    cooldown = "uq:flow:cooldown"  # string: until-ms (global 429 cooldown)
-    inflight = "uq:flow:inflight"  # sorted set: lease token -> expiry ms
-    rate = "uq:flow:rate"  # sorted set: call start times (ms) in the rolling window
-    circuit = "uq:flow:circuit"  # hash: state, failures, opened_at
-    budget_reserved = "uq:budget:reserved"  # hash: job id -> reserved micro-USD
-    canary = "uq:flow:canary"  # string lock: one canary call at a time
-    live_waiting = "uq:flow:live-waiting"  # sorted set: live job id -> expiry ms (live demand)
-    rate_bulk = "uq:flow:rate:bulk"  # sorted set: bulk call start times (the bulk floor)
 
 
 MICRO = 1_000_000
@@ -265,3 +202,19 @@ def s3_key_quote(key: str) -> str:
 
 def s3_key_unquote(key: str) -> str:
     return unquote(key)
+
+
+__all__ = [
+    "ARQ_FUNCTION",
+    "BULK_QUEUE_NAME",
+    "QUEUES",
+    "QUEUE_NAME",
+    "STAGING_PREFIX",
+    "JobSpec",
+    "JobState",
+    "Keys",
+    "S3Object",
+    "UpscaleParams",
+    "job_id_for",
+    "queue_for",
+]

@@ -1,20 +1,23 @@
-"""The job: admit -> read -> call -> stream -> record, for one source object.
+"""The job: start (take the run lease) -> read the source -> call -> store, for one object.
 
-Money rules: a paid result is saved (atomically with its spend) before anything else happens,
-so a crash, a truncated download or an S3 outage resumes from it instead of paying again.
-Waiting (pause, 429, budget, outage) is never a failed attempt: `attempts` in the ledger counts
-real failures only, and arq's own try counter is set out of reach (see app.py).
+Every exception ends in one row of `worker.outcomes` (fail / wait / attempt). Money rules: the
+call is journaled before it leaves; a paid answer is saved with its spend before anything else
+(and waits out a Redis outage); an unknown outcome counts as possibly billed and is asked
+again under the same idempotency key. A run that lost its lease (reclaimed after a stall)
+cannot write: the ledger's scripts check its token.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
+import re
 import time
-from collections.abc import AsyncIterator
-from typing import Any, NoReturn
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
+import httpx
 import structlog
 from arq import Retry
 
@@ -23,42 +26,33 @@ from worker.callbacks import queue_batch_notice_if_done, queue_job_notice
 from worker.contract import (
     STAGING_PREFIX,
     JobSpec,
-    JobState,
     S3Object,
     prompt_hash,
     s3_key_quote,
     usd_to_micros,
 )
 from worker.flow import Admitted, Denied
-from worker.images import ImageRejected, prepare, sniff, validate
-from worker.ledger import JobRecord
-from worker.logs import redact
+from worker.images import prepare, sniff, validate
+from worker.keys import Keys
+from worker.ledger import Fenced, PaidOutput, PaidResult, StartResult
+from worker.ledger.transitions import FinalState
+from worker.outcomes import JobFailed, JobSkipped, JobWaits, outcome_for
 from worker.results import DownloadFailed, ResultRejected, stream_b64, stream_url
 from worker.runtime import Runtime
-from worker.storage import AccessDenied, SourceMissing, StorageUnavailable
+from worker.storage import AccessDenied, SourceMissing, StorageRejected, StorageUnavailable
 from worker.upstream import errors as ue
-from worker.upstream.base import CallResult, ImageInput, Output, UpscaleRequest
+from worker.upstream.base import CallResult, ImageInput, UpscaleRequest
 
 log = structlog.get_logger("worker.job")
 
 META_JOB_ID = "upscale-job-id"
-# Short denials are waited out in the job; longer ones hand the job back to the queue.
+# Short denials (rate, in-flight cap) are waited out in the job; longer ones hand it back.
 INLINE_WAIT_MAX_S = 3.0
 INLINE_WAIT_TOTAL_S = 60.0
 DOWNLOAD_TRIES = 3
-
-
-class JobFailed(Exception):
-    """The job cannot succeed: ends `failed` with this reason."""
-
-    def __init__(self, error_class: str, message: str) -> None:
-        super().__init__(message)
-        self.error_class = error_class
-        self.message = redact(message)[:1000]
-
-
-class JobSkipped(Exception):
-    """Nothing to do (e.g. the source is one of our own outputs): ends `skipped`, no call."""
+OUTAGE_WAIT_S = 5.0
+# An upstream 400 that says it could not get the reference image (URL mode).
+_FETCH_FAILED = re.compile(r"fetch|download|retriev|unreachable|could not (get|load|read)", re.I)
 
 
 class UpscaleJob:
@@ -67,42 +61,137 @@ class UpscaleJob:
         self.s = rt.settings
         self.spec = spec
         self.job_id = job_id
+        self.token = uuid.uuid4().hex  # this run's lease token (fencing)
         self.timings: dict[str, int] = {}
         self.started = time.monotonic()
         self.staged: S3Object | None = None
+        self.slot: str = ""  # the admitted slot of the call in flight / pending
 
-    # ------------------------------------------------------------------------------------
+    # -- the run ------------------------------------------------------------------------
     async def run(self) -> dict[str, Any]:
-        ledger = self.rt.ledger
-        rec = await ledger.get(self.job_id)
-        if rec is not None and rec.final:
-            return {"state": rec.state, "note": "already final"}
-        attempt = (rec.attempts if rec else 0) + 1
+        st = await self.rt.ledger.start(self.job_id, self.token, self.s.run_lease_s * 1000)
+        if st.outcome == "final":
+            return {"state": st.state, "note": "already final"}
+        if st.outcome == "busy":  # another live run holds the lease: leave it alone
+            raise Retry(defer=st.busy_ms / 1000 + 1)
+        if st.outcome == "missing":
+            log.warning(
+                "job has no ledger record; enqueue it with upscale-queue", job_id=self.job_id
+            )
+            return {"state": "failed", "error": "no ledger record"}
         structlog.contextvars.bind_contextvars(
             job_id=self.job_id,
             batch=self.spec.batch,
             source=self.spec.source.uri,
-            attempt=attempt,
+            attempt=st.attempts + 1,
         )
+        self.rt.runs[self.job_id] = self.token  # renewed by the process's heartbeat
         try:
-            await ledger.set_state(self.job_id, JobState.RUNNING, wait_reason=None)
-            out = await self._run()
-        except JobFailed as f:
-            await self._fail(f.error_class, f.message)
-            out = {"state": "failed", "error": f.message}
-        except JobSkipped as sk:
-            await ledger.set_state(self.job_id, JobState.SKIPPED, note=str(sk), wait_reason=None)
-            log.info("job skipped", reason=str(sk))
-            out = {"state": "skipped", "reason": str(sk)}
+            try:
+                # Beat arq's own timeout (which would end the job without a ledger update).
+                limit = self.s.job_timeout_s
+                async with asyncio.timeout(max(1.0, limit - min(5.0, limit * 0.1))):
+                    out = await self._steps(st)
+            except asyncio.CancelledError:
+                await asyncio.shield(self._hand_back("shutdown", "the worker stopped"))
+                raise
+            except Fenced:
+                log.warning("run lost its lease (reclaimed); it stops without writing")
+                return {"state": "fenced"}
+            except Exception as exc:
+                out = await self._settle(exc)
         finally:
+            self.rt.runs.pop(self.job_id, None)
             await self._drop_staged()
             structlog.contextvars.unbind_contextvars("job_id", "batch", "source", "attempt")
         await self._after_final(str(out.get("state", "")))
         return out
 
+    async def _steps(self, st: StartResult) -> dict[str, Any]:
+        paid = st.paid
+        if st.journal is not None and st.journal.state == "pending":
+            self.slot = st.journal.token
+        if paid is None:
+            done = await self._already_stored()
+            if done is not None:
+                return done
+            await self._gate()
+            image = await self._read_source()
+            paid = await self._call(image)
+        elif paid.pending_id:
+            log.info("resuming a pending upstream job", pending_id=paid.pending_id)
+        else:
+            log.info("resuming from a paid result: no new upstream call")
+        if paid.pending_id:
+            paid = await self._poll(paid)
+        return await self._store(paid)
+
+    # -- outcomes -----------------------------------------------------------------------
+    async def _settle(self, exc: Exception) -> dict[str, Any]:
+        """Apply the outcome table's row for `exc`. Raises `Retry` for wait / attempt."""
+        o = outcome_for(exc, pause_poll_s=self.s.pause_poll_s, outage_wait_s=OUTAGE_WAIT_S)
+        if o.action == "attempt" and not isinstance(exc, ue.UpstreamError | TimeoutError):
+            log.error("unexpected error; counted as a failed attempt", exc_info=exc)
+        ledger = self.rt.ledger
+        if o.action == "fail":
+            state: FinalState = "skipped" if isinstance(exc, JobSkipped) else "failed"
+            fields = {"note": o.message} if state == "skipped" else {}
+            if state == "failed":
+                fields = {"error_class": o.error_class, "error": o.message}
+            await ledger.finish(self.job_id, self.token, state, {**fields, **self._timing_fields()})
+            log.warning(f"job {state}", error_class=o.error_class, error=o.message)
+            return {"state": state, "error": o.message}
+        if o.action == "wait":
+            await self._hand_back(o.wait_reason, o.message, o.wait_s)
+            raise Retry()
+        failed, attempts, delay = await ledger.attempt_failed(
+            self.job_id,
+            self.token,
+            o.error_class,
+            o.message,
+            max_attempts=self.s.max_attempts,
+            backoff_base_s=self.s.backoff_base_s,
+            backoff_max_s=self.s.backoff_max_s,
+        )
+        if failed:
+            log.warning("job failed", error_class=o.error_class, error=o.message, attempts=attempts)
+            return {"state": "failed", "error": o.message}
+        metrics.JOB_WAITS.labels("backoff").inc()
+        log.info("attempt failed; backing off", error_class=o.error_class, retry_in_s=delay)
+        raise Retry()
+
+    async def _tell_flow(self, exc: ue.UpstreamError) -> None:
+        """Feed a call's failure into the fleet's flow control while its slot is still held, so
+        no other call slips in before the pause / cooldown is in force."""
+        o = outcome_for(exc, pause_poll_s=self.s.pause_poll_s, outage_wait_s=OUTAGE_WAIT_S)
+        flow = self.rt.flow
+        try:
+            if o.effect == "pause" and isinstance(exc, ue.PauseError):
+                await flow.report_paused(exc.pause_reason, exc.describe())  # type: ignore[arg-type]  # PauseReason values
+            elif o.effect == "cooldown" and isinstance(exc, ue.RateLimited):
+                await flow.report_rate_limited(exc.retry_after)
+            elif o.effect == "server_error":
+                await flow.report_server_error()
+        except Exception as e:  # flow state is advisory; the job's own outcome must be written
+            log.warning("could not report to flow control", error=type(e).__name__)
+
+    async def _hand_back(self, reason: str, detail: str, delay_s: float = 0.0) -> None:
+        """Back to the queue without using an attempt."""
+        try:
+            await self.rt.ledger.wait(self.job_id, self.token, reason, detail, delay_s)
+        except Fenced:
+            return
+        metrics.JOB_WAITS.labels(reason.split(":", 1)[0]).inc()
+        log.info("job waiting", reason=reason, retry_in_s=round(delay_s, 2))
+
+    def _timing_fields(self) -> dict[str, int]:
+        return {f"t_{k}_ms": v for k, v in self.timings.items()}
+
     async def _after_final(self, state: str) -> None:
+        """Count it and queue completion notices (their own arq job, off the upstream path)."""
+        if state not in ("succeeded", "failed", "skipped"):
+            return
         metrics.JOBS_FINISHED.labels(state).inc()
-        """Queue completion notices (delivered by their own arq job, off the upstream path)."""
         redis: Any = self.rt.redis  # an ArqRedis (worker.redis_conn.connect)
         try:
             if self.spec.callback_url:
@@ -112,56 +201,37 @@ class UpscaleJob:
         except Exception as e:  # the job itself is done and recorded; a notice is best effort
             log.warning("could not queue completion notice", error=str(e))
 
-    async def on_timeout(self) -> dict[str, Any]:
-        msg = f"job did not finish within {self.s.job_timeout_s}s (a paid result is kept)"
-        log.warning("job timed out", limit_s=self.s.job_timeout_s)
-        try:
-            await self._failed_attempt("Timeout", msg)
-        except JobFailed as f:
-            await self._fail(f.error_class, f.message)
-            await self._after_final("failed")
-            return {"state": "failed", "error": f.message}
-
-    async def _run(self) -> dict[str, Any]:
-        paid = await self.rt.ledger.load_paid(self.job_id)
-        if paid is None:
-            done = await self._already_stored()
-            if done is not None:
-                return done
-            image = await self._read_source()
-            paid = await self._call(image)
-        elif paid.get("pending_id"):
-            log.info("resuming a pending upstream job", pending_id=paid["pending_id"])
-        else:
-            log.info("resuming from a paid result: no new upstream call")
-        if paid.get("pending_id"):
-            paid = await self._poll(paid)
-        return await self._store(paid)
-
-    # -- step 0: idempotent output ------------------------------------------------------
+    # -- step 0: idempotent output, and is anything admissible at all ------------------
     async def _already_stored(self) -> dict[str, Any] | None:
         try:
             head = await self.rt.storage.head(self.spec.dest)
-        except StorageUnavailable as e:
-            await self._wait("storage", self._backoff(0), str(e))
         except AccessDenied as e:
             raise JobFailed("DestinationAccessDenied", str(e)) from None
         if head is None or head.metadata.get(META_JOB_ID) != self.job_id:
             return None
         rec = await self.rt.ledger.get(self.job_id)
-        state = JobState.SUCCEEDED if rec and rec.billed_calls else JobState.SKIPPED
-        await self.rt.ledger.set_state(
+        state: FinalState = "succeeded" if rec and rec.billed_calls else "skipped"
+        await self.rt.ledger.finish(
             self.job_id,
+            self.token,
             state,
-            output_bytes=head.size,
-            output_etag=head.etag,
-            output_resolution=head.metadata.get("upscale-resolution"),
-            output_content_type=head.content_type,
-            wait_reason=None,
-            note="destination already holds this job's output",
+            {
+                "output_bytes": head.size,
+                "output_etag": head.etag,
+                "output_resolution": head.metadata.get("upscale-resolution"),
+                "output_content_type": head.content_type,
+                "note": "destination already holds this job's output",
+            },
         )
-        log.info("output already exists", state=state.value)
-        return {"state": state.value, "dest": self.spec.dest.uri}
+        log.info("output already exists", state=state)
+        return {"state": state, "dest": self.spec.dest.uri}
+
+    async def _gate(self) -> None:
+        """Nothing can be admitted (pause, cooldown, open circuit, budget): hand the job back
+        before reading its source, so waiting costs no S3 reads and no decoding."""
+        gate = await self.rt.flow.gate()
+        if gate.state == "closed":
+            raise JobWaits(gate.reason, gate.wait_s, f"waiting: {gate.reason}")
 
     # -- step 1: read and validate the source ------------------------------------------
     async def _read_source(self) -> ImageInput:
@@ -189,10 +259,10 @@ class UpscaleJob:
                 )
             if head.size == 0:
                 raise JobFailed("InvalidImage", "source object is empty (0 bytes)")
-            # Always decoded in full, even when the upstream fetches the URL itself: a corrupt,
-            # truncated or bomb input must fail here, before any call is made.
+            # Always decoded in full (off the event loop), even when the upstream fetches the
+            # URL itself: a corrupt, truncated or bomb input must fail before any call.
             data = await storage.read(src, max_bytes=cap)
-            info = validate(data, max_bytes=cap)
+            info = await asyncio.to_thread(validate, data, max_bytes=cap)
             prepared = await asyncio.to_thread(
                 prepare,
                 data,
@@ -201,22 +271,19 @@ class UpscaleJob:
                 convert=self.s.convert_inputs,
                 reencode=self.s.reencode_oversize,
             )
-        except ImageRejected as e:
-            raise JobFailed("InvalidImage", str(e)) from None
         except SourceMissing as e:
             raise JobFailed("SourceMissing", str(e)) from None
         except AccessDenied as e:
             raise JobFailed("SourceAccessDenied", str(e)) from None
-        except StorageUnavailable as e:
-            await self._wait("storage", self._backoff(0), str(e))
-        self.source_info = info
         self.timings["read"] = _ms(t0)
-        await self.rt.ledger.update(
-            self.job_id, source_resolution=info.resolution, source_bytes=head.size
-        )
+        fields: dict[str, str | int] = {
+            "source_resolution": info.resolution,
+            "source_bytes": head.size,
+        }
         if prepared.changed:
             log.info("input prepared", note=prepared.note, bytes=len(prepared.data))
-            await self.rt.ledger.update(self.job_id, input_note=prepared.note)
+            fields["input_note"] = prepared.note
+        await self.rt.ledger.update(self.job_id, **fields)
         name = src.key.rsplit("/", 1)[-1] or "image"
         pinfo = prepared.info
         if prepared.changed:
@@ -227,8 +294,7 @@ class UpscaleJob:
             return ImageInput(url=storage.presign_get(src), content_type=pinfo.content_type)
         # The upstream fetches a URL: stage the prepared copy next to the output.
         self.staged = S3Object(
-            bucket=self.spec.dest.bucket,
-            key=f"{STAGING_PREFIX}{self.job_id}.{pinfo.extension}",
+            bucket=self.spec.dest.bucket, key=f"{STAGING_PREFIX}{self.job_id}.{pinfo.extension}"
         )
         try:
             await storage.put_bytes(
@@ -239,8 +305,6 @@ class UpscaleJob:
             )
         except AccessDenied as e:
             raise JobFailed("DestinationAccessDenied", f"cannot stage the input: {e}") from None
-        except (StorageUnavailable, SourceMissing) as e:
-            await self._wait("storage", self._backoff(0), str(e))
         return ImageInput(url=storage.presign_get(self.staged), content_type=pinfo.content_type)
 
     # -- step 2: admission + the paid call ----------------------------------------------
@@ -257,28 +321,42 @@ class UpscaleJob:
             assert isinstance(decision, Denied)
             short = decision.reason in ("rate", "concurrency", "circuit_half_open", "lane")
             if short and decision.wait_s <= INLINE_WAIT_MAX_S and waited < INLINE_WAIT_TOTAL_S:
-                # Jitter spreads the wake-ups of many waiting jobs over the slot.
-                delay = decision.wait_s + random.uniform(0, 0.05)
+                delay = decision.wait_s + 0.01
                 await asyncio.sleep(delay)
                 waited += delay
                 continue
-            await self._wait(decision.reason, decision.wait_s, f"waiting: {decision.reason}")
+            raise JobWaits(decision.reason, decision.wait_s, f"waiting: {decision.reason}")
 
-    async def _call(self, image: ImageInput) -> dict[str, Any]:
+    async def _call(self, image: ImageInput) -> PaidResult:
         admitted = await self._admit()
+        ledger, flow = self.rt.ledger, self.rt.flow
+        price = usd_to_micros(self.s.price_usd)
+        try:
+            journal = await ledger.call_begin(self.job_id, self.token, admitted.token, price)
+        except BaseException:
+            await asyncio.shield(flow.release(admitted.token))
+            raise
+        self.slot = admitted.token
         req = UpscaleRequest(
-            image=image, params=self.spec.params, model=self.spec.model, tag=self.spec.batch
+            image=image,
+            params=self.spec.params,
+            model=self.spec.model,
+            tag=self.spec.batch,
+            idempotency_key=journal.idem,
         )
-        flow, ledger = self.rt.flow, self.rt.ledger
         t0 = time.monotonic()
-        async with flow.lease(admitted.token, self.spec.batch):
+        async with flow.hold(admitted.token):
             try:
                 result = await self.rt.upstream.submit(req)
+            except ue.OutcomeUnknown as err:
+                metrics.UPSTREAM_CALLS.labels("unknown").inc()
+                await self._tell_flow(err)
+                await ledger.call_unknown(self.job_id, admitted.token)
+                raise
             except ue.UpstreamError as err:
                 metrics.UPSTREAM_CALLS.labels(str(err.status or "error")).inc()
-                await ledger.record_call(
-                    self.job_id, cost_micros=0, request_id=err.request_id, billed=False
-                )
+                await self._tell_flow(err)
+                await ledger.call_refused(self.job_id, admitted.token, err.request_id)
                 log.warning(
                     "upstream call failed",
                     status=err.status,
@@ -288,39 +366,40 @@ class UpscaleJob:
                     detail=err.message,
                     kind=admitted.kind,
                 )
-                await self._on_upstream_error(err)
+                if (
+                    isinstance(err, ue.InvalidRequest)
+                    and image.url
+                    and _FETCH_FAILED.search(err.message)
+                ):
+                    await self._explain_fetch_failure(image.url, err)
+                raise
+            except BaseException:  # cancelled mid-call, or a bug: it may have been billed
+                await asyncio.shield(ledger.call_unknown(self.job_id, admitted.token))
+                raise
         self.timings["call"] = _ms(t0)
         metrics.UPSTREAM_CALLS.labels("202" if result.pending_id else "200").inc()
         metrics.UPSTREAM_LATENCY.observe(time.monotonic() - t0)
-        await flow.report_ok(admitted.token)
-        paid = await self._paid(result, t0)
+        paid = await self._save_paid(result, t0)
+        try:
+            await flow.report_ok(admitted.token)
+        except Exception as e:  # the money is saved; flow state catches up on the next call
+            log.warning("could not report call outcome", error=type(e).__name__)
         await self._drop_staged()
         return paid
 
-    async def _drop_staged(self) -> None:
-        if self.staged is not None:
-            with contextlib.suppress(Exception):  # best effort: a lifecycle rule covers the rest
-                await self.rt.storage.delete(self.staged)
-            self.staged = None
-
-    async def _paid(self, result: CallResult, t0: float) -> dict[str, Any]:
-        """Persist what a successful submit returned, with its spend, before anything else."""
-        outputs = [o.__dict__ for o in result.outputs if o.url or not o.b64]
-        b64 = [o.b64 for o in result.outputs if o.b64]
+    async def _save_paid(self, result: CallResult, t0: float) -> PaidResult:
+        """Persist what a successful submit or poll returned, with its spend, first."""
         billed = result.pending_id is None
         cost = usd_to_micros(self.s.price_usd) * len(result.outputs) if billed else 0
-        paid = {
-            "request_id": result.request_id,
-            "pending_id": result.pending_id,
-            "outputs": outputs,
-            "cost_micros": cost,
-            "at": time.time(),
-        }
-        if b64:
-            # Saved with the spend: a crash before the upload resumes from it, not a new call.
-            paid["b64"] = b64[0]
-        await self.rt.ledger.record_call(
-            self.job_id, cost_micros=cost, request_id=result.request_id, billed=billed, paid=paid
+        paid = PaidResult(
+            request_id=result.request_id,
+            pending_id=result.pending_id,
+            outputs=[PaidOutput(**o.__dict__) for o in result.outputs],
+            cost_micros=cost,
+            at=time.time(),
+        )
+        saved = await self.rt.ledger.call_answered(
+            self.job_id, self.slot, paid, replayed=result.replayed
         )
         metrics.SPEND_USD.inc(cost / 1e6)
         log.info(
@@ -329,53 +408,72 @@ class UpscaleJob:
             request_id=result.request_id,
             latency_ms=_ms(t0),
             cost_usd=cost / 1e6,
+            replayed=result.replayed,
+            saved=saved,
             rate_remaining=result.rate_remaining,
         )
         return paid
 
-    async def _poll(self, paid: dict[str, Any]) -> dict[str, Any]:
-        """Poll a 202 async job until it completes (at most every `async_poll_interval_s`)."""
-        pending = str(paid["pending_id"])
+    async def _explain_fetch_failure(self, url: str, err: ue.UpstreamError) -> None:
+        """The upstream could not fetch the reference image: an S3 outage waits; a URL that
+        works from here but not from the upstream is a setting to fix."""
+        try:
+            async with self.rt.downloads.stream(
+                "GET", url, headers={"Range": "bytes=0-0"}, timeout=10
+            ) as resp:
+                status = resp.status_code
+        except httpx.HTTPError as e:
+            raise JobWaits(
+                "storage", OUTAGE_WAIT_S, f"S3 unreachable ({type(e).__name__})"
+            ) from None
+        if status >= 500:
+            raise JobWaits("storage", OUTAGE_WAIT_S, f"S3 answered HTTP {status}")
+        if status < 300:
+            endpoint = self.s.s3_endpoint_url or "S3"
+            raise JobFailed(
+                "SourceUnreachable",
+                f"the upstream could not fetch the source from {endpoint} ({err.describe()}), "
+                "which this worker reaches: the endpoint is not reachable from the upstream; "
+                "set UPSCALE_IMAGE_MODE=data_url to send the image bytes instead",
+            )
+
+    # -- step 2b: an async (202) upstream job -------------------------------------------
+    async def _poll(self, paid: PaidResult) -> PaidResult:
+        """Poll until the upstream job ends (at most every `async_poll_interval_s`). A failed
+        poll is not a failed job: polling goes on while the upstream keeps the job."""
+        pending = str(paid.pending_id)
         interval = self.s.async_poll_interval_s
         deadline = self.started + self.s.job_timeout_s * 0.8
+        errors = 0
         while True:
-            await asyncio.sleep(interval)
+            await asyncio.sleep(interval * min(2**errors, 8))
             try:
                 result = await self.rt.upstream.poll(pending)
+                errors = 0
+            except ue.UpstreamJobLost:
+                await self.rt.ledger.call_unknown(self.job_id, self.slot, drop_pending=True)
+                raise
             except ue.UpstreamJobFailed as err:
-                await self.rt.ledger.drop_paid(self.job_id)  # failed upstream job: not billed
-                await self._failed_attempt("UpstreamJobFailed", err.describe())
+                await self.rt.ledger.call_refused(
+                    self.job_id, self.slot, err.request_id, drop_pending=True
+                )
+                raise
             except ue.UpstreamError as err:
-                # A failed poll is not a failed job: the pending id stays saved, polling resumes.
-                await self._on_upstream_error(err)
+                errors += 1
+                log.info("poll failed; polling on", error=type(err).__name__, detail=err.message)
+                result = CallResult(request_id=None, pending_id=pending)
             if result.pending_id is None:
-                return await self._paid(result, time.monotonic())
+                return await self._save_paid(result, time.monotonic())
             if time.monotonic() + interval > deadline:
-                # Hand back to the queue: the pending id is saved, the next run keeps polling.
-                await self._wait("upstream_pending", 0, f"upstream job {pending} still running")
-
-    async def _on_upstream_error(self, err: ue.UpstreamError) -> NoReturn:
-        flow = self.rt.flow
-        if isinstance(err, ue.PauseError):
-            await flow.report_paused(err.pause_reason, err.describe())  # type: ignore[arg-type]
-            await self._wait(f"paused:{err.pause_reason}", self.s.pause_poll_s, err.describe())
-        if isinstance(err, ue.RateLimited):
-            await flow.report_rate_limited(err.retry_after)
-            await self._wait("rate_limited", err.retry_after, err.describe())
-        if isinstance(err, ue.PermanentError):
-            raise JobFailed(type(err).__name__, f"upstream rejected the job: {err.describe()}")
-        await flow.report_server_error()
-        await self._failed_attempt(type(err).__name__, err.describe())
+                raise JobWaits("upstream_pending", 0, f"upstream job {pending} still running")
 
     # -- step 3: stream the result into S3 ---------------------------------------------
-    async def _store(self, paid: dict[str, Any]) -> dict[str, Any]:
-        outputs = [Output(**o) for o in paid.get("outputs", [])]
-        if not outputs and "b64" not in paid:
-            await self.rt.ledger.drop_paid(self.job_id)
-            await self._failed_attempt("ResultUnavailable", "paid result had no output")
-        out = outputs[0] if outputs else Output(b64=paid["b64"])
-        if not out.safe and "b64" not in paid:
-            await self.rt.ledger.drop_paid(self.job_id)
+    async def _store(self, paid: PaidResult) -> dict[str, Any]:
+        if not paid.outputs:
+            await self._discard_paid()
+            raise ue.ResultUnavailable("paid result had no output")
+        out = paid.outputs[0]
+        if not out.safe:
             raise JobFailed(
                 "UnsafeContent", "the upstream's safety check withheld the image (call was billed)"
             )
@@ -384,9 +482,7 @@ class UpscaleJob:
         for attempt in range(1, DOWNLOAD_TRIES + 1):
             try:
                 stored = await self.rt.storage.upload_stream(
-                    self.spec.dest,
-                    self._chunks(out, paid),
-                    describe=self._describer(paid, out, info),
+                    self.spec.dest, self._chunks(out), describe=self._describer(paid, out, info)
                 )
                 break
             except DownloadFailed as e:
@@ -394,38 +490,48 @@ class UpscaleJob:
                     "result download failed; retrying the download", error=str(e), try_=attempt
                 )
                 if attempt == DOWNLOAD_TRIES:
-                    await self._wait("download", self._backoff(1), str(e))
+                    raise
             except ResultRejected as e:
                 raise JobFailed(
                     "ResultRejected",
                     f"{e}; the paid result is kept: fix the setting, then `upscale retry` "
                     "stores it without a new call (while its URL is valid)",
                 ) from None
-            except ue.ResultUnavailable as e:
+            except ue.ResultUnavailable:
                 # Only now is a new call justified: the ledger will show both billed calls.
-                await self.rt.ledger.drop_paid(self.job_id)
-                await self._failed_attempt("ResultUnavailable", e.message)
-            except AccessDenied as e:
-                raise JobFailed("DestinationAccessDenied", str(e)) from None
-            except (StorageUnavailable, SourceMissing) as e:
-                await self._wait("storage", self._backoff(1), str(e))
+                await self._discard_paid()
+                raise
+            except (AccessDenied, SourceMissing, StorageRejected) as e:
+                kind = {
+                    AccessDenied: "DestinationAccessDenied",
+                    SourceMissing: "DestinationMissing",
+                    StorageRejected: "DestinationRejected",
+                }[type(e)]
+                raise JobFailed(
+                    kind,
+                    f"cannot write {self.spec.dest.uri}: {e}; the paid result is kept: fix it, "
+                    "then `upscale retry` stores it without a new call",
+                ) from None
+            except StorageUnavailable:
+                raise
         self.timings["store"] = _ms(t0)
-        metrics.RESULT_BYTES.inc(stored.size)
         self.timings["total"] = _ms(self.started)
-        await self.rt.ledger.set_state(
+        metrics.RESULT_BYTES.inc(stored.size)
+        await self.rt.ledger.finish(
             self.job_id,
-            JobState.SUCCEEDED,
-            output_bytes=stored.size,
-            output_etag=stored.etag,
-            output_resolution=info.get("resolution"),
-            output_content_type=info.get("content_type"),
-            seed=out.seed,
-            wait_reason=None,
-            error=None,
-            error_class=None,
-            extra={f"t_{k}_ms": v for k, v in self.timings.items()},
+            self.token,
+            "succeeded",
+            {
+                "output_bytes": stored.size,
+                "output_etag": stored.etag,
+                "output_resolution": info.get("resolution"),
+                "output_content_type": info.get("content_type"),
+                "seed": out.seed,
+                "error": None,
+                "error_class": None,
+                **self._timing_fields(),
+            },
         )
-        await self.rt.ledger.drop_paid(self.job_id)
         log.info(
             "job succeeded",
             dest=self.spec.dest.uri,
@@ -435,7 +541,10 @@ class UpscaleJob:
         )
         return {"state": "succeeded", "dest": self.spec.dest.uri, "bytes": stored.size}
 
-    def _chunks(self, out: Output, paid: dict[str, Any]) -> AsyncIterator[bytes]:
+    async def _discard_paid(self) -> None:
+        await self.rt.redis.delete(Keys.paid(self.job_id))
+
+    def _chunks(self, out: PaidOutput) -> AsyncIterator[bytes]:
         if out.url:
             return stream_url(
                 self.rt.downloads,
@@ -443,9 +552,11 @@ class UpscaleJob:
                 allowed_hosts=self.s.allowed_result_hosts(),
                 max_bytes=self.s.max_result_bytes,
             )
-        return stream_b64(out.b64 or paid["b64"])
+        return stream_b64(out.b64 or "")
 
-    def _describer(self, paid: dict[str, Any], out: Output, info: dict[str, Any]) -> Any:
+    def _describer(
+        self, paid: PaidResult, out: PaidOutput, info: dict[str, Any]
+    ) -> Callable[[bytes], tuple[str, dict[str, str]]]:
         def describe(first: bytes) -> tuple[str, dict[str, str]]:
             img = sniff(first)
             if img is None:
@@ -459,58 +570,22 @@ class UpscaleJob:
                 "upscale-source-etag": src.etag or "",
                 "upscale-source-version": src.version_id or "",
                 "upscale-model": self.spec.model,
-                "upscale-cost-usd": f"{paid.get('cost_micros', 0) / 1e6:.4f}",
+                "upscale-cost-usd": f"{paid.cost_micros / 1e6:.4f}",
                 "upscale-seed": "" if out.seed is None else str(out.seed),
                 "upscale-prompt-hash": prompt_hash(self.spec.params.prompt),
                 "upscale-resolution": img.resolution,
-                "upscale-request-id": paid.get("request_id") or "",
+                "upscale-request-id": paid.request_id or "",
             }
             return img.content_type, {k: v for k, v in meta.items() if v}
 
         return describe
 
-    # -- outcomes -----------------------------------------------------------------------
-    async def _wait(self, reason: str, seconds: float, detail: str) -> NoReturn:
-        """Hand the job back to the queue without counting a failure."""
-        await self.rt.ledger.set_state(
-            self.job_id, JobState.WAITING, wait_reason=reason, wait_detail=redact(detail)[:300]
-        )
-        await self.rt.ledger.incr(self.job_id, "waits")
-        metrics.JOB_WAITS.labels(reason.split(":", 1)[0]).inc()
-        log.info("job waiting", reason=reason, retry_in_s=round(seconds, 2))
-        raise Retry(defer=max(0.05, seconds))
-
-    async def _failed_attempt(self, error_class: str, message: str) -> NoReturn:
-        attempts = await self.rt.ledger.incr(self.job_id, "attempts")
-        if attempts >= self.s.max_attempts:
-            raise JobFailed(error_class, f"{message} (gave up after {attempts} attempts)")
-        await self.rt.ledger.update(self.job_id, error_class=error_class, error=redact(message))
-        await self._wait("backoff", self._backoff(attempts), message)
-
-    def _backoff(self, attempts: int) -> float:
-        # Exponential backoff with full jitter (spreads retries of many jobs apart).
-        ceiling = min(self.s.backoff_max_s, self.s.backoff_base_s * (2 ** max(0, attempts)))
-        return random.uniform(self.s.backoff_base_s / 2, ceiling)
-
-    async def _fail(self, error_class: str, message: str) -> None:
-        await self.rt.ledger.set_state(
-            self.job_id,
-            JobState.FAILED,
-            error_class=error_class,
-            error=message,
-            wait_reason=None,
-            extra={f"t_{k}_ms": v for k, v in self.timings.items()},
-        )
-        log.warning("job failed", error_class=error_class, error=message)
+    async def _drop_staged(self) -> None:
+        if self.staged is not None:
+            with contextlib.suppress(Exception):  # best effort: a lifecycle rule covers the rest
+                await self.rt.storage.delete(self.staged)
+            self.staged = None
 
 
 def _ms(t0: float) -> int:
     return int((time.monotonic() - t0) * 1000)
-
-
-async def record_invalid_payload(rt: Runtime, job_id: str, error: str) -> JobRecord | None:
-    """A payload that does not parse can never succeed: record it as failed if we know it."""
-    await rt.ledger.set_state(
-        job_id, JobState.FAILED, error_class="InvalidPayload", error=redact(error)[:1000]
-    )
-    return await rt.ledger.get(job_id)

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
+import structlog
 from arq.connections import ArqRedis, RedisSettings, create_pool
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from worker.contract import QUEUE_NAME
+from worker.keys import QUEUE_NAME
 from worker.settings import Settings
+
+T = TypeVar("T")
+_log = structlog.get_logger("worker.redis")
 
 
 def serialize(obj: Any) -> bytes:
@@ -51,3 +59,27 @@ async def connect(target: str | Settings) -> ArqRedis:
         job_deserializer=deserialize,
         default_queue_name=QUEUE_NAME,
     )
+
+
+REDIS_DOWN: tuple[type[BaseException], ...] = (RedisConnectionError, RedisTimeoutError)
+
+
+async def patiently(
+    call: Callable[[], Awaitable[T]], *, what: str, patience_s: float | None = 300.0
+) -> T:
+    """Run a Redis call, riding out an outage (restart, failover) with backoff.
+
+    `patience_s=None` waits for as long as the process lives: used for what must not be lost
+    (a paid answer that reached this worker).
+    """
+    delay, waited = 0.2, 0.0
+    while True:
+        try:
+            return await call()
+        except REDIS_DOWN as e:
+            if patience_s is not None and waited >= patience_s:
+                raise
+            _log.warning("redis unavailable; retrying", what=what, error=type(e).__name__)
+            await asyncio.sleep(delay)
+            waited += delay
+            delay = min(5.0, delay * 2)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import httpx
 from redis.asyncio import Redis
@@ -25,6 +25,10 @@ class Runtime:
     storage: Storage
     upstream: Upstream
     downloads: httpx.AsyncClient
+    # job id -> run token of every job this process runs (renewed by `worker.lifecycle`)
+    runs: dict[str, str] = field(default_factory=dict)
+    redis_ok: bool = True  # false while Redis is unreachable (readiness)
+    draining: bool = False  # set on SIGTERM: picking never reopens
 
     async def aclose(self) -> None:
         await self.upstream.aclose()

@@ -115,7 +115,15 @@ class Settings(BaseSettings):
         default=1.0, description="Added to the 60 s window: absorbs network jitter."
     )
     max_inflight: int = Field(default=10, ge=1, description="Global cap on in-flight calls.")
-    lease_s: int = Field(default=60, description="In-flight slot lease; renewed while running.")
+    lease_s: int = Field(
+        default=20, ge=3, description="In-flight slot lease; renewed while its call runs."
+    )
+    run_lease_s: int = Field(
+        default=20,
+        ge=3,
+        le=300,
+        description="A job run's lease, renewed by a heartbeat; expired runs are reclaimed.",
+    )
     pause_poll_s: float = 2.0
     canary_interval_s: float = Field(
         default=0.0, description="Auto-resume probe interval while paused by 402; 0 = manual only."

@@ -20,6 +20,17 @@ from worker.settings import Settings
 
 _NOT_FOUND = {"404", "NoSuchKey", "NotFound", "NoSuchVersion", "NoSuchBucket"}
 _DENIED = {"403", "AccessDenied", "Forbidden", "AllAccessDisabled", "InvalidObjectState"}
+# The request itself is refused: retrying the same write cannot help.
+_REJECTED = {
+    "InvalidRequest",
+    "InvalidArgument",
+    "MetadataTooLarge",
+    "EntityTooLarge",
+    "InvalidBucketName",
+    "KeyTooLongError",
+    "InvalidStorageClass",
+    "InvalidDigest",
+}
 
 
 class StorageError(Exception):
@@ -32,6 +43,10 @@ class SourceMissing(StorageError):
 
 class AccessDenied(StorageError):
     """We may not read/write it: a permanent failure until someone fixes IAM."""
+
+
+class StorageRejected(StorageError):
+    """S3 refuses the request itself (bad metadata, size, storage class): a permanent failure."""
 
 
 class StorageUnavailable(StorageError):
@@ -67,6 +82,11 @@ def classify(exc: Exception, what: str) -> StorageError:
             return SourceMissing(f"{what}: not found ({code or status})")
         if code in _DENIED or status == "403":
             return AccessDenied(f"{what}: access denied ({code or status})")
+        if code in _REJECTED:
+            message = str(err.get("Message", ""))[:200]
+            return StorageRejected(
+                f"{what}: S3 refused it ({code}{': ' + message if message else ''})"
+            )
         return StorageUnavailable(f"{what}: S3 error {code or status}")
     return StorageUnavailable(f"{what}: S3 unreachable ({type(exc).__name__})")
 

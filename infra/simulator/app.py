@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import hashlib
 import json
 import random
 import secrets
@@ -79,9 +80,25 @@ async def _handle(
     rid = "req_" + secrets.token_hex(8)
     key = _key(request, route)
     status = 500
+    idem = request.headers.get("Idempotency-Key", "")
+    image_sha = ""
+    replay_key = f"{key}:{idem}" if idem and cfg.honour_idempotency else ""
+    done: asyncio.Event | None = None
     try:
         if key not in cfg.api_keys:
             raise ApiError(401, "invalid or missing API key")
+        if replay_key:
+            while replay_key in state.answering:  # the first request with this key still runs
+                await state.answering[replay_key].wait()
+            if replay_key in state.answers:
+                status, body, headers = state.answers[replay_key]
+                return web.Response(
+                    body=body,
+                    status=status,
+                    content_type="application/json",
+                    headers={**headers, "Idempotent-Replayed": "true"},
+                )
+            done = state.answering[replay_key] = asyncio.Event()
         if tag := request.headers.get("x-aig-tag"):
             state.by_tag[tag] += 1
         forced = cfg.fail_next.pop(0) if cfg.fail_next else None
@@ -116,6 +133,7 @@ async def _handle(
                 extra=_reject(route, "insufficient_funds") if forced == 402 else {},
             )
         call = await parse(request, key)
+        image_sha = hashlib.sha256(call.image).hexdigest()[:16]
         if call.model not in cfg.models:
             raise ApiError(404, f"unknown model {call.model!r}")
         if not state.hold(call.n):
@@ -146,22 +164,33 @@ async def _handle(
                 ready_at=time.monotonic() + random.uniform(*cfg.latency_ms) / 1000,
             )
             job.file_id = state.store(out)
+            job.image_sha, job.idem = image_sha, idem
             state.jobs[job.id] = job
             held = 0  # billed when the job completes
             status = 202
-            return web.json_response(
-                {"id": job.id, "status": "queued"},
-                status=202,
-                headers={"X-Request-Id": rid, **rate_headers},
+            return _answer(
+                state, replay_key, 202, {"id": job.id, "status": "queued"}, rid, rate_headers
             )
         unsafe = random.random() < cfg.unsafe_rate
-        state.bill(call.n)  # completed requests are billed, even when withheld as unsafe
+        # completed requests are billed, even when withheld as unsafe
+        state.bill(call.n, image_sha, idem)
         held = 0
         status = 200
-        return web.json_response(
+        answer = _answer(
+            state,
+            replay_key,
+            200,
             _result(request, state, call, out, size_in, size_out, unsafe),
-            headers={"X-Request-Id": rid, **rate_headers},
+            rid,
+            rate_headers,
         )
+        if cfg.disconnect_next > 0:
+            # A reset after the work is done: the caller never learns it was billed.
+            cfg.disconnect_next -= 1
+            status = 0
+            if request.transport is not None:
+                request.transport.close()
+        return answer
     except ApiError as err:
         status = err.status
         err.headers["X-Request-Id"] = rid
@@ -169,7 +198,34 @@ async def _handle(
     finally:
         if held:
             state.release(held)
-        state.record(request.path, status, key, arrived, request.headers.get("x-aig-tag", ""))
+        if done is not None:
+            state.answering.pop(replay_key, None)
+            done.set()
+        state.record(
+            request.path,
+            status,
+            key,
+            arrived,
+            request.headers.get("x-aig-tag", ""),
+            image_sha=image_sha,
+            idem=idem,
+        )
+
+
+def _answer(
+    state: SimState,
+    replay_key: str,
+    status: int,
+    body: dict[str, Any],
+    rid: str,
+    rate_headers: dict[str, str],
+) -> web.Response:
+    """A successful answer, remembered under its idempotency key when that is honoured."""
+    raw = json.dumps(body).encode()
+    headers = {"X-Request-Id": rid, **rate_headers}
+    if replay_key:
+        state.answers[replay_key] = (status, raw, headers)
+    return web.Response(body=raw, status=status, content_type="application/json", headers=headers)
 
 
 def _reject(route: int, reason: str) -> dict[str, Any]:
@@ -384,9 +440,7 @@ async def poll_job(request: web.Request) -> web.Response:
         return web.json_response({"id": job.id, "status": "processing"})
     if job.error:
         return web.json_response({"id": job.id, "status": "failed", "error": job.error})
-    if job.file_id and not job.charged:
-        state.bill(1)  # held from the wallet when the job was accepted
-        job.charged = True
+    state.settle_async()  # billed at completion (held from the wallet when accepted)
     url = f"{request.scheme}://{request.host}" + state.signed_path(job.file_id or "")
     return web.json_response({"id": job.id, "status": "completed", "result": {"file_url": url}})
 

@@ -31,3 +31,8 @@ class SimConfig(BaseModel):
     max_input_bytes: int = 10 * 1024 * 1024
     ideogram_inflight_limit: int = 10
     max_files: int = 2000
+    # Answer a repeated `Idempotency-Key` with the first answer (not billed again), marked
+    # `Idempotent-Replayed: true`. Off by default: many upstreams ignore the header.
+    honour_idempotency: bool = False
+    # Run (and bill) the next N calls, then drop the connection without an answer.
+    disconnect_next: int = 0

@@ -24,6 +24,8 @@ class AsyncJob:
     error: str | None = None
     last_poll: float = 0.0
     charged: bool = False
+    image_sha: str = ""
+    idem: str = ""
 
 
 @dataclass
@@ -42,6 +44,11 @@ class SimState:
     log: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=10_000))
     files: dict[str, bytes] = field(default_factory=dict)
     jobs: dict[str, AsyncJob] = field(default_factory=dict)
+    # the bill: one entry per billed call (image fingerprint, idempotency key, time)
+    bills: list[dict[str, Any]] = field(default_factory=list)
+    # idempotency key -> finished answer (status, body, headers), and keys in progress
+    answers: dict[str, tuple[int, bytes, dict[str, str]]] = field(default_factory=dict)
+    answering: dict[str, Any] = field(default_factory=dict)
 
     def reset(self) -> None:
         self.windows.clear()
@@ -52,6 +59,9 @@ class SimState:
         self.inflight_by_key.clear()
         self.log.clear()
         self.jobs.clear()
+        self.bills.clear()
+        self.answers.clear()
+        self.answering.clear()
 
     # -- rate limit: a 60 s rolling window plus a burst window, per key ------------------
     def rate_check(self, key: str) -> tuple[bool, float, int, int]:
@@ -96,9 +106,18 @@ class SimState:
         if self.config.wallet_usd is not None:
             self.config.wallet_usd = round(self.config.wallet_usd + self.config.price_usd * n, 6)
 
-    def bill(self, n: int) -> None:
+    def bill(self, n: int, image_sha: str = "", idem: str = "") -> None:
         self.billed_calls += 1
         self.billed_usd = round(self.billed_usd + self.config.price_usd * n, 6)
+        self.bills.append({"t": time.time(), "image_sha": image_sha, "idem": idem, "n": n})
+
+    def settle_async(self) -> None:
+        """An accepted async job is billed when it completes, polled or not."""
+        now = time.monotonic()
+        for job in self.jobs.values():
+            if job.file_id and not job.error and not job.charged and now >= job.ready_at:
+                job.charged = True
+                self.bill(1, job.image_sha, job.idem)
 
     # -- results ----------------------------------------------------------------------------
     def store(self, data: bytes) -> str:
@@ -112,7 +131,17 @@ class SimState:
         exp = int(time.time()) + self.config.result_url_ttl_s
         return f"/files/{file_id}?exp={exp}&sig={sign(file_id, exp)}"
 
-    def record(self, path: str, status: int, key: str, arrived: float, tag: str = "") -> None:
+    def record(
+        self,
+        path: str,
+        status: int,
+        key: str,
+        arrived: float,
+        tag: str = "",
+        *,
+        image_sha: str = "",
+        idem: str = "",
+    ) -> None:
         """`t` is when the call arrived, `t_end` when it was answered (both unix seconds)."""
         self.by_status[str(status)] += 1
         self.log.append(
@@ -123,10 +152,13 @@ class SimState:
                 "status": status,
                 "key_suffix": key[-4:],
                 "tag": tag,
+                "image_sha": image_sha,
+                "idem": idem,
             }
         )
 
     def stats(self) -> dict[str, Any]:
+        self.settle_async()
         return {
             "calls": self.calls,
             "by_status": dict(self.by_status),
@@ -138,6 +170,7 @@ class SimState:
             "downloads": self.downloads,
             "by_tag": dict(self.by_tag),
             "log": list(self.log),
+            "bills": list(self.bills),
         }
 
 

@@ -1,12 +1,15 @@
 """Fleet-wide flow control: pause, budget, concurrency, rate, cooldown and circuit, in Redis.
 
 A worker asks `admit()` before every upstream call and reports the outcome afterwards. All
-decisions happen in Lua (see `scripts.py`), so N processes on M machines act as one client.
+decisions happen in Lua (`worker/lua/admit.lua`, `gate.lua`, `report.lua`), so N processes on M
+machines act as one client. The call's outcome (and with it the slot and the budget
+reservation) is settled by the ledger's call journal (`call_*.lua`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
 import uuid
@@ -15,13 +18,28 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import structlog
 from redis.asyncio import Redis
 
-from worker.contract import Keys, usd_to_micros
-from worker.flow import scripts
+from worker.contract import usd_to_micros
+from worker.keys import PREFIX, Keys
+from worker.lua import register
+from worker.redis_conn import REDIS_DOWN
 from worker.settings import Settings
 
+log = structlog.get_logger("worker.flow")
+
 PauseReason = Literal["credits", "auth", "forbidden", "manual"]
+GateState = Literal["open", "canary", "closed"]
+
+
+@dataclass(frozen=True)
+class Gate:
+    """Whether any call can be admitted now (`closed` carries why and for how long)."""
+
+    state: GateState
+    reason: str = ""
+    wait_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -49,6 +67,11 @@ def _s(v: Any) -> str:
     return v.decode() if isinstance(v, bytes) else str(v)
 
 
+def cap(usd: float | None, applies: bool = True) -> int:
+    """A budget cap in micro-USD for the Lua scripts (-1 = none)."""
+    return usd_to_micros(usd) if usd is not None and applies else -1
+
+
 def _today() -> str:
     return time.strftime("%Y-%m-%d", time.gmtime())
 
@@ -57,10 +80,11 @@ class FlowControl:
     def __init__(self, redis: Redis, settings: Settings) -> None:
         self.redis = redis
         self.settings = settings
-        self._admit = redis.register_script(scripts.ADMIT)
-        self._release = redis.register_script(scripts.RELEASE)
-        self._renew = redis.register_script(scripts.RENEW)
-        self._report = redis.register_script(scripts.REPORT)
+        self._admit = register(redis, "admit")
+        self._release = register(redis, "release")
+        self._renew = register(redis, "renew")
+        self._report = register(redis, "report")
+        self._gate = register(redis, "gate")
 
     # -- admission ----------------------------------------------------------------------
     def _budget_keys(self, batch: str | None) -> tuple[list[str], list[str]]:
@@ -68,9 +92,9 @@ class FlowControl:
         b = batch or ""
         spent = [Keys.spend_total, Keys.spend_day(day), Keys.spend_batch(b)]
         reserved = [
-            "uq:budget:reserved:total",
-            f"uq:budget:reserved:day:{day}",
-            f"uq:budget:reserved:batch:{b}",
+            Keys.budget_reserved_total,
+            Keys.budget_reserved_day(day),
+            Keys.budget_reserved_batch(b),
         ]
         return spent, reserved
 
@@ -86,9 +110,6 @@ class FlowControl:
         token = uuid.uuid4().hex
         spent, reserved = self._budget_keys(batch)
         est = usd_to_micros(s.price_usd) * images
-
-        def cap(v: float | None, applies: bool = True) -> int:
-            return usd_to_micros(v) if v is not None and applies else -1
 
         reply = await self._admit(
             keys=[
@@ -106,6 +127,7 @@ class FlowControl:
                 Keys.rate_bulk,
             ],
             args=[
+                PREFIX,
                 token,
                 s.max_inflight,
                 s.lease_s * 1000,
@@ -131,27 +153,33 @@ class FlowControl:
             return Admitted(token=token, kind=_s(reply[1]))
         return Denied(reason=_s(reply[1]), wait_s=int(reply[2]) / 1000)
 
-    async def release(self, token: str, batch: str | None = None) -> None:
-        _, reserved = self._budget_keys(batch)
-        await self._release(keys=[Keys.inflight, Keys.budget_reserved, *reserved], args=[token])
+    async def release(self, token: str) -> None:
+        """Give back an admitted slot that made no call (and its budget reservation)."""
+        await self._release(keys=[Keys.inflight], args=[PREFIX, token])
 
     @asynccontextmanager
-    async def lease(self, token: str, batch: str | None = None) -> AsyncIterator[None]:
-        """Hold an admitted slot for the duration of a call, renewing the lease while it runs."""
+    async def hold(self, token: str) -> AsyncIterator[None]:
+        """Keep an admitted slot's lease alive while its call runs. The ledger's call journal
+        releases the slot when the outcome is recorded; a dead worker's slot expires."""
 
         async def renew() -> None:
-            interval = max(1.0, self.settings.lease_s / 3)
+            interval = max(1.0, self.settings.lease_s / 4)
             while True:
                 await asyncio.sleep(interval)
-                await self._renew(keys=[Keys.inflight], args=[token, self.settings.lease_s * 1000])
+                try:
+                    await self._renew(
+                        keys=[Keys.inflight], args=[PREFIX, token, self.settings.lease_s * 1000]
+                    )
+                except REDIS_DOWN as e:  # keep trying: one failed renewal is not a lost slot
+                    log.warning("slot renewal failed", error=type(e).__name__)
 
         task = asyncio.create_task(renew())
         try:
             yield
         finally:
             task.cancel()
-            # Release even if we are being cancelled (SIGTERM): the slot must come back.
-            await asyncio.shield(self.release(token, batch))
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     # -- outcomes -----------------------------------------------------------------------
     async def _report_outcome(
@@ -166,6 +194,7 @@ class FlowControl:
         reply = await self._report(
             keys=[Keys.pause, Keys.cooldown, Keys.circuit, Keys.canary],
             args=[
+                PREFIX,
                 outcome,
                 token,
                 reason,
@@ -212,17 +241,34 @@ class FlowControl:
     async def is_paused(self) -> bool:
         return bool(await self.redis.exists(Keys.pause))
 
-    async def gate(self) -> str:
-        """`open` (not paused), `canary` (paused, a canary call is due) or `closed`."""
-        async with self.redis.pipeline(transaction=False) as p:
-            p.hget(Keys.pause, "reason")
-            p.exists(Keys.canary)
-            reason, canary_taken = await p.execute()
-        if reason is None:
-            return "open"
-        if _s(reason) != "manual" and self.settings.canary_interval_s > 0 and not canary_taken:
-            return "canary"
-        return "closed"
+    async def gate(self) -> Gate:
+        """Can any call be admitted now? (pause, cooldown, open circuit, total/daily budget)"""
+        s = self.settings
+        day = _today()
+        reply = await self._gate(
+            keys=[
+                Keys.pause,
+                Keys.canary,
+                Keys.cooldown,
+                Keys.circuit,
+                Keys.spend_total,
+                Keys.spend_day(day),
+                Keys.budget_reserved_total,
+                Keys.budget_reserved_day(day),
+            ],
+            args=[
+                PREFIX,
+                int(s.canary_interval_s * 1000),
+                usd_to_micros(s.price_usd),
+                cap(s.budget_total_usd),
+                cap(s.budget_daily_usd),
+                int(s.pause_poll_s * 1000),
+            ],
+        )
+        state: GateState = _s(reply[0])  # type: ignore[assignment]  # the script's values
+        if state != "closed":
+            return Gate(state)
+        return Gate(state, reason=_s(reply[1]), wait_s=int(reply[2]) / 1000)
 
     async def snapshot(self) -> dict[str, Any]:
         """Everything an operator wants to see, in one round trip."""

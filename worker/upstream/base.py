@@ -24,6 +24,7 @@ class UpscaleRequest:
     params: UpscaleParams
     model: str
     tag: str | None = None  # batch id, sent for cost tracking
+    idempotency_key: str | None = None  # sent as `Idempotency-Key` (harmless where ignored)
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,7 @@ class CallResult:
     pending_id: str | None = None  # 202 async: poll this upstream job id
     rate_remaining: int | None = None
     rate_reset_s: float | None = None
+    replayed: bool = False  # the upstream says it replayed an earlier answer for this key
 
 
 class Upstream(Protocol):

@@ -86,8 +86,17 @@ class TransientError(UpstreamError):
     """5xx, timeouts, connection failures: backoff and retry, counted as an attempt."""
 
 
+class OutcomeUnknown(TransientError):
+    """The request left but no answer came back (read timeout, connection lost mid-answer):
+    the upstream may have run and billed it. Counted as possibly billed."""
+
+
 class UpstreamJobFailed(TransientError):
     """An async (202) upstream job ended `failed` or is unknown: not billed, submit again."""
+
+
+class UpstreamJobLost(UpstreamJobFailed):
+    """The upstream no longer knows an async job it accepted (expired?): it may have billed it."""
 
 
 class ResultUnavailable(UpstreamError):

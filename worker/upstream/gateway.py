@@ -12,7 +12,13 @@ import httpx
 from worker.settings import Settings
 from worker.upstream import errors as e
 from worker.upstream.base import CallResult, ImageInput, Output, UpscaleRequest
-from worker.upstream.http import fill_rate_headers, raise_for_status, request_id, transport_error
+from worker.upstream.http import (
+    fill_rate_headers,
+    idempotency_headers,
+    raise_for_status,
+    request_id,
+    transport_error,
+)
 
 _TAG_SAFE = re.compile(r"[^A-Za-z0-9._:@\-]")
 
@@ -42,8 +48,11 @@ class GatewayUpstream:
         )
         self.needs_bytes = settings.image_mode in ("data_url", "edits")
 
-    def _headers(self, tag: str | None) -> dict[str, str]:
-        h = {"Authorization": f"Bearer {self.s.api_key_value}"}
+    def _headers(self, tag: str | None, idempotency_key: str | None = None) -> dict[str, str]:
+        h = {
+            "Authorization": f"Bearer {self.s.api_key_value}",
+            **idempotency_headers(idempotency_key),
+        }
         if tag:
             h["x-aig-tag"] = _TAG_SAFE.sub("_", tag)[:128]
         return h
@@ -61,7 +70,9 @@ class GatewayUpstream:
                     **knobs(req),
                 }
                 resp = await self.client.post(
-                    self.base + self.s.gateway_path, json=body, headers=self._headers(req.tag)
+                    self.base + self.s.gateway_path,
+                    json=body,
+                    headers=self._headers(req.tag, req.idempotency_key),
                 )
         except httpx.HTTPError as exc:
             raise transport_error(exc) from None
@@ -90,7 +101,7 @@ class GatewayUpstream:
             self.base + self.s.gateway_edits_path,
             data=form,
             files=files,
-            headers=self._headers(req.tag),
+            headers=self._headers(req.tag, req.idempotency_key),
         )
 
     def _parse(self, resp: httpx.Response) -> CallResult:
@@ -114,7 +125,7 @@ class GatewayUpstream:
         if resp.status_code == 304:  # polled too soon: nothing new
             return CallResult(request_id=request_id(resp), pending_id=pending_id)
         if resp.status_code == 404:
-            raise e.UpstreamJobFailed(f"async job {pending_id} is unknown upstream (expired?)")
+            raise e.UpstreamJobLost(f"async job {pending_id} is unknown upstream (expired?)")
         raise_for_status(resp)
         data = _json(resp)
         status = str(data.get("status", "")).lower()

@@ -32,11 +32,24 @@ def request_id(resp: httpx.Response) -> str | None:
     return str(rid) if rid else None
 
 
+# Failures that happen before the request is on the wire: the upstream cannot have run it.
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol)
+# Headers with which upstreams mark an answer replayed for a repeated Idempotency-Key.
+_REPLAY_HEADERS = ("idempotent-replayed", "idempotency-replayed", "x-idempotent-replayed")
+
+
+def idempotency_headers(key: str | None) -> dict[str, str]:
+    return {"Idempotency-Key": key} if key else {}
+
+
 def fill_rate_headers(result: CallResult, resp: httpx.Response) -> CallResult:
     remaining = resp.headers.get("x-ratelimit-remaining-requests")
     if remaining is not None and remaining.strip().isdigit():
         result.rate_remaining = int(remaining)
     result.rate_reset_s = parse_reset(resp.headers.get("x-ratelimit-reset-requests"))
+    result.replayed = any(
+        resp.headers.get(h, "").strip().lower() == "true" for h in _REPLAY_HEADERS
+    )
     return result
 
 
@@ -76,5 +89,9 @@ def raise_for_status(resp: httpx.Response) -> None:
 
 
 def transport_error(exc: httpx.HTTPError) -> e.TransientError:
-    kind = "timed out" if isinstance(exc, httpx.TimeoutException) else "connection failed"
-    return e.TransientError(f"upstream {kind}: {type(exc).__name__}")
+    """No answer. Before the request left it is a plain transient error; after, the outcome is
+    unknown (the upstream may have run and billed it)."""
+    if isinstance(exc, _NOT_SENT):
+        return e.TransientError(f"upstream unreachable: {type(exc).__name__}")
+    kind = "timed out" if isinstance(exc, httpx.TimeoutException) else "connection lost"
+    return e.OutcomeUnknown(f"upstream {kind} after the request was sent: {type(exc).__name__}")

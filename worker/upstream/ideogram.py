@@ -10,7 +10,13 @@ from worker.settings import Settings
 from worker.upstream import errors as e
 from worker.upstream.base import CallResult, UpscaleRequest
 from worker.upstream.gateway import _json, _outputs, knobs
-from worker.upstream.http import fill_rate_headers, raise_for_status, request_id, transport_error
+from worker.upstream.http import (
+    fill_rate_headers,
+    idempotency_headers,
+    raise_for_status,
+    request_id,
+    transport_error,
+)
 
 
 class IdeogramUpstream:
@@ -33,7 +39,10 @@ class IdeogramUpstream:
                 self.s.ideogram_url,
                 data=form,
                 files=files,
-                headers={"Api-Key": self.s.api_key_value},
+                headers={
+                    "Api-Key": self.s.api_key_value,
+                    **idempotency_headers(req.idempotency_key),
+                },
             )
         except httpx.HTTPError as exc:
             raise transport_error(exc) from None

@@ -1,38 +1,24 @@
-"""Lua for the fleet-wide flow control. Each script is atomic; time is Redis `TIME`, never a
-worker's clock (clocks drift between machines)."""
-
-from __future__ import annotations
-
-_NOW = """
-local function now_ms()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
-"""
-
-# Admission: one atomic decision covering every control, so nothing is half-acquired.
-# KEYS: 1 pause, 2 cooldown, 3 circuit, 4 inflight, 5 rate, 6 canary, 7 budget reserved (hash),
-#       8 spend total, 9 spend today, 10 spend batch, 11 reserved-total, 12 reserved-day,
-#       13 reserved-batch, 14 batch hash (may hold a per-batch `budget_micros` cap),
-#       15 live waiters (zset job -> expiry), 16 bulk rate window
-# ARGV: 1 token, 2 max_inflight, 3 lease_ms, 4 rpm, 5 window_ms, 6 burst_max, 7 burst_window_ms,
-#       8 canary_interval_ms (0 = off), 9 est cost micros, 10 cap total (-1 none), 11 cap day,
-#       12 cap batch, 13 pause_poll_ms, 14 ease_ms, 15 lane (live|bulk), 16 job id,
-#       17 bulk floor (calls per window bulk keeps while live waits), 18 min gap between calls
-#       (ms; 0 = off: even pacing when no burst is wanted)
-# Returns {1, kind} when admitted (kind: normal | canary | probe), else {0, reason, wait_ms}.
-ADMIT = (
-    _NOW
-    + """
-local token = ARGV[1]
-local max_inflight, lease_ms = tonumber(ARGV[2]), tonumber(ARGV[3])
-local rpm, window_ms = tonumber(ARGV[4]), tonumber(ARGV[5])
-local burst_max, burst_window_ms = tonumber(ARGV[6]), tonumber(ARGV[7])
-local canary_ms, est = tonumber(ARGV[8]), tonumber(ARGV[9])
-local cap_total, cap_day, cap_batch = tonumber(ARGV[10]), tonumber(ARGV[11]), tonumber(ARGV[12])
-local poll_ms, ease_ms = tonumber(ARGV[13]), tonumber(ARGV[14])
-local lane, job_id, bulk_floor = ARGV[15], ARGV[16], tonumber(ARGV[17])
-local min_gap = tonumber(ARGV[18] or '0')
+-- admit: one atomic decision covering every control, so nothing is half-acquired.
+-- KEYS: 1 pause, 2 cooldown, 3 circuit, 4 inflight, 5 rate, 6 canary, 7 budget reserved (hash),
+--       8 spend total, 9 spend today, 10 spend batch, 11 reserved-total, 12 reserved-day,
+--       13 reserved-batch, 14 batch hash (may hold a per-batch `budget_micros` cap),
+--       15 live waiters (zset job -> expiry), 16 bulk rate window
+-- ARGV: 1 prefix, 2 token, 3 max_inflight, 4 lease_ms, 5 rpm, 6 window_ms, 7 burst_max,
+--       8 burst_window_ms, 9 canary_interval_ms (0 = off), 10 est cost micros,
+--       11 cap total (-1 none), 12 cap day, 13 cap batch, 14 pause_poll_ms, 15 ease_ms,
+--       16 lane (live|bulk), 17 job id, 18 bulk floor (calls per window bulk keeps while live
+--       waits), 19 min gap between calls (ms; 0 = off: even pacing when no burst is wanted)
+-- Returns {1, kind} when admitted (kind: normal | canary | probe), else {0, reason, wait_ms}.
+--- @include "_now"
+local token = ARGV[2]
+local max_inflight, lease_ms = tonumber(ARGV[3]), tonumber(ARGV[4])
+local rpm, window_ms = tonumber(ARGV[5]), tonumber(ARGV[6])
+local burst_max, burst_window_ms = tonumber(ARGV[7]), tonumber(ARGV[8])
+local canary_ms, est = tonumber(ARGV[9]), tonumber(ARGV[10])
+local cap_total, cap_day, cap_batch = tonumber(ARGV[11]), tonumber(ARGV[12]), tonumber(ARGV[13])
+local poll_ms, ease_ms = tonumber(ARGV[14]), tonumber(ARGV[15])
+local lane, job_id, bulk_floor = ARGV[16], ARGV[17], tonumber(ARGV[18])
+local min_gap = tonumber(ARGV[19] or '0')
 local now = now_ms()
 local kind = 'normal'
 
@@ -143,88 +129,11 @@ else
   redis.call('PEXPIRE', KEYS[16], window_ms + 1000)
 end
 if est > 0 then
-  redis.call('HSET', KEYS[7], token, est)
+  -- the reservation names the counters it was added to, so it settles the right day and batch
+  redis.call('HSET', KEYS[7], token, est .. '|' .. KEYS[12] .. '|' .. KEYS[13] .. '|' .. job_id)
   redis.call('INCRBY', KEYS[11], est)
   redis.call('INCRBY', KEYS[12], est)
   redis.call('INCRBY', KEYS[13], est)
   redis.call('PEXPIRE', KEYS[12], 172800000)
 end
 return {1, kind}
-"""
-)
-
-# Release a slot and settle its budget reservation (idempotent: a token settles once).
-# KEYS: inflight, budget reserved hash, reserved-total, reserved-day, reserved-batch
-# ARGV: token
-RELEASE = """
-redis.call('ZREM', KEYS[1], ARGV[1])
-local est = redis.call('HGET', KEYS[2], ARGV[1])
-if est then
-  redis.call('HDEL', KEYS[2], ARGV[1])
-  redis.call('DECRBY', KEYS[3], est)
-  redis.call('DECRBY', KEYS[4], est)
-  redis.call('DECRBY', KEYS[5], est)
-end
-return 1
-"""
-
-# Renew a lease while the call is still running.  KEYS: inflight  ARGV: token, lease_ms
-RENEW = (
-    _NOW
-    + """
-if redis.call('ZSCORE', KEYS[1], ARGV[1]) then
-  redis.call('ZADD', KEYS[1], now_ms() + tonumber(ARGV[2]), ARGV[1])
-  return 1
-end
-return 0
-"""
-)
-
-# Outcome of a call, fed back into the shared state.
-# KEYS: pause, cooldown, circuit, canary
-# ARGV: outcome (ok | paused | rate_limited | server_error), token, reason, retry_after_ms,
-#       circuit_threshold, circuit_open_ms, ease_ms, detail, canary_interval_ms
-REPORT = (
-    _NOW
-    + """
-local outcome, token = ARGV[1], ARGV[2]
-local now = now_ms()
-if outcome == 'paused' then
-  -- the first 402/401/403 wins; later ones keep the original reason and time
-  if redis.call('HSETNX', KEYS[1], 'reason', ARGV[3]) == 1 then
-    redis.call('HSET', KEYS[1], 'since', now, 'detail', ARGV[8])
-    -- the first canary waits a full interval: an empty wallet is rarely refilled at once
-    local canary_ms = tonumber(ARGV[9])
-    if canary_ms > 0 then redis.call('SET', KEYS[4], 'pause', 'PX', canary_ms) end
-  end
-  redis.call('HSET', KEYS[1], 'last_seen', now)
-  return 'paused'
-end
-if outcome == 'rate_limited' then
-  local until_ms = now + tonumber(ARGV[4])
-  local cur = tonumber(redis.call('GET', KEYS[2]) or '0')
-  if until_ms > cur then redis.call('SET', KEYS[2], until_ms, 'PX', tonumber(ARGV[4]) + 1000) end
-  -- ease back in: half the rate for a while after the cooldown
-  redis.call('HSET', KEYS[3], 'ease_until', math.max(until_ms, cur) + tonumber(ARGV[7]))
-  return 'cooldown'
-end
-local state = redis.call('HGET', KEYS[3], 'state') or 'closed'
-if outcome == 'server_error' then
-  local failures = redis.call('HINCRBY', KEYS[3], 'failures', 1)
-  if state == 'half_open' or failures >= tonumber(ARGV[5]) then
-    redis.call('HSET', KEYS[3], 'state', 'open', 'open_until', now + tonumber(ARGV[6]), 'opened_at', now)
-    redis.call('HDEL', KEYS[3], 'probe', 'probe_until')
-    return 'open'
-  end
-  return state
-end
--- ok: a success closes the circuit; a successful canary lifts a pause
-redis.call('HSET', KEYS[3], 'state', 'closed', 'failures', 0)
-redis.call('HDEL', KEYS[3], 'probe', 'probe_until', 'open_until')
-if redis.call('GET', KEYS[4]) == token then
-  redis.call('DEL', KEYS[1], KEYS[4])
-  return 'resumed'
-end
-return 'closed'
-"""
-)

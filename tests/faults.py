@@ -1,0 +1,230 @@
+"""Real faults against real processes, at default settings, judged by the simulator's bill and
+by S3 (never by the project's own word). Shared by `tests/test_faults.py` and `make chaos`.
+
+A scenario: N distinct images, P `upscale worker` processes kept at P by a supervisor (a
+killed one is replaced, as systemd or Kubernetes would), one fault, then wait until every job
+is final. The report counts what a user would: time to all-final, jobs stranded, images paid
+twice, images paid but not stored, outputs per job, ledger spend against the bill.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import random
+import signal
+import subprocess
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from PIL import Image
+
+from infra.stack import LocalStack
+from producers.api import Producer
+from worker.ledger import JobRecord
+
+Fault = Callable[["Run"], Awaitable[None]]
+
+
+def noise_png(side: int = 128) -> bytes:
+    """A distinct image each time (random pixels), ~4 download chunks once upscaled."""
+    import io
+
+    buf = io.BytesIO()
+    Image.frombytes("RGB", (side, side), os.urandom(side * side * 3)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+@dataclass
+class Run:
+    """What a fault can act on while a scenario runs."""
+
+    stack: LocalStack
+    sim: httpx.AsyncClient
+    producer: Producer
+    procs: list[subprocess.Popen[bytes]]
+    start_worker: Callable[[], subprocess.Popen[bytes]]
+    job_ids: list[str]
+    notes: dict[str, Any] = field(default_factory=dict)
+
+    async def sim_stats(self) -> dict[str, Any]:
+        r = await self.sim.get("/_admin/stats")
+        data: dict[str, Any] = r.json()
+        return data
+
+    async def until(self, cond: Callable[[], Awaitable[bool]], timeout: float = 60) -> None:
+        async with asyncio.timeout(timeout):
+            while not await cond():
+                await asyncio.sleep(0.02)
+
+    def kill_worker(self) -> None:
+        """SIGKILL one live worker and start its replacement (the supervisor's job)."""
+        live = [p for p in self.procs if p.poll() is None]
+        victim = random.choice(live)
+        victim.send_signal(signal.SIGKILL)
+        victim.wait(10)
+        self.procs.append(self.start_worker())
+
+
+@dataclass
+class Report:
+    fault: str
+    jobs: int
+    all_final_s: float | None
+    stranded: int
+    failed: int
+    paid_twice: int
+    paid_not_stored: int
+    bad_outputs: int
+    billed_usd: float
+    ledger_usd: float
+    bought_after_answer: int
+    workers_exited: int
+    records: list[JobRecord] = field(default_factory=list, repr=False)
+
+    def row(self) -> list[str]:
+        final = f"{self.all_final_s:.0f} s" if self.all_final_s is not None else "not reached"
+        return [
+            self.fault,
+            str(self.jobs),
+            final,
+            str(self.stranded),
+            str(self.failed),
+            str(self.paid_twice),
+            str(self.paid_not_stored),
+            f"{self.ledger_usd:.2f} / {self.billed_usd:.2f}",
+        ]
+
+
+async def scenario(
+    stack: LocalStack,
+    producer: Producer,
+    *,
+    name: str,
+    src_bucket: str,
+    dest_bucket: str,
+    start_worker: Callable[[], subprocess.Popen[bytes]],
+    jobs: int,
+    procs: int,
+    fault: Fault,
+    sim_config: dict[str, Any] | None = None,
+    deadline_s: float = 120,
+) -> Report:
+    s3 = stack.s3_client()
+    async with httpx.AsyncClient(base_url=stack.simulator_url, timeout=10) as sim:
+        if sim_config:
+            (await sim.post("/_admin/config", json=sim_config)).raise_for_status()
+        images: dict[str, str] = {}  # job id -> dest key
+        shas: dict[str, str] = {}  # job id -> fingerprint of its image (as the simulator logs it)
+        ids: list[str] = []
+        for i in range(jobs):
+            key = f"f{i:04d}.png"
+            data = noise_png()
+            s3.put_object(Bucket=src_bucket, Key=key, Body=data)
+            res = await producer.enqueue(f"s3://{src_bucket}/{key}")
+            ids.append(res.job_id)
+            images[res.job_id] = f"f{i:04d}@2x.png"
+            shas[res.job_id] = hashlib.sha256(data).hexdigest()[:16]
+        t0 = time.monotonic()
+        run = Run(stack, sim, producer, [start_worker() for _ in range(procs)], start_worker, ids)
+        try:
+            await fault(run)
+            all_final: float | None = None
+            async with asyncio.timeout(deadline_s):
+                while True:
+                    recs = [await producer.status(j) for j in ids]
+                    if all(r is not None and r.final for r in recs):
+                        all_final = time.monotonic() - t0
+                        break
+                    await asyncio.sleep(0.25)
+        except TimeoutError:
+            pass
+        finally:
+            exited = sum(
+                1 for p in run.procs if p.poll() is not None and p.returncode != -signal.SIGKILL
+            )
+            for p in run.procs:
+                if p.poll() is None:
+                    p.send_signal(signal.SIGKILL)
+                    p.wait(10)
+        stats = (await sim.get("/_admin/stats")).json()
+    records = [r for j in ids if (r := await producer.status(j)) is not None]
+    return _judge(name, s3, dest_bucket, records, images, shas, stats, all_final, exited)
+
+
+def _judge(
+    name: str,
+    s3: Any,
+    dest_bucket: str,
+    records: list[JobRecord],
+    images: dict[str, str],
+    shas_by_job: dict[str, str],
+    stats: dict[str, Any],
+    all_final: float | None,
+    exited: int,
+) -> Report:
+    listed = s3.list_objects_v2(Bucket=dest_bucket).get("Contents", [])
+    stored = Counter(o["Key"] for o in listed)
+    bills = Counter(b["image_sha"] for b in stats["bills"])
+    paid_not_stored = sum(
+        1 for r in records if bills.get(shas_by_job[r.job_id], 0) and not stored[images[r.job_id]]
+    )
+    # a billed call that arrived after a billed answer for the same image had been sent back
+    answered: dict[str, float] = {}
+    for c in sorted(stats["log"], key=lambda c: c["t_end"]):
+        if c["status"] == 200 and c["image_sha"]:
+            answered.setdefault(c["image_sha"], c["t_end"])
+    bought_after = sum(
+        1
+        for b in stats["bills"]
+        if b["image_sha"] in answered and b["t"] > answered[b["image_sha"]] + 0.5
+    )
+    return Report(
+        fault=name,
+        jobs=len(images),
+        all_final_s=all_final,
+        stranded=sum(1 for r in records if not r.final) + len(images) - len(records),
+        failed=sum(1 for r in records if r.state == "failed"),
+        paid_twice=sum(1 for n in bills.values() if n > 1),
+        paid_not_stored=paid_not_stored,
+        bad_outputs=sum(1 for r in records if stored[images[r.job_id]] != 1),
+        billed_usd=float(stats["billed_usd"]),
+        ledger_usd=round(sum(r.spend_usd for r in records), 6),
+        bought_after_answer=bought_after,
+        workers_exited=exited,
+        records=records,
+    )
+
+
+# -- the faults ------------------------------------------------------------------------------
+async def in_flight(run: Run) -> None:
+    """Wait until the upstream has calls running."""
+
+    async def calls() -> bool:
+        return int((await run.sim_stats())["inflight"]) > 0
+
+    await run.until(calls)
+
+
+async def redis_restart(run: Run) -> None:
+    """SIGKILL redis-server mid-call; it comes back on its AOF 3 s later."""
+    await in_flight(run)
+    run.stack.kill_redis()
+    await asyncio.sleep(3)
+    run.stack.start_redis()
+
+
+async def s3_down_20s(run: Run) -> None:
+    await in_flight(run)
+    run.stack.stop_s3()
+    await asyncio.sleep(20)
+    run.stack.start_s3()
+
+
+async def nothing(run: Run) -> None:
+    return None

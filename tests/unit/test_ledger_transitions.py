@@ -1,0 +1,162 @@
+"""The ledger's transitions on a real Redis (no S3, no simulator): leases, fencing, the call
+journal's money rules, reclaim and heal."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from redis.asyncio import Redis
+
+from worker.contract import JobSpec, S3Object
+from worker.keys import QUEUES, Keys
+from worker.ledger import Fenced, Ledger, PaidOutput, PaidResult
+
+PRICE = 60_000  # micro-USD
+
+
+def _spec(n: int = 1, lane: str = "live") -> JobSpec:
+    return JobSpec(
+        source=S3Object.parse(f"s3://photos/img{n}.png"),
+        dest=S3Object.parse(f"s3://photos-upscaled/img{n}@2x.png"),
+        lane=lane,  # type: ignore[arg-type]
+    )
+
+
+async def _enqueued(r: Redis, n: int = 1) -> tuple[Ledger, str]:
+    ledger = Ledger(r)
+    (res,) = await ledger.enqueue([_spec(n)])
+    return ledger, res.job_id
+
+
+async def _h(r: Redis, job_id: str, field: str) -> str | None:
+    v = await r.hget(Keys.job(job_id), field)  # type: ignore[misc]
+    return v.decode() if v else None
+
+
+async def test_start_takes_the_lease_and_a_second_run_is_refused(r: Redis) -> None:
+    ledger, job = await _enqueued(r)
+    st = await ledger.start(job, "run-a", 20_000)
+    assert st.outcome == "ok" and st.paid is None
+    assert await _h(r, job, "state") == "running"
+    assert (await ledger.start(job, "run-b", 20_000)).outcome == "busy"
+    assert await ledger.heartbeat({job: "run-a"}, 20_000) == []
+    assert await ledger.heartbeat({job: "run-b"}, 20_000) == [job]
+
+
+async def test_an_expired_run_is_reclaimed_and_fenced(r: Redis) -> None:
+    ledger, job = await _enqueued(r)
+    await ledger.start(job, "run-a", 50)
+    await r.zrem(QUEUES["live"], job)  # as if arq had lost track of it too
+    await asyncio.sleep(0.1)
+    assert await ledger.reclaim() == [job]
+    assert await _h(r, job, "state") == "queued"
+    assert await r.zscore(QUEUES["live"], job) is not None
+    assert await r.exists(Keys.arq_job(job))
+    # the stalled run can no longer write
+    with pytest.raises(Fenced):
+        await ledger.wait(job, "run-a", "storage", "S3 down", 1)
+    with pytest.raises(Fenced):
+        await ledger.finish(job, "run-a", "succeeded")
+    assert (await ledger.start(job, "run-b", 20_000)).outcome == "ok"
+
+
+async def test_unknown_outcome_counts_as_spend_and_a_replay_resolves_it(r: Redis) -> None:
+    ledger, job = await _enqueued(r)
+    await ledger.start(job, "run", 20_000)
+    first = await ledger.call_begin(job, "run", "slot-1", PRICE)
+    assert first.idem == f"{job}:1"
+    await ledger.call_unknown(job, "slot-1")
+    rec = await ledger.get(job)
+    assert rec is not None and rec.possible_usd == 0.06 and rec.unknown_calls == 1
+    assert int(await r.get(Keys.spend_total) or 0) == PRICE  # budgets see it as spent
+    again = await ledger.call_begin(job, "run", "slot-2", PRICE)
+    assert again.idem == first.idem and again.n == 2  # asked again under the same key
+    paid = PaidResult(outputs=[PaidOutput(url="https://x/1")], cost_micros=PRICE)
+    assert await ledger.call_answered(job, "slot-2", paid, replayed=True) == "saved"
+    rec = await ledger.get(job)
+    assert rec is not None and rec.cost_usd == 0.06 and rec.possible_usd == 0
+    assert int(await r.get(Keys.spend_total) or 0) == PRICE
+
+
+async def test_without_a_replay_both_calls_stay_counted(r: Redis) -> None:
+    ledger, job = await _enqueued(r)
+    await ledger.start(job, "run", 20_000)
+    await ledger.call_begin(job, "run", "slot-1", PRICE)
+    await ledger.call_unknown(job, "slot-1")
+    await ledger.call_begin(job, "run", "slot-2", PRICE)
+    paid = PaidResult(outputs=[PaidOutput(url="https://x/1")], cost_micros=PRICE)
+    await ledger.call_answered(job, "slot-2", paid)
+    rec = await ledger.get(job)
+    assert rec is not None and rec.spend_usd == 0.12  # never below what the upstream billed
+
+
+async def test_a_dead_runs_call_is_possibly_billed_and_its_paid_result_kept(r: Redis) -> None:
+    ledger, job = await _enqueued(r)
+    await ledger.start(job, "run-a", 50)
+    await ledger.call_begin(job, "run-a", "slot-1", PRICE)
+    await asyncio.sleep(0.1)
+    await ledger.reclaim()
+    j = await ledger.journal(job)
+    assert j is not None and j.state == "unknown" and j.possible == PRICE
+    # a paid answer reaching the stalled run is still saved (money first, not fenced)
+    paid = PaidResult(outputs=[PaidOutput(url="https://x/1")], cost_micros=PRICE)
+    assert await ledger.call_answered(job, "slot-1", paid) == "saved"
+    st = await ledger.start(job, "run-b", 20_000)
+    assert st.paid is not None and st.paid.outputs[0].url == "https://x/1"
+    assert await r.ttl(Keys.paid(job)) == -1  # never expires while the job is not final
+    await ledger.finish(job, "run-b", "succeeded")
+    assert not await r.exists(Keys.paid(job))
+
+
+async def test_attempts_back_off_then_fail_and_keep_the_paid_result(r: Redis) -> None:
+    ledger, job = await _enqueued(r)
+    for n in (1, 2):
+        await ledger.start(job, f"run{n}", 20_000)
+        failed, attempts, delay = await ledger.attempt_failed(
+            job,
+            f"run{n}",
+            "TransientError",
+            "503",
+            max_attempts=3,
+            backoff_base_s=2,
+            backoff_max_s=300,
+        )
+        assert not failed and attempts == n and 1 <= delay <= 2 * 2**n
+        assert await _h(r, job, "state") == "waiting"
+    await ledger.start(job, "run3", 20_000)
+    await r.set(Keys.paid(job), PaidResult().model_dump_json())
+    failed, attempts, _ = await ledger.attempt_failed(
+        job, "run3", "TransientError", "503", max_attempts=3, backoff_base_s=2, backoff_max_s=300
+    )
+    assert failed and attempts == 3
+    rec = await ledger.get(job)
+    assert rec is not None and rec.state == "failed" and "gave up after 3" in (rec.error or "")
+    assert await r.exists(Keys.paid(job))  # kept for `upscale retry`
+
+
+async def test_heal_requeues_a_job_nothing_would_run(r: Redis) -> None:
+    ledger, job = await _enqueued(r)
+    await r.delete(Keys.arq_job(job))
+    await r.zrem(QUEUES["live"], job)
+    healed, _ = await ledger.heal(stale_ms=0, in_progress_ttl_ms=610_000, grace_ms=30_000)
+    assert healed == [job]
+    assert await r.zscore(QUEUES["live"], job) is not None
+    payload = await r.get(Keys.arq_job(job))
+    assert payload and b'"f":"upscale"' in payload
+    # a stale arq in-progress key (older than the grace, no run) is cleared
+    await r.psetex(Keys.arq_in_progress(job), 500_000, b"1")
+    healed, _ = await ledger.heal(stale_ms=0, in_progress_ttl_ms=610_000, grace_ms=30_000)
+    assert healed == [job] and not await r.exists(Keys.arq_in_progress(job))
+
+
+async def test_heal_returns_a_reservation_no_call_holds(r: Redis) -> None:
+    ledger, job = await _enqueued(r)
+    value = f"{PRICE}|{Keys.budget_reserved_day('2026-11-25')}||{job}"
+    await r.hset(Keys.budget_reserved, "slot-x", value)  # type: ignore[misc]
+    await r.incrby(Keys.budget_reserved_total, PRICE)
+    await r.incrby(Keys.budget_reserved_day("2026-11-25"), PRICE)
+    _, returned = await ledger.heal(stale_ms=0, in_progress_ttl_ms=610_000, grace_ms=30_000)
+    assert returned == 1
+    assert int(await r.get(Keys.budget_reserved_total) or 0) == 0
+    assert int(await r.get(Keys.budget_reserved_day("2026-11-25")) or 0) == 0

@@ -1,0 +1,310 @@
+"""The job's state machine, as named transitions: each one Lua script (`worker/lua/`), atomic,
+on Redis time, fenced by the run's token where it changes a run's state.
+
+    enqueue -> start -> (call_begin -> call_answered | call_refused | call_unknown)*
+            -> stored | fail | wait | attempt_failed;   reclaim / heal put strays back.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from redis.asyncio import Redis
+
+from worker.contract import ARQ_FUNCTION, JobSpec, JobState
+from worker.keys import (
+    ARQ_IN_PROGRESS_PREFIX,
+    ARQ_JOB_PREFIX,
+    PREFIX,
+    QUEUES,
+    Keys,
+    queue_for,
+)
+from worker.ledger.reads import LedgerReads, text
+from worker.ledger.records import (
+    CallJournal,
+    EnqueueOutcome,
+    EnqueueResult,
+    PaidResult,
+    StartResult,
+    ledger_fields,
+)
+from worker.lua import register
+from worker.redis_conn import patiently, serialize
+
+FinalState = Literal["succeeded", "failed", "skipped"]
+KEEP_FAILED_PAID_MS = 7 * 86_400_000  # a failed job's paid result, kept for `upscale retry`
+_ARQ = [ARQ_FUNCTION, ARQ_JOB_PREFIX, ARQ_IN_PROGRESS_PREFIX]
+
+
+class Fenced(Exception):
+    """This run no longer holds the job's lease (it was reclaimed): it must not write."""
+
+
+class Ledger(LedgerReads):
+    def __init__(self, redis: Redis) -> None:
+        super().__init__(redis)
+        self._scripts = {
+            name: register(redis, name)
+            for name in (
+                "enqueue",
+                "start",
+                "heartbeat",
+                "wait",
+                "attempt_failed",
+                "finish",
+                "call_begin",
+                "call_answered",
+                "call_refused",
+                "call_unknown",
+                "reclaim",
+                "heal",
+            )
+        }
+
+    async def _run(
+        self, name: str, keys: list[str], args: list[Any], patience_s: float | None = 300.0
+    ) -> Any:
+        script = self._scripts[name]
+        return await patiently(
+            lambda: script(keys=keys, args=[PREFIX, *args]), what=name, patience_s=patience_s
+        )
+
+    # -- enqueue ------------------------------------------------------------------------
+    async def enqueue(
+        self, specs: list[JobSpec], *, requeue_failed: bool = False, chunk: int = 1000
+    ) -> list[EnqueueResult]:
+        """Create ledger records and arq jobs, deduplicated, pipelined in chunks."""
+        results: list[EnqueueResult] = []
+        now_ms = int(time.time() * 1000)
+        script = self._scripts["enqueue"]
+        for start in range(0, len(specs), chunk):
+            part = specs[start : start + chunk]
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for spec in part:
+                    job_id = spec.job_id
+                    payload = serialize(
+                        {
+                            "t": None,
+                            "f": ARQ_FUNCTION,
+                            "a": [spec.to_payload()],
+                            "k": {},
+                            "et": now_ms,
+                        }
+                    )
+                    other = "bulk" if spec.lane == "live" else "live"
+                    await script(
+                        keys=[
+                            Keys.job(job_id),
+                            Keys.arq_job(job_id),
+                            queue_for(spec.lane),
+                            queue_for(other),
+                            Keys.arq_in_progress(job_id),
+                        ],
+                        args=[
+                            PREFIX,
+                            job_id,
+                            payload,
+                            json.dumps(ledger_fields(spec)),
+                            spec.batch or "",
+                            "1" if requeue_failed else "0",
+                            spec.lane,
+                        ],
+                        client=pipe,
+                    )
+                replies = await pipe.execute()
+            for spec, (outcome, state) in zip(part, replies, strict=True):
+                o: EnqueueOutcome = text(outcome)  # type: ignore[assignment]  # the script's
+                results.append(EnqueueResult(job_id=spec.job_id, outcome=o, state=text(state)))
+        return results
+
+    # -- a run --------------------------------------------------------------------------
+    async def start(self, job_id: str, token: str, lease_ms: int) -> StartResult:
+        """Take the run lease; returns what the run needs to resume (paid result, journal)."""
+        reply = await self._run("start", [Keys.job(job_id), Keys.runs], [job_id, token, lease_ms])
+        outcome = text(reply[0])
+        if outcome == "final":
+            return StartResult(outcome="final", state=text(reply[1]))
+        if outcome == "busy":
+            return StartResult(outcome="busy", busy_ms=int(reply[1]))
+        if outcome == "missing":
+            return StartResult(outcome="missing")
+        return StartResult(
+            outcome="ok",
+            attempts=int(reply[1]),
+            paid=await self.paid(job_id),
+            journal=await self.journal(job_id),
+        )
+
+    async def paid(self, job_id: str) -> PaidResult | None:
+        raw = await patiently(lambda: self.redis.get(Keys.paid(job_id)), what="load paid")
+        return PaidResult.model_validate_json(raw) if raw else None
+
+    async def journal(self, job_id: str) -> CallJournal | None:
+        h = await patiently(lambda: self.redis.hgetall(Keys.call(job_id)), what="journal")  # type: ignore[arg-type,return-value]  # redis-py's async stubs
+        if not h:
+            return None
+        return CallJournal.model_validate({text(k): text(v) for k, v in h.items()})
+
+    async def heartbeat(self, runs: Mapping[str, str], lease_ms: int) -> list[str]:
+        """Renew this process's run leases; returns the job ids it no longer holds."""
+        if not runs:
+            return []
+        pairs = [x for item in runs.items() for x in item]
+        lost = await self._script_once("heartbeat", [Keys.runs], [lease_ms, *pairs])
+        return [text(j) for j in lost]
+
+    async def _script_once(self, name: str, keys: list[str], args: list[Any]) -> Any:
+        return await self._scripts[name](keys=keys, args=[PREFIX, *args])
+
+    async def wait(self, job_id: str, token: str, reason: str, detail: str, delay_s: float) -> None:
+        """Hand the job back to its queue without using an attempt."""
+        reply = await self._run(
+            "wait",
+            [Keys.job(job_id)],
+            [job_id, token, reason, detail[:300], int(max(0.0, delay_s) * 1000), *_ARQ],
+        )
+        if text(reply) == "fenced":
+            raise Fenced(job_id)
+
+    async def attempt_failed(
+        self,
+        job_id: str,
+        token: str,
+        error_class: str,
+        message: str,
+        *,
+        max_attempts: int,
+        backoff_base_s: float,
+        backoff_max_s: float,
+    ) -> tuple[bool, int, float]:
+        """Use an attempt. Returns (failed for good, attempts, retry delay s)."""
+        reply = await self._run(
+            "attempt_failed",
+            [Keys.job(job_id)],
+            [
+                job_id,
+                token,
+                error_class,
+                message[:1000],
+                max_attempts,
+                int(backoff_base_s * 1000),
+                int(backoff_max_s * 1000),
+                random.random(),
+                *_ARQ,
+            ],
+        )
+        outcome = text(reply[0])
+        if outcome == "fenced":
+            raise Fenced(job_id)
+        if outcome == "failed":
+            return True, int(reply[1]), 0.0
+        return False, int(reply[1]), int(reply[2]) / 1000
+
+    async def finish(
+        self,
+        job_id: str,
+        token: str,
+        state: FinalState,
+        fields: Mapping[str, str | int | float | None] | None = None,
+    ) -> str:
+        """A final state. `token=''` only for records no run can own (an unreadable payload)."""
+        clean = {k: "" if v is None else str(v) for k, v in (fields or {}).items()}
+        reply = text(
+            await self._run(
+                "finish",
+                [Keys.job(job_id)],
+                [job_id, token, state, json.dumps(clean), KEEP_FAILED_PAID_MS],
+            )
+        )
+        if reply == "fenced":
+            raise Fenced(job_id)
+        return reply
+
+    async def update(self, job_id: str, **fields: str | int | float) -> None:
+        """Informational fields (timings, resolutions) that are no part of the state machine."""
+        mapping = {k: str(v) for k, v in fields.items()}
+        await patiently(lambda: self.redis.hset(Keys.job(job_id), mapping=mapping), what="update")  # type: ignore[arg-type,return-value]  # redis-py's async stubs
+
+    # -- the call journal ---------------------------------------------------------------
+    async def call_begin(self, job_id: str, token: str, slot: str, est_micros: int) -> CallJournal:
+        reply = await self._run(
+            "call_begin", [Keys.job(job_id), Keys.call(job_id)], [job_id, token, slot, est_micros]
+        )
+        if text(reply[0]) == "fenced":
+            raise Fenced(job_id)
+        return CallJournal(n=int(reply[1]), idem=text(reply[2]), token=slot, state="sent")
+
+    async def call_answered(
+        self, job_id: str, slot: str, paid: PaidResult, *, replayed: bool = False
+    ) -> str:
+        """Save a paid answer with its spend: waits out a Redis outage for as long as it takes."""
+        return text(
+            await self._run(
+                "call_answered",
+                [Keys.job(job_id), Keys.call(job_id), Keys.paid(job_id)],
+                [
+                    job_id,
+                    slot,
+                    paid.cost_micros,
+                    paid.request_id or "",
+                    paid.model_dump_json(),
+                    "1" if paid.pending_id else "0",
+                    "1" if replayed else "0",
+                ],
+                patience_s=None,
+            )
+        )
+
+    async def call_refused(
+        self, job_id: str, slot: str, request_id: str | None, *, drop_pending: bool = False
+    ) -> None:
+        await self._run(
+            "call_refused",
+            [Keys.job(job_id), Keys.call(job_id)],
+            [job_id, slot, request_id or "", "1" if drop_pending else "0"],
+            patience_s=None,
+        )
+
+    async def call_unknown(self, job_id: str, slot: str, *, drop_pending: bool = False) -> None:
+        await self._run(
+            "call_unknown",
+            [Keys.job(job_id), Keys.call(job_id)],
+            [job_id, slot, "1" if drop_pending else "0"],
+            patience_s=None,
+        )
+
+    # -- recovery (any live worker) -----------------------------------------------------
+    async def reclaim(self, limit: int = 200) -> list[str]:
+        """Put back every run whose lease expired; returns their job ids."""
+        reply = await self._script_once("reclaim", [Keys.runs], [limit, *_ARQ])
+        return [text(j) for j in reply]
+
+    async def heal(
+        self, *, stale_ms: int, in_progress_ttl_ms: int, grace_ms: int, limit: int = 500
+    ) -> tuple[list[str], int]:
+        """Re-enqueue stranded jobs, clear stale in-progress keys, return orphan reservations."""
+        reply = await self._script_once(
+            "heal",
+            [
+                Keys.active,
+                Keys.runs,
+                QUEUES["live"],
+                QUEUES["bulk"],
+                Keys.budget_reserved,
+                Keys.inflight,
+            ],
+            [stale_ms, limit, *_ARQ, grace_ms, in_progress_ttl_ms],
+        )
+        return [text(j) for j in reply[0]], int(reply[1])
+
+
+async def record_invalid_payload(ledger: Ledger, job_id: str, error: str) -> None:
+    """A payload that does not parse can never succeed: record it as failed if we know it."""
+    await ledger.finish(
+        job_id, "", JobState.FAILED.value, {"error_class": "InvalidPayload", "error": error[:1000]}
+    )

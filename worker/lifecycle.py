@@ -1,0 +1,83 @@
+"""The process-level half of the job lifecycle (the Lua half is in `worker/lua/`).
+
+Every worker process runs one `Lifecycle` task that
+- renews the run leases of the jobs it runs (one heartbeat for all of them),
+- reclaims runs whose lease expired anywhere in the fleet (a SIGKILLed worker, a lost host):
+  their jobs are back on the queue within `run_lease_s` + one tick, whatever `job_timeout`,
+- heals what nothing else would: a non-final job with no run, no queue entry or a stale
+  arq in-progress key is re-enqueued; reservations no call holds are returned.
+Reclaiming waits until this process has been connected for two heartbeats, so after a Redis
+restart every live owner renews its leases before anyone takes them over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import structlog
+
+from worker.redis_conn import REDIS_DOWN
+from worker.runtime import Runtime
+
+log = structlog.get_logger("worker.lifecycle")
+
+HEAL_EVERY_S = 10.0
+HEAL_STALE_MS = 30_000  # look at a non-final job again after this long
+IN_PROGRESS_GRACE_MS = 30_000  # arq's in-progress key without a run, for longer: stale
+
+
+class Lifecycle:
+    def __init__(self, rt: Runtime, *, in_progress_ttl_ms: int) -> None:
+        self.rt = rt
+        self.lease_ms = rt.settings.run_lease_s * 1000
+        self.tick_s = max(0.5, rt.settings.run_lease_s / 4)
+        self.in_progress_ttl_ms = in_progress_ttl_ms
+        self._connected_since: float | None = None
+        self._last_heal = 0.0
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.tick()
+            except REDIS_DOWN as e:
+                if self.rt.redis_ok:
+                    log.warning("redis unavailable; running jobs carry on", error=type(e).__name__)
+                self.rt.redis_ok = False
+                self._connected_since = None
+            except Exception:  # never let the lifecycle task die
+                log.exception("lifecycle tick failed")
+            await asyncio.sleep(self.tick_s)
+
+    async def tick(self) -> None:
+        ledger = self.rt.ledger
+        lost = await ledger.heartbeat(dict(self.rt.runs), self.lease_ms)
+        now = time.monotonic()
+        if not self.rt.redis_ok:
+            log.info("redis is back")
+        self.rt.redis_ok = True
+        if self._connected_since is None:
+            self._connected_since = now
+        for job_id in lost:
+            if self.rt.runs.pop(job_id, None) is not None:
+                log.warning(
+                    "run lease lost (reclaimed elsewhere); its writes are fenced", job_id=job_id
+                )
+        if now - self._connected_since < 2 * self.tick_s:
+            return
+        back = await ledger.reclaim()
+        if back:
+            log.warning(
+                "reclaimed runs whose worker stopped renewing", jobs=len(back), job_ids=back[:10]
+            )
+        if now - self._last_heal >= HEAL_EVERY_S:
+            self._last_heal = now
+            healed, returned = await ledger.heal(
+                stale_ms=HEAL_STALE_MS,
+                in_progress_ttl_ms=self.in_progress_ttl_ms,
+                grace_ms=IN_PROGRESS_GRACE_MS,
+            )
+            if healed or returned:
+                log.warning(
+                    "healed stranded jobs", jobs=len(healed), reservations_returned=returned
+                )

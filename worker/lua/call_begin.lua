@@ -1,0 +1,24 @@
+-- call_begin: journal an upstream call before the request leaves. The idempotency key is
+-- `<job id>:<n>`; a call whose outcome is unknown is asked again under the same key, so an
+-- upstream that honours `Idempotency-Key` answers it without billing twice.
+-- KEYS: 1 ledger, 2 call journal
+-- ARGV: 1 prefix, 2 job id, 3 run token, 4 slot token (from admission), 5 estimated micros
+-- Returns {'ok', call number, idempotency key} | {'fenced'}.
+--- @include "_ledger"
+--- @include "_money"
+local job_id, token, slot = ARGV[2], ARGV[3], ARGV[4]
+if not owns(job_id, token) then return {'fenced'} end
+local now = now_ms()
+local prev = redis.call('HGET', KEYS[2], 'state')
+if prev == 'sent' then
+  -- a run that died mid-call before anyone noticed: its call may have been billed
+  possibly_billed(job_id, redis.call('HGET', KEYS[2], 'token') or '', now)
+  prev = 'unknown'
+end
+local n = redis.call('HINCRBY', KEYS[1], 'calls', 1)
+local idem = redis.call('HGET', KEYS[2], 'idem')
+if prev ~= 'unknown' or not idem then idem = job_id .. ':' .. n end
+redis.call('HSET', KEYS[2], 'n', n, 'idem', idem, 'token', slot, 'state', 'sent',
+  'est', ARGV[5], 'sent_at', now)
+if prev ~= 'unknown' then redis.call('HSET', KEYS[2], 'possible', 0) end
+return {'ok', n, idem}

@@ -1,0 +1,13 @@
+-- call_refused: the upstream answered with an error (not billed), or an async job it accepted
+-- ended failed (not billed): the reservation is returned.
+-- KEYS: 1 ledger, 2 call journal
+-- ARGV: 1 prefix, 2 job id, 3 slot token, 4 request id, 5 drop a pending marker ('1')
+--- @include "_ledger"
+--- @include "_money"
+local job_id, slot = ARGV[2], ARGV[3]
+add_request_id(job_id, ARGV[4])
+redis.call('ZREM', PFX .. 'flow:inflight', slot)
+unreserve(slot)
+redis.call('HSET', KEYS[2], 'state', 'refused')
+if ARGV[5] == '1' then redis.call('DEL', k_paid(job_id)) end
+return 'ok'

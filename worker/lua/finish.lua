@@ -1,0 +1,25 @@
+-- finish: a final state (succeeded | failed | skipped) with its fields.
+-- succeeded/skipped drop the paid result and the call journal; failed keeps the paid result
+-- (for `upscale retry`) for ARGV[6] ms.
+-- KEYS: 1 ledger
+-- ARGV: 1 prefix, 2 job id, 3 run token ('' = unfenced: only for a record no run can own),
+--       4 state, 5 fields (json; '' deletes a field), 6 keep paid ms (failed)
+-- Returns 'ok' | 'fenced' | 'final' (already final: nothing changed).
+--- @include "_ledger"
+local job_id, token, state = ARGV[2], ARGV[3], ARGV[4]
+local cur = redis.call('HGET', KEYS[1], 'state')
+if not cur then return 'missing' end
+if token ~= '' and not owns(job_id, token) then return 'fenced' end
+if FINAL[cur] then return 'final' end
+set_fields(job_id, ARGV[5])
+redis.call('HDEL', KEYS[1], 'wait_reason', 'wait_detail')
+end_run(job_id)
+if state == 'failed' then
+  if redis.call('EXISTS', k_paid(job_id)) == 1 then
+    redis.call('PEXPIRE', k_paid(job_id), tonumber(ARGV[6]))
+  end
+else
+  redis.call('DEL', k_paid(job_id), k_call(job_id))
+end
+transition(job_id, state, now_ms())
+return 'ok'

@@ -1,0 +1,22 @@
+-- start: a run takes the job's lease (owner token, TTL on Redis time) and moves it to running.
+-- KEYS: 1 ledger, 2 run leases (zset job id -> expiry ms)
+-- ARGV: 1 prefix, 2 job id, 3 run token, 4 lease ttl ms
+-- Returns {'ok', attempts} | {'final', state} | {'busy', ms left on the other run's lease} |
+--         {'missing'}.
+--- @include "_ledger"
+local job_id, token, ttl = ARGV[2], ARGV[3], tonumber(ARGV[4])
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state then return {'missing'} end
+if FINAL[state] then return {'final', state} end
+local now = now_ms()
+local holder = redis.call('HGET', KEYS[1], 'run_token')
+if holder and holder ~= token then
+  local expiry = tonumber(redis.call('ZSCORE', KEYS[2], job_id) or '0')
+  if expiry > now then return {'busy', expiry - now} end
+end
+redis.call('HSET', KEYS[1], 'run_token', token)
+redis.call('HDEL', KEYS[1], 'wait_reason', 'wait_detail')
+redis.call('HINCRBY', KEYS[1], 'runs', 1)
+redis.call('ZADD', KEYS[2], now + ttl, job_id)
+transition(job_id, 'running', now)
+return {'ok', tonumber(redis.call('HGET', KEYS[1], 'attempts') or '0')}

@@ -1,0 +1,15 @@
+-- wait: hand the job back without using an attempt (pause, 429, outage, budget, shutdown).
+-- KEYS: 1 ledger
+-- ARGV: 1 prefix, 2 job id, 3 run token, 4 reason, 5 detail, 6 delay ms, 7 arq function,
+--       8 arq job prefix, 9 arq in-progress prefix
+-- Returns 'ok', or 'fenced' when the run no longer holds the lease (nothing changed).
+--- @include "_ledger"
+local job_id, token = ARGV[2], ARGV[3]
+if not owns(job_id, token) then return 'fenced' end
+local now = now_ms()
+transition(job_id, 'waiting', now)
+redis.call('HSET', KEYS[1], 'wait_reason', ARGV[4], 'wait_detail', ARGV[5])
+redis.call('HINCRBY', KEYS[1], 'waits', 1)
+end_run(job_id)
+requeue(job_id, now + tonumber(ARGV[6]), ARGV[7], ARGV[8], ARGV[9])
+return 'ok'
