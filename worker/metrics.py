@@ -34,6 +34,25 @@ RESULT_BYTES = Counter("upscale_result_bytes_total", "Bytes of results stored to
 SPEND_USD = Counter("upscale_spend_usd_total", "USD billed by upstream calls this process made.")
 
 
+def admissible_jobs(status: dict[str, Any]) -> int:
+    """Queued jobs (both lanes) that admission could let through now: what workers should be
+    scaled on. Nothing is admissible while the fleet is paused, in a 429 cooldown, with the
+    circuit open, or with the total/daily budget spent; a half-open circuit admits one probe."""
+    depth = int(status["queue_depth"])
+    budgets = status.get("budgets") or {}
+    spent = any(
+        budgets.get(k) is not None and budgets[k] <= 0 for k in ("total_left_usd", "daily_left_usd")
+    )
+    if status.get("pause") or status.get("cooldown_s", 0) > 0 or spent:
+        return 0
+    circuit = status.get("circuit", "closed")
+    if circuit == "open":
+        return 0
+    if circuit == "half_open":
+        return min(depth, 1)
+    return depth
+
+
 def fleet_metrics(status: dict[str, Any]) -> bytes:
     """Render fleet gauges from `Producer.fleet_status()` in the text exposition format."""
     registry = CollectorRegistry(auto_describe=False)
@@ -51,6 +70,13 @@ def fleet_metrics(status: dict[str, Any]) -> bytes:
             total = GaugeMetricFamily("upscale_queue_depth_total", "Jobs in all lanes' queues.")
             total.add_metric([], status["queue_depth"])
             yield total
+            admissible = GaugeMetricFamily(
+                "upscale_jobs_admissible",
+                "Queued jobs the fleet could start calling the upstream for now: 0 while paused, "
+                "in a 429 cooldown, with the circuit open or a budget spent (the scaling signal).",
+            )
+            admissible.add_metric([], admissible_jobs(status))
+            yield admissible
             jobs = GaugeMetricFamily("upscale_jobs", "Jobs per ledger state.", labels=["state"])
             for state in ("queued", "running", "waiting", "succeeded", "failed", "skipped"):
                 jobs.add_metric([state], status["states"].get(state, 0))

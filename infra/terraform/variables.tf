@@ -37,3 +37,37 @@ variable "suffixes" {
   type        = list(string)
   default     = [".png", ".jpg", ".jpeg", ".webp"]
 }
+
+variable "oidc_provider_arn" {
+  description = "ARN of the EKS cluster's IAM OIDC provider (IRSA), e.g. arn:aws:iam::123456789012:oidc-provider/oidc.eks.us-east-1.amazonaws.com/id/EXAMPLE."
+  type        = string
+}
+
+variable "oidc_provider_url" {
+  description = "The cluster's OIDC issuer URL (with or without https://), e.g. oidc.eks.us-east-1.amazonaws.com/id/EXAMPLE."
+  type        = string
+}
+
+variable "k8s_namespace" {
+  description = "Namespace the workloads run in (IRSA trusts service accounts in it only)."
+  type        = string
+  default     = "upscale"
+}
+
+variable "worker_service_account" {
+  description = "Service account of the workers (infra/k8s/serviceaccount.yaml)."
+  type        = string
+  default     = "upscale-worker"
+}
+
+variable "consumer_service_account" {
+  description = "Service account of the SQS consumer (infra/k8s/serviceaccount.yaml)."
+  type        = string
+  default     = "upscale-sqs"
+}
+
+variable "kms_key_arns" {
+  description = "KMS keys of SSE-KMS source/destination buckets ([] = buckets use SSE-S3)."
+  type        = list(string)
+  default     = []
+}
