@@ -46,6 +46,14 @@ class CallResult:
     rate_reset_s: float | None = None
 
 
+@dataclass(frozen=True)
+class KeyCheck:
+    """What `upscale health` reports for the upstream: reachable, right URL, key accepted."""
+
+    ok: bool
+    detail: str
+
+
 class Upstream(Protocol):
     needs_bytes: bool
 
@@ -53,8 +61,8 @@ class Upstream(Protocol):
 
     async def poll(self, pending_id: str) -> CallResult: ...
 
-    async def check_key(self) -> str:
-        """`ok`, `invalid` or `unknown`, by a request that is never billed."""
+    async def check_key(self) -> KeyCheck:
+        """Reachable, right URL and key accepted, by a request that is never billed."""
         ...
 
     async def aclose(self) -> None: ...

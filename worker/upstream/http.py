@@ -78,3 +78,13 @@ def raise_for_status(resp: httpx.Response) -> None:
 def transport_error(exc: httpx.HTTPError) -> e.TransientError:
     kind = "timed out" if isinstance(exc, httpx.TimeoutException) else "connection failed"
     return e.TransientError(f"upstream {kind}: {type(exc).__name__}")
+
+
+def unreachable(what: str, url: str, exc: httpx.HTTPError, fix: str) -> str:
+    """One line for a check that got no HTTP answer: what, where, why, and which setting."""
+    if isinstance(exc, httpx.TimeoutException):
+        why = "no answer in time"
+    else:
+        cause = exc.__cause__ or exc.__context__
+        why = str(exc) or (str(cause) if cause else "") or type(exc).__name__
+    return f"cannot reach {what} at {url}: {why}; check {fix}"
