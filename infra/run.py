@@ -71,7 +71,7 @@ async def run_batch(settings: Settings, n_images: int) -> int:
         f"uploaded {len(keys)} sample images to s3://{INPUT_BUCKET}/samples/ — batch [bold]{batch}[/]"
     )
 
-    async with Producer.connect(settings) as producer:
+    async with Producer.connect(settings, fail_fast=True) as producer:
         heads = [s3.head_object(Bucket=INPUT_BUCKET, Key=k) for k in keys]
         specs = [
             build_spec(

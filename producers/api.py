@@ -92,9 +92,12 @@ class Producer:
 
     @classmethod
     @asynccontextmanager
-    async def connect(cls, settings: Settings | None = None) -> AsyncIterator[Producer]:
+    async def connect(
+        cls, settings: Settings | None = None, *, fail_fast: bool = False
+    ) -> AsyncIterator[Producer]:
+        """`fail_fast`: raise `RedisUnavailable` within seconds instead of retrying ~30 s."""
         s = settings or get_settings()
-        redis = await connect(s)
+        redis = await connect(s, fail_fast=fail_fast)
         try:
             yield cls(redis, s)
         finally:

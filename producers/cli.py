@@ -1,10 +1,16 @@
-"""`upscale` — the command line: enqueue, status, spend, pause/resume, retry, worker, run."""
+"""`upscale` — the command line: enqueue, status, spend, pause/resume, retry, worker, run.
+
+A failing command prints one line on stderr (`producers.errors`) and exits non-zero:
+1 = the answer is no (unhealthy, no such job), 2 = a bad argument, 69 = a service did not answer,
+78 = a setting or credential is wrong. `upscale --debug <command>` shows the traceback instead.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import json
+import os
 import sys
 import time
 from collections import Counter
@@ -12,13 +18,13 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import click
-from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
 from producers.api import Producer
+from producers.errors import EXIT_FAILED, CommandError, Group, describe
 from worker.logs import configure_logging
-from worker.settings import get_settings
+from worker.settings import Settings, get_settings
 
 T = TypeVar("T")
 console = Console()
@@ -26,26 +32,53 @@ err_console = Console(stderr=True)
 
 
 def _run(fn: Callable[[Producer], Awaitable[T]]) -> T:
+    """Run `fn` with a Producer; Redis must answer within a few seconds (errors: see main)."""
+
     async def go() -> T:
-        async with Producer.connect(get_settings()) as p:
+        async with Producer.connect(get_settings(), fail_fast=True) as p:
             return await fn(p)
 
+    return asyncio.run(go())
+
+
+def _echo_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+def _json_logs(as_json: bool) -> Settings:
+    """Settings for a long-running command; `--json` makes its log lines JSON."""
+    if as_json:
+        os.environ["UPSCALE_LOG_FORMAT"] = "json"  # children (--processes) inherit it
+        get_settings.cache_clear()
+    return get_settings()
+
+
+def _aws_from_dotenv(path: str = ".env") -> None:
+    """`AWS_*` lines of `.env` (profile, region, keys) reach boto3 too; the environment wins.
+    (Settings read `.env` themselves.)"""
     try:
-        return asyncio.run(go())
-    except (ValueError, ValidationError) as e:
-        raise click.UsageError(str(e)) from None
-    except OSError as e:  # Redis unreachable
-        raise click.ClickException(f"cannot reach Redis at {_redis_hint()}: {e}") from None
+        from dotenv import dotenv_values
+    except ImportError:  # pragma: no cover - a dependency of pydantic-settings
+        return
+    if not os.path.isfile(path):
+        return
+    for k, v in dotenv_values(path).items():
+        if k.startswith("AWS_") and v is not None:
+            os.environ.setdefault(k, v)
 
 
-def _redis_hint() -> str:
-    url = get_settings().redis_url
-    return url.split("@")[-1]  # never print a password
+JSON_HELP = "Print JSON (errors too: one JSON object on stderr)."
 
 
-@click.group(help="Upscale images stored in S3 with the Ideogram Upscale model, at scale.")
-def main() -> None:
-    pass
+@click.group(
+    cls=Group, help="Upscale images stored in S3 with the Ideogram Upscale model, at scale."
+)
+@click.version_option(package_name="upscale-queue", prog_name="upscale")
+@click.option(
+    "--debug", is_flag=True, envvar="UPSCALE_DEBUG", help="Show tracebacks instead of one line."
+)
+def main(debug: bool) -> None:
+    _aws_from_dotenv()
 
 
 # -- enqueue ----------------------------------------------------------------------------------
@@ -63,7 +96,7 @@ def main() -> None:
 @click.option("--batch", help="Batch id (spend and progress are tracked per batch).")
 @click.option("--lane", type=click.Choice(["live", "bulk"]), default="live", show_default=True)
 @click.option("--version-id", help="Source object version (single source only).")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
 def enqueue(sources: tuple[str, ...], as_json: bool, **opts: Any) -> None:
     if len(sources) > 1 and (
         opts.get("version_id") or (opts.get("dest") and not opts["dest"].endswith("/"))
@@ -88,7 +121,7 @@ def enqueue(sources: tuple[str, ...], as_json: bool, **opts: Any) -> None:
 
     rows = _run(go)
     if as_json:
-        click.echo(json.dumps(rows, indent=2))
+        _echo_json(rows)
         return
     for row in rows:
         console.print(
@@ -123,14 +156,14 @@ def enqueue(sources: tuple[str, ...], as_json: bool, **opts: Any) -> None:
 @click.option(
     "--dry-run", is_flag=True, help="Count images and estimate the cost; enqueue nothing."
 )
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
 def backfill(source: str, as_json: bool, **o: Any) -> None:
     from datetime import UTC, datetime
 
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     from producers.backfill import Backfill, BackfillPlan, BackfillStats, Filters, stats_dict
-    from worker.storage import make_s3_client
+    from worker.storage import SourceMissing, Storage, make_s3_client
 
     if not source.startswith("s3://"):
         raise click.UsageError("SOURCE must be s3://bucket[/prefix]")
@@ -165,6 +198,13 @@ def backfill(source: str, as_json: bool, **o: Any) -> None:
     )
 
     async def go(p: Producer) -> BackfillStats:
+        # One quick request first: credentials, endpoint and bucket, before any progress bar.
+        bucket = source[5:].split("/")[0]
+        try:
+            await Storage(settings, make_s3_client(settings, fail_fast=True)).head_bucket(bucket)
+        except SourceMissing:
+            where = settings.s3_endpoint_url or "AWS"
+            raise CommandError(f"bucket {bucket} does not exist (S3 at {where})") from None
         with Progress(
             SpinnerColumn(),
             TextColumn("{task.description}"),
@@ -190,7 +230,7 @@ def backfill(source: str, as_json: bool, **o: Any) -> None:
     d["batch"] = batch
     d["estimated_cost_usd"] = round(st.matched * settings.price_usd, 2)
     if as_json:
-        click.echo(json.dumps(d, indent=2))
+        _echo_json(d)
         return
     verb = "would enqueue" if plan.dry_run else "enqueued"
     console.print(
@@ -215,7 +255,7 @@ def backfill(source: str, as_json: bool, **o: Any) -> None:
 @main.command(help="Show a job, a batch, or (with no argument) the whole fleet.")
 @click.argument("job_id", required=False)
 @click.option("--batch", help="Show one batch's progress and spend.")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
 @click.option("--watch", is_flag=True, help="Keep the view on screen, updating (Ctrl-C stops).")
 @click.option("--interval", default=1.0, show_default=True, help="Seconds between updates.")
 def status(
@@ -225,17 +265,20 @@ def status(
         if job_id:
             rec = await p.status(job_id)
             if rec is None:
-                raise click.ClickException(f"no such job: {job_id}")
+                raise CommandError(f"no such job: {job_id}")
             return rec.model_dump()
         if batch:
-            return await p.ledger.batch_summary(batch)
+            summary = await p.ledger.batch_summary(batch)
+            if not summary["total"]:
+                raise CommandError(f"no such batch: {batch}")
+            return summary
         return await fleet_status(p)
 
     if watch and not job_id:
         return _watch(batch, interval)
     data = _run(go)
     if as_json:
-        click.echo(json.dumps(data, indent=2, default=str))
+        _echo_json(data)
     elif job_id:
         _print_record(data)
     elif batch:
@@ -325,7 +368,7 @@ def _watch(batch: str | None, interval: float) -> None:
 
 @main.command(help="Show spend: total, today, and per batch.")
 @click.option("--batch", multiple=True, help="Also show these batches.")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
 def spend(batch: tuple[str, ...], as_json: bool) -> None:
     async def go(p: Producer) -> dict[str, Any]:
         out = await p.ledger.spend()
@@ -334,7 +377,7 @@ def spend(batch: tuple[str, ...], as_json: bool) -> None:
 
     d = _run(go)
     if as_json:
-        click.echo(json.dumps(d, indent=2))
+        _echo_json(d)
         return
     console.print(f"today ({d['day']}): ${d['today_usd']:.2f}   total: ${d['total_usd']:.2f}")
     for b, usd in d["batches"].items():
@@ -344,35 +387,60 @@ def spend(batch: tuple[str, ...], as_json: bool) -> None:
 # -- flow control -----------------------------------------------------------------------------
 @main.command(help="Pause every worker: no new upstream call starts; jobs wait, nothing fails.")
 @click.option("--detail", default="paused by an operator")
-def pause(detail: str) -> None:
-    async def go(p: Producer) -> None:
-        await p.flow.pause("manual", detail)
+@click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
+def pause(detail: str, as_json: bool) -> None:
+    async def go(p: Producer) -> dict[str, Any] | None:
+        current: dict[str, Any] | None = (await p.flow.snapshot()).get("pause")
+        if not current:
+            await p.flow.pause("manual", detail)
+        return current
 
-    _run(go)
-    console.print("paused: workers start no new upstream call; `upscale resume` lifts it")
+    already = _run(go)
+    if as_json:
+        _echo_json({"paused": True, "already": bool(already), "pause": already})
+    elif already:
+        console.print(
+            f"already paused (reason={already.get('reason')} {already.get('detail', '')}); "
+            "`upscale resume` lifts it"
+        )
+    else:
+        console.print("paused: workers start no new upstream call; `upscale resume` lifts it")
 
 
 @main.command(help="Lift a pause (after a top-up, a key fix, or a manual pause).")
-def resume() -> None:
+@click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
+def resume(as_json: bool) -> None:
     async def go(p: Producer) -> bool:
         return await p.flow.resume()
 
     was = _run(go)
-    console.print("resumed: workers pick jobs again" if was else "was not paused")
+    if as_json:
+        _echo_json({"resumed": was, "was_paused": was})
+    else:
+        console.print("resumed: workers pick jobs again" if was else "was not paused")
 
 
-@main.command(help="Re-enqueue failed jobs (attempts reset).")
+@main.command(help="Re-enqueue failed jobs (attempts reset). Exits 1 if a job does not exist.")
 @click.argument("job_ids", nargs=-1, required=True)
-def retry(job_ids: tuple[str, ...]) -> None:
-    async def go(p: Producer) -> list[str]:
+@click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
+def retry(job_ids: tuple[str, ...], as_json: bool) -> None:
+    async def go(p: Producer) -> list[dict[str, Any]]:
         out = []
         for j in job_ids:
             r = await p.retry(j)
-            out.append(f"{j}: {'no such job' if r is None else r.outcome}")
+            out.append({"job_id": j, "outcome": None if r is None else r.outcome})
         return out
 
-    for line in _run(go):
-        console.print(line)
+    rows = _run(go)
+    missing = [r["job_id"] for r in rows if r["outcome"] is None]
+    if as_json:
+        _echo_json(rows)
+    else:
+        for r in rows:
+            if r["outcome"] is not None:
+                console.print(f"{r['job_id']}: {r['outcome']}")
+    if missing:
+        raise CommandError(f"no such job: {', '.join(missing)}")
 
 
 # -- processes --------------------------------------------------------------------------------
@@ -385,7 +453,17 @@ def retry(job_ids: tuple[str, ...]) -> None:
     type=click.IntRange(1, 256),
     help="Worker processes on this host (each serves both lanes; flow control stays global).",
 )
-def worker(burst: bool, processes: int) -> None:
+@click.option(
+    "--wait-for-redis",
+    default=30.0,
+    show_default=True,
+    type=click.FloatRange(0),
+    help="Seconds to wait for Redis at start-up (a restart in progress) before giving up.",
+)
+@click.option("--json", "as_json", is_flag=True, help="JSON log lines (and errors).")
+def worker(burst: bool, processes: int, wait_for_redis: float, as_json: bool) -> None:
+    settings = _json_logs(as_json)  # a bad setting stops here, before any process starts
+    asyncio.run(_wait_for_redis(settings, wait_for_redis))
     from worker.app import main as worker_main
 
     if processes == 1:
@@ -397,58 +475,99 @@ def worker(burst: bool, processes: int) -> None:
     sys.exit(supervise(argv, processes))
 
 
+async def _wait_for_redis(settings: Settings, seconds: float) -> None:
+    """Until Redis answers, quietly, for up to `seconds`; then `RedisUnavailable` (one line)."""
+    from worker.redis_conn import RedisUnavailable, connect
+
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            redis = await connect(settings, fail_fast=True)
+        except RedisUnavailable as e:
+            if e.auth or time.monotonic() + 1 > deadline:
+                raise
+            await asyncio.sleep(1)
+        else:
+            await redis.aclose()
+            return
+
+
 @main.command(help="Serve the status page, its JSON API and the fleet's /metrics.")
 @click.option("--host", default="0.0.0.0", show_default=True)
 @click.option("--port", default=8090, show_default=True)
-def dashboard(host: str, port: int) -> None:
+@click.option("--json", "as_json", is_flag=True, help="JSON log lines (and errors).")
+def dashboard(host: str, port: int, as_json: bool) -> None:
     from producers.dashboard import serve
 
-    settings = get_settings()
+    settings = _json_logs(as_json)
     configure_logging(settings.log_format, settings.log_level)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve(settings, host, port))
 
 
-@main.command(help="Check Redis, S3 and the upstream key; exit 1 if any check fails.")
-@click.option("--json", "as_json", is_flag=True)
+@main.command(help="Check Redis, S3 and the upstream (URL, key, model); exit 1 if a check fails.")
+@click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
 def health(as_json: bool) -> None:
-    from worker.health import run_checks
+    import httpx
+
+    from worker.health import CHECK_TIMEOUT_S, Check, check_redis, check_s3, check_upstream
+    from worker.logs import register_secret
     from worker.redis_conn import connect
-    from worker.runtime import create_runtime
+    from worker.storage import Storage, make_s3_client
+    from worker.upstream import make_upstream
 
     settings = get_settings()
+    register_secret(settings.api_key_value)
 
-    async def go() -> dict[str, tuple[bool, str]]:
+    async def redis_check() -> Check:
         try:
-            redis = await asyncio.wait_for(connect(settings), 10)
+            redis = await connect(settings, fail_fast=True)
         except Exception as e:
-            return {"redis": (False, f"{type(e).__name__}: {e}")}
-        rt = create_runtime(settings, redis)
+            return False, describe(e)
         try:
-            return await run_checks(rt)
+            return await check_redis(redis, describe)
         finally:
-            await rt.aclose()
             await redis.aclose()
 
+    async def go() -> dict[str, Check]:
+        # All three at once, each with a short timeout: the answer comes within ~5 s.
+        storage = Storage(settings, make_s3_client(settings, fail_fast=True))
+        client = httpx.AsyncClient(
+            timeout=httpx.Timeout(CHECK_TIMEOUT_S, connect=2), follow_redirects=False
+        )
+        upstream = make_upstream(settings, client)
+        try:
+            checks = await asyncio.gather(
+                redis_check(),
+                check_s3(storage, settings.health_bucket, describe),
+                check_upstream(upstream),
+            )
+        finally:
+            await upstream.aclose()
+        return dict(zip(("redis", "s3", "upstream"), checks, strict=True))
+
     results = asyncio.run(go())
-    ok = all(r[0] for r in results.values())
+    failed = {name: detail for name, (good, detail) in results.items() if not good}
     if as_json:
         click.echo(json.dumps({k: {"ok": v[0], "detail": v[1]} for k, v in results.items()}))
     else:
         for name, (good, detail) in results.items():
             console.print(f"{'[green]ok  [/]' if good else '[red]FAIL[/]'} {name:<9} {detail}")
-        console.print("healthy" if ok else "[bold red]unhealthy[/]")
-    sys.exit(0 if ok else 1)
+        console.print("healthy" if not failed else "[bold red]unhealthy[/]")
+    if failed:
+        raise CommandError(
+            "unhealthy: " + "; ".join(f"{k}: {v}" for k, v in failed.items()), EXIT_FAILED
+        )
 
 
 @main.command(help="Serve bucket notifications and HTTP enqueue (needs UPSCALE_API_TOKEN).")
 @click.option("--host", default="0.0.0.0", show_default=True)
 @click.option("--port", default=8080, show_default=True)
-def webhook(host: str, port: int) -> None:
+@click.option("--json", "as_json", is_flag=True, help="JSON log lines (and errors).")
+def webhook(host: str, port: int, as_json: bool) -> None:
     from producers.webhook import serve
-    from worker.logs import configure_logging
 
-    s = get_settings()
+    s = _json_logs(as_json)
     configure_logging(s.log_format, s.log_level)
     asyncio.run(serve(s, host, port))
 
@@ -461,17 +580,26 @@ def webhook(host: str, port: int) -> None:
 @click.option("--endpoint-url", help="SQS endpoint (default: AWS).")
 @click.option("--wait", default=20, show_default=True, help="Long-poll seconds.")
 @click.option("--until-empty", is_flag=True, help="Exit when a poll returns nothing.")
+@click.option("--json", "as_json", is_flag=True, help=JSON_HELP + " Log lines are JSON too.")
 def sqs(
-    queue_url: str, dlq_url: str | None, endpoint_url: str | None, wait: int, until_empty: bool
+    queue_url: str,
+    dlq_url: str | None,
+    endpoint_url: str | None,
+    wait: int,
+    until_empty: bool,
+    as_json: bool,
 ) -> None:
+    import dataclasses
+
     import boto3
 
     from producers.sqs import SqsConsumer
-    from worker.logs import configure_logging
 
-    s = get_settings()
+    s = _json_logs(as_json)
     configure_logging(s.log_format, s.log_level)
-    client = boto3.client("sqs", region_name=s.s3_region, endpoint_url=endpoint_url)
+    # The region as for S3: UPSCALE_S3_REGION, AWS_REGION, then boto3's chain (the profile).
+    region = s.s3_region or os.environ.get("AWS_REGION")
+    client = boto3.client("sqs", region_name=region, endpoint_url=endpoint_url)
 
     async def go(p: Producer) -> Any:
         return await SqsConsumer(p, client, queue_url, dlq_url=dlq_url, wait_s=wait).run(
@@ -479,6 +607,9 @@ def sqs(
         )
 
     st = _run(go)
+    if as_json:
+        _echo_json(dataclasses.asdict(st))
+        return
     console.print(
         f"sqs: {st.messages} message(s), {st.enqueued} job(s) enqueued, {st.duplicates} duplicate(s), "
         f"{st.ignored} ignored, {st.dead_lettered} dead-lettered, {st.errors} redelivered"
@@ -487,7 +618,9 @@ def sqs(
 
 @main.command(help="The main job on the embedded local stack: sample images in, 2x images out.")
 @click.option("--images", default=6, show_default=True)
-def run(images: int) -> None:
+@click.option("--json", "as_json", is_flag=True, help="JSON log lines (and errors).")
+def run(images: int, as_json: bool) -> None:
+    _json_logs(as_json)
     from infra.run import main as run_main
 
     sys.exit(run_main(images=images))

@@ -24,12 +24,13 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from producers.api import Producer
-from producers.serving import serve_app
+from producers.serving import errors_middleware, serve_app
 from worker.metrics import fleet_metrics
 from worker.settings import Settings
 
 log = structlog.get_logger("producers.dashboard")
 PRODUCER: web.AppKey[Producer] = web.AppKey("producer", Producer)
+MAX_FAILURES = 1000
 
 
 @web.middleware
@@ -50,7 +51,14 @@ async def status(request: web.Request) -> web.Response:
 
 
 async def failures(request: web.Request) -> web.Response:
-    recs = await request.app[PRODUCER].ledger.recent_failures(int(request.query.get("limit", 20)))
+    raw = request.query.get("limit", "20")
+    limit = int(raw) if raw.isdigit() else 0
+    if not 1 <= limit <= MAX_FAILURES:
+        return web.json_response(
+            {"error": f"limit must be a whole number from 1 to {MAX_FAILURES}, not {raw!r}"},
+            status=400,
+        )
+    recs = await request.app[PRODUCER].ledger.recent_failures(limit)
     return web.json_response(
         [
             {
@@ -93,7 +101,7 @@ async def healthz(_request: web.Request) -> web.Response:
 
 
 def create_app(producer: Producer) -> web.Application:
-    app = web.Application(middlewares=[writes_need_token])
+    app = web.Application(middlewares=[errors_middleware, writes_need_token])
     app[PRODUCER] = producer
     app.router.add_get("/", page)
     app.router.add_get("/api/status", status)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote, unquote_plus
@@ -51,6 +52,8 @@ class ObjectEvent:
 class ParsedNotification:
     created: list[ObjectEvent] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)
+    # Broken records of a batch, with the reason: the good ones still count.
+    rejected: list[str] = field(default_factory=list)
 
 
 def newer_sequencer(a: str | None, b: str | None) -> bool:
@@ -85,7 +88,18 @@ def parse_notification(
     doc = _load(body)
     out = ParsedNotification()
     _dispatch(doc, out, eventbridge_keys_encoded, depth=0)
+    if out.rejected and not out.created and not out.ignored:
+        raise MalformedEvent("; ".join(out.rejected))  # nothing usable at all
     return out
+
+
+def _each(items: list[tuple[str, Any]], out: ParsedNotification, fn: Callable[[Any], None]) -> None:
+    """Parse the records of a batch one by one: a broken one is rejected, not the batch."""
+    for label, item in items:
+        try:
+            fn(item)
+        except MalformedEvent as e:
+            out.rejected.append(f"{label}: {e}" if label else str(e))
 
 
 def _load(body: str | bytes | dict[str, Any] | list[Any]) -> Any:
@@ -111,8 +125,7 @@ def _dispatch(doc: Any, out: ParsedNotification, eb_encoded: bool, depth: int) -
         # MinIO Redis `access` format: [{"Event": [records...], "EventTime": ...}, ...]
         if not doc:
             raise MalformedEvent("empty JSON array")
-        for item in doc:
-            _dispatch(item, out, eb_encoded, depth + 1)
+        _each([("", item) for item in doc], out, lambda d: _dispatch(d, out, eb_encoded, depth + 1))
         return
     if not isinstance(doc, dict):
         raise MalformedEvent(f"notification is a JSON {type(doc).__name__}, not an object")
@@ -134,8 +147,11 @@ def _dispatch(doc: Any, out: ParsedNotification, eb_encoded: bool, depth: int) -
     elif "event_type" in doc and isinstance(doc.get("message"), dict):
         _seaweedfs(doc, out)
     elif _is_minio_namespace(doc):
-        for value in doc.values():
-            _dispatch(_load(value) if isinstance(value, str) else value, out, eb_encoded, depth + 1)
+        _each(
+            [(str(k), v) for k, v in doc.items()],
+            out,
+            lambda v: _dispatch(_load(v) if isinstance(v, str) else v, out, eb_encoded, depth + 1),
+        )
     else:
         raise MalformedEvent(
             "unrecognised notification shape (expected S3 Records, SNS, EventBridge, "
@@ -159,40 +175,45 @@ def _is_minio_namespace(doc: dict[str, Any]) -> bool:
 def _records(records: Any, out: ParsedNotification) -> None:
     if not isinstance(records, list):
         raise MalformedEvent("Records is not a list")
-    for i, rec in enumerate(records):
-        if not isinstance(rec, dict):
-            raise MalformedEvent(f"Records[{i}] is not an object")
-        name = str(rec.get("eventName", ""))
-        s3 = rec.get("s3")
-        if not isinstance(s3, dict):
-            raise MalformedEvent(f"Records[{i}] has no s3 section (eventName={name!r})")
-        try:
-            bucket = s3["bucket"]["name"]
-            obj = s3["object"]
-            raw_key = obj["key"]
-        except (KeyError, TypeError) as e:
-            raise MalformedEvent(f"Records[{i}] is missing s3 field {e}") from e
-        if not isinstance(raw_key, str) or not isinstance(bucket, str):
-            raise MalformedEvent(f"Records[{i}] bucket/key are not strings")
-        # Both AWS and MinIO form-encode keys: `+` is a space, `%2B` a literal plus.
-        key = unquote_plus(raw_key)
-        if "ObjectCreated" not in name:
-            out.ignored.append(f"{name or 'unnamed event'} s3://{bucket}/{key}")
-            continue
-        out.created.append(
-            ObjectEvent(
-                bucket=bucket,
-                key=key,
-                version_id=_opt(obj.get("versionId")),
-                etag=_opt(obj.get("eTag") or obj.get("etag")),
-                size=_int(obj.get("size")),
-                sequencer=_opt(obj.get("sequencer")),
-                event_name=name.removeprefix("s3:"),
-                event_time=_opt(rec.get("eventTime")),
-                source_format="minio" if rec.get("eventSource") == "minio:s3" else "s3",
-                user_metadata=_str_dict(obj.get("userMetadata")),
-            )
+    _each(
+        [("", (i, rec)) for i, rec in enumerate(records)], out, lambda x: _record(x[0], x[1], out)
+    )
+
+
+def _record(i: int, rec: Any, out: ParsedNotification) -> None:
+    if not isinstance(rec, dict):
+        raise MalformedEvent(f"Records[{i}] is not an object")
+    name = str(rec.get("eventName", ""))
+    s3 = rec.get("s3")
+    if not isinstance(s3, dict):
+        raise MalformedEvent(f"Records[{i}] has no s3 section (eventName={name!r})")
+    try:
+        bucket = s3["bucket"]["name"]
+        obj = s3["object"]
+        raw_key = obj["key"]
+    except (KeyError, TypeError) as e:
+        raise MalformedEvent(f"Records[{i}] is missing s3 field {e}") from e
+    if not isinstance(raw_key, str) or not isinstance(bucket, str):
+        raise MalformedEvent(f"Records[{i}] bucket/key are not strings")
+    # Both AWS and MinIO form-encode keys: `+` is a space, `%2B` a literal plus.
+    key = unquote_plus(raw_key)
+    if "ObjectCreated" not in name:
+        out.ignored.append(f"{name or 'unnamed event'} s3://{bucket}/{key}")
+        return
+    out.created.append(
+        ObjectEvent(
+            bucket=bucket,
+            key=key,
+            version_id=_opt(obj.get("versionId")),
+            etag=_opt(obj.get("eTag") or obj.get("etag")),
+            size=_int(obj.get("size")),
+            sequencer=_opt(obj.get("sequencer")),
+            event_name=name.removeprefix("s3:"),
+            event_time=_opt(rec.get("eventTime")),
+            source_format="minio" if rec.get("eventSource") == "minio:s3" else "s3",
+            user_metadata=_str_dict(obj.get("userMetadata")),
         )
+    )
 
 
 def _eventbridge(doc: dict[str, Any], out: ParsedNotification, keys_encoded: bool) -> None:

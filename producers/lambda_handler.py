@@ -60,6 +60,9 @@ async def _batch_operations(producer: Producer, event: dict[str, Any]) -> dict[s
         report = IntakeReport()
         try:
             specs = specs_for([task.obj], guard, producer, report)
+            if report.rejected:
+                results[task.task_id] = ("PermanentFailure", "; ".join(report.rejected))
+                continue
             if not specs:
                 results[task.task_id] = ("Succeeded", f"skipped: {'; '.join(report.ignored)}")
                 continue

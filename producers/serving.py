@@ -4,16 +4,34 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import structlog
 from aiohttp import web
+from redis.exceptions import RedisError
 
 from producers.api import Producer
 from worker.redis_conn import connect
 from worker.settings import Settings
 
 log = structlog.get_logger("producers.serving")
+
+
+@web.middleware
+async def errors_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """An unexpected error: logged with its traceback, answered as JSON (never a bare 500)."""
+    try:
+        return await handler(request)
+    except web.HTTPException:
+        raise
+    except RedisError as e:
+        log.warning("Redis unavailable", method=request.method, path=request.path, error=str(e))
+        return web.json_response({"error": "Redis unavailable; try again"}, status=503)
+    except Exception:
+        log.exception("request failed", method=request.method, path=request.path)
+        return web.json_response({"error": "internal error (logged)"}, status=500)
 
 
 async def serve_app(
@@ -23,7 +41,7 @@ async def serve_app(
     host: str,
     port: int,
 ) -> None:
-    redis = await connect(settings)
+    redis = await connect(settings, fail_fast=True)  # no Redis at start-up: say so and exit
     runner = web.AppRunner(factory(Producer(redis, settings)), access_log=None)
     await runner.setup()
     await web.TCPSite(runner, host, port).start()

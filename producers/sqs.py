@@ -88,6 +88,9 @@ class SqsConsumer:
                 self.stats.enqueued += len(report.enqueued)
                 self.stats.duplicates += len(report.duplicates)
                 self.stats.ignored += len(report.ignored)
+                if report.rejected:  # the good records are in; keep the broken ones visible
+                    await self._dead_letter(m, "rejected records: " + "; ".join(report.rejected))
+                    self.stats.dead_lettered += 1
             done.append({"Id": str(len(done)), "ReceiptHandle": m["ReceiptHandle"]})
         if done:
             await asyncio.to_thread(

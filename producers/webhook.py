@@ -21,7 +21,7 @@ from pydantic import ValidationError
 from producers.api import Producer, build_spec
 from producers.events import MalformedEvent
 from producers.intake import enqueue_notification
-from producers.serving import serve_app
+from producers.serving import errors_middleware, serve_app
 from worker.settings import Settings
 
 log = structlog.get_logger("producers.webhook")
@@ -31,6 +31,7 @@ JOB_FIELDS = {
     "source", "dest", "dest_template", "prompt", "resemblance", "detail", "magic_prompt", "seed",
     "batch", "lane", "tags", "callback_url", "version_id", "etag",
 }  # fmt: skip
+STRING_FIELDS = JOB_FIELDS - {"resemblance", "detail", "seed", "tags"}
 
 
 def _error(status: int, message: str) -> web.Response:
@@ -63,7 +64,9 @@ async def events(request: web.Request) -> web.Response:
         report = await enqueue_notification(request.app[PRODUCER], body)
     except MalformedEvent as e:
         return _error(400, f"malformed notification: {e}")
-    except (ValueError, ValidationError) as e:
+    except ValidationError as e:
+        return _error(400, f"notification names an invalid object: {e.errors()[0]['msg']}")
+    except ValueError as e:
         return _error(400, f"notification names an invalid object: {e}")
     return web.json_response(report.as_dict())
 
@@ -84,6 +87,13 @@ async def post_jobs(request: web.Request) -> web.Response:
             return _error(400, f"job {n}: unknown field(s) {sorted(unknown)}")
         if "source" not in item:
             return _error(400, f"job {n}: 'source' (s3://bucket/key) is required")
+        wrong = sorted(
+            k
+            for k in STRING_FIELDS & item.keys()
+            if not isinstance(item[k], str) and (item[k] is not None or k == "source")
+        )
+        if wrong:
+            return _error(400, f"job {n}: {', '.join(wrong)} must be a string")
         try:
             specs.append(build_spec(settings=producer.settings, **item))
         except (ValueError, ValidationError, TypeError) as e:
@@ -113,7 +123,7 @@ async def healthz(_request: web.Request) -> web.Response:
 
 
 def create_app(producer: Producer) -> web.Application:
-    app = web.Application(middlewares=[auth], client_max_size=MAX_BODY)
+    app = web.Application(middlewares=[errors_middleware, auth], client_max_size=MAX_BODY)
     app[PRODUCER] = producer
     app.router.add_post("/events", events)
     app.router.add_post("/jobs", post_jobs)

@@ -9,47 +9,67 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import Any
 
 import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from redis.asyncio import Redis
 
 from worker.runtime import Runtime
-from worker.storage import StorageError
+from worker.storage import Storage, StorageError
+from worker.upstream.base import Upstream
 
 log = structlog.get_logger("worker.health")
 
 
-async def check_redis(rt: Runtime) -> tuple[bool, str]:
+Check = tuple[bool, str]
+Explain = Callable[[BaseException], str]
+CHECK_TIMEOUT_S = 3.0
+
+
+def _plain(e: BaseException) -> str:
+    return f"{type(e).__name__}: {e}"
+
+
+async def check_redis(redis: Redis, explain: Explain = _plain) -> Check:
     try:
-        await asyncio.wait_for(rt.redis.ping(), 3)
+        await asyncio.wait_for(redis.ping(), 3)
         return True, "ok"
     except Exception as e:
-        return False, f"{type(e).__name__}: {e}"
+        return False, explain(e)
 
 
-async def check_s3(rt: Runtime) -> tuple[bool, str]:
-    bucket = rt.settings.health_bucket
+async def check_s3(storage: Storage, bucket: str | None, explain: Explain = _plain) -> Check:
     try:
         if bucket:
-            await rt.storage.head_bucket(bucket)
+            await storage.head_bucket(bucket)
             return True, f"bucket {bucket} reachable"
-        await rt.storage.reachable()
+        await storage.reachable()
         return True, "endpoint reachable"
     except StorageError as e:
-        return False, str(e)
+        return False, explain(e)
 
 
-async def check_upstream(rt: Runtime) -> tuple[bool, str]:
-    verdict = await rt.upstream.check_key()
-    return verdict != "invalid", f"key {verdict}"
+async def check_upstream(upstream: Upstream) -> Check:
+    # The adapter's HTTP client should time out first (with a message naming the URL).
+    try:
+        verdict = await asyncio.wait_for(upstream.check_key(), CHECK_TIMEOUT_S + 0.5)
+    except TimeoutError:
+        return False, f"the upstream did not answer within {CHECK_TIMEOUT_S:.0f} s"
+    return verdict.ok, verdict.detail
 
 
-async def run_checks(rt: Runtime, *, upstream: bool = True) -> dict[str, tuple[bool, str]]:
-    checks: dict[str, Any] = {"redis": check_redis(rt), "s3": check_s3(rt)}
+async def run_checks(
+    rt: Runtime, *, upstream: bool = True, explain: Explain = _plain
+) -> dict[str, Check]:
+    checks: dict[str, Any] = {
+        "redis": check_redis(rt.redis, explain),
+        "s3": check_s3(rt.storage, rt.settings.health_bucket, explain),
+    }
     if upstream:
-        checks["upstream"] = check_upstream(rt)
+        checks["upstream"] = check_upstream(rt.upstream)
     results = await asyncio.gather(*checks.values())
     return dict(zip(checks, results, strict=True))
 
@@ -65,6 +85,8 @@ def health_app(rt: Runtime) -> web.Application:
 
     async def readyz(_: web.Request) -> web.Response:
         results = await run_checks(rt, upstream=False)
+        # a draining worker takes no new work: send traffic (and rollouts) elsewhere
+        results["picking"] = (not rt.draining, "draining" if rt.draining else "ok")
         ok = all(r[0] for r in results.values())
         body = {name: {"ok": r[0], "detail": r[1]} for name, r in results.items()}
         return web.json_response({"ok": ok, "checks": body}, status=200 if ok else 503)

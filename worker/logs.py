@@ -69,6 +69,33 @@ def _redact_rendered(_logger: Any, _name: str, rendered: Any) -> Any:
     return redact(rendered) if isinstance(rendered, str) else rendered
 
 
+def _add_logger_name(
+    logger: Any, _name: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """`logger`: the stdlib logger's name (arq, botocore, aiohttp) or the structlog one's."""
+    record = event_dict.get("_record")
+    name = record.name if record is not None else getattr(logger, "name", None)
+    if name and "logger" not in event_dict:
+        event_dict["logger"] = name
+    return event_dict
+
+
+class _NamedPrintLogger(structlog.PrintLogger):
+    def __init__(self, file: Any, name: str | None) -> None:
+        super().__init__(file)
+        self.name = name
+
+
+class _NamedPrintLoggerFactory:
+    """PrintLoggerFactory that remembers `structlog.get_logger(name)`'s name."""
+
+    def __init__(self, file: Any) -> None:
+        self._file = file
+
+    def __call__(self, *args: Any) -> _NamedPrintLogger:
+        return _NamedPrintLogger(self._file, str(args[0]) if args and args[0] else None)
+
+
 _configured = False
 
 
@@ -86,12 +113,16 @@ def configure_logging(fmt: str = "auto", level: str = "INFO", *, force: bool = F
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
+        _add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
+    # JSON: a traceback becomes the `exception` string (from structlog and from stdlib
+    # records alike); the console renderer prints `exc_info` itself.
+    exc: list[Any] = [structlog.processors.format_exc_info] if use_json else []
     structlog.configure(
         processors=[
             *shared,
-            structlog.processors.format_exc_info if use_json else structlog.dev.set_exc_info,
+            *(exc or [structlog.dev.set_exc_info]),
             redaction_processor,
             renderer,
             _redact_rendered,
@@ -99,7 +130,7 @@ def configure_logging(fmt: str = "auto", level: str = "INFO", *, force: bool = F
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
         ),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=_NamedPrintLoggerFactory(sys.stderr),
         cache_logger_on_first_use=False,
     )
     # arq, botocore and friends log through stdlib logging: route them through the same
@@ -110,6 +141,7 @@ def configure_logging(fmt: str = "auto", level: str = "INFO", *, force: bool = F
             foreign_pre_chain=shared,
             processors=[
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                *exc,
                 redaction_processor,
                 renderer,
                 _redact_rendered,
@@ -118,7 +150,7 @@ def configure_logging(fmt: str = "auto", level: str = "INFO", *, force: bool = F
     )
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(level.upper())
+    root.setLevel(logging.getLevelNamesMapping().get(level.upper(), logging.INFO))
     for noisy in ("botocore", "boto3", "urllib3", "httpx", "httpcore", "aiohttp.access"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import structlog
 from arq.connections import ArqRedis, RedisSettings, create_pool
+from redis.exceptions import AuthenticationError, RedisError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -47,18 +50,71 @@ def redis_settings(url: str, sentinels: list[str] | None = None, master: str = "
     return rs
 
 
+# Commands (CLI, webhook, dashboard start-up) fail fast instead of riding out an outage.
+FAIL_FAST_CONNECT_S = 2.0
+
+
+class RedisUnavailable(Exception):
+    """Redis did not answer (or refused our credentials) when connecting with `fail_fast`."""
+
+    def __init__(self, where: str, reason: str, *, auth: bool = False) -> None:
+        super().__init__(f"cannot reach Redis at {where}: {reason}")
+        self.where, self.reason, self.auth = where, reason, auth
+
+
+def where(target: str | Settings) -> str:
+    """Where Redis is, for messages: never the password."""
+    if isinstance(target, Settings):
+        if target.redis_sentinels:
+            sentinels = ",".join(target.redis_sentinels)
+            return f"Sentinel {sentinels} (master {target.redis_sentinel_master})"
+        target = target.redis_url
+    u = urlsplit(target)
+    return u._replace(netloc=u.netloc.rpartition("@")[2]).geturl() if "@" in u.netloc else target
+
+
 def settings_for(s: Settings) -> RedisSettings:
     return redis_settings(s.redis_url, s.redis_sentinels, s.redis_sentinel_master)
 
 
-async def connect(target: str | Settings) -> ArqRedis:
+async def connect(target: str | Settings, *, fail_fast: bool = False) -> ArqRedis:
+    """A connection pool (pinged). By default the first connection is retried for ~30 s (a
+    worker rides out a Redis restart); `fail_fast` tries once, for a few seconds, and raises
+    `RedisUnavailable` (for commands a person is waiting on)."""
     rs = settings_for(target) if isinstance(target, Settings) else redis_settings(target)
-    return await create_pool(
+    if fail_fast:
+        rs.conn_retries = 0
+        rs.conn_timeout = FAIL_FAST_CONNECT_S  # type: ignore[assignment]  # a float works
+    pool = create_pool(
         rs,
         job_serializer=serialize,
         job_deserializer=deserialize,
         default_queue_name=QUEUE_NAME,
     )
+    if not fail_fast:
+        return await pool
+    here = where(target)
+    try:
+        return await asyncio.wait_for(pool, FAIL_FAST_CONNECT_S + 1)
+    except AuthenticationError as e:
+        raise RedisUnavailable(here, f"authentication failed ({e})", auth=True) from e
+    except TimeoutError as e:
+        raise RedisUnavailable(here, f"no answer within {FAIL_FAST_CONNECT_S + 1:.0f} s") from e
+    except (RedisError, OSError) as e:
+        raise RedisUnavailable(here, reason(e)) from e
+
+
+def reason(e: BaseException) -> str:
+    """`Connection refused` rather than `Error 111 connecting to 127.0.0.1:1. Connect call…`."""
+    seen: BaseException | None = e
+    while seen is not None:
+        if isinstance(seen, OSError) and (seen.errno or seen.strerror):
+            # asyncio's strerror is "Connect call failed (...)": the errno says it better.
+            errno = seen.errno or 0
+            return os.strerror(errno) if errno > 0 else str(seen.strerror)
+        seen = seen.__cause__ or seen.__context__
+    text = str(e).splitlines()[0] if str(e) else type(e).__name__
+    return text
 
 
 REDIS_DOWN: tuple[type[BaseException], ...] = (RedisConnectionError, RedisTimeoutError)

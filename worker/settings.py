@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import os
 from functools import lru_cache
-from typing import Literal
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin
 from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from worker.contract import DEFAULT_DEST_TEMPLATE
@@ -17,7 +20,15 @@ ResponseFormat = Literal["url", "b64_json"]
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="UPSCALE_", extra="ignore")
+    # `.env` in the working directory is read too (the environment wins). List settings are
+    # JSON, decoded by `_json_value` so a plain value gets a message saying so.
+    model_config = SettingsConfigDict(
+        env_prefix="UPSCALE_",
+        extra="ignore",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        enable_decoding=False,
+    )
 
     # --- where things are ---------------------------------------------------------------
     redis_url: str = Field(
@@ -27,11 +38,14 @@ class Settings(BaseSettings):
     s3_endpoint_url: str | None = Field(
         default=None, description="S3 endpoint; unset means AWS (boto3's own resolution)."
     )
-    s3_region: str = "us-east-1"
+    s3_region: str | None = Field(
+        default=None,
+        description="Unset: AWS_REGION, else boto3's chain (AWS_DEFAULT_REGION, profile).",
+    )
     s3_access_key_id: str | None = None
     s3_secret_access_key: SecretStr | None = None
     s3_addressing_style: Literal["auto", "path", "virtual"] = "auto"
-    s3_max_pool_connections: int = 32
+    s3_max_pool_connections: int = Field(default=32, ge=1)
 
     # --- upstream -----------------------------------------------------------------------
     route: Route = "gateway"
@@ -47,10 +61,10 @@ class Settings(BaseSettings):
     response_format: ResponseFormat = "url"
     price_usd: float = Field(default=0.06, ge=0, description="Billed per output image.")
     max_input_bytes: int = Field(
-        default=10 * 1024 * 1024, description="The upstream's input cap (docs: 10 or 25 MB)."
+        default=10 * 1024 * 1024, ge=1, description="The upstream's input cap (docs: 10 or 25 MB)."
     )
     max_source_bytes: int = Field(
-        default=200 * 1024 * 1024, description="Largest source object read (to re-encode it)."
+        default=200 * 1024 * 1024, ge=1, description="Largest source object read (to re-encode it)."
     )
     convert_inputs: bool = Field(
         default=True, description="Convert TIFF/BMP/GIF/... to PNG (else such inputs fail)."
@@ -58,14 +72,14 @@ class Settings(BaseSettings):
     reencode_oversize: bool = Field(
         default=True, description="Re-encode inputs over max_input_bytes to fit (else fail)."
     )
-    presign_ttl_s: int = 3600
+    presign_ttl_s: int = Field(default=3600, ge=1)
     result_hosts: list[str] = Field(
         default_factory=list,
         description="Hosts result URLs may be downloaded from; empty = the upstream's own host.",
     )
-    max_result_bytes: int = 512 * 1024 * 1024
-    connect_timeout_s: float = 10.0
-    read_timeout_s: float = 120.0
+    max_result_bytes: int = Field(default=512 * 1024 * 1024, ge=1)
+    connect_timeout_s: float = Field(default=10.0, gt=0)
+    read_timeout_s: float = Field(default=120.0, gt=0)
     async_poll_interval_s: float = Field(default=3.0, ge=3.0)
 
     # --- jobs ---------------------------------------------------------------------------
@@ -73,9 +87,9 @@ class Settings(BaseSettings):
     max_attempts: int = Field(default=5, ge=1, description="Real failures before a job fails.")
     backoff_base_s: float = 2.0
     backoff_max_s: float = 300.0
-    job_timeout_s: int = 600
-    max_jobs: int = Field(default=16, description="Concurrent jobs per worker process.")
-    upload_part_bytes: int = 8 * 1024 * 1024
+    job_timeout_s: int = Field(default=600, ge=1)
+    max_jobs: int = Field(default=16, ge=1, description="Concurrent jobs per worker process.")
+    upload_part_bytes: int = Field(default=8 * 1024 * 1024, ge=1)
 
     # --- flow control (global, in Redis) ------------------------------------------------
     callback_secret: SecretStr = Field(
@@ -86,7 +100,7 @@ class Settings(BaseSettings):
         description="Hosts callbacks may be sent to (`.example.com` = any subdomain).",
     )
     callback_allow_http: bool = False
-    callback_max_tries: int = 6
+    callback_max_tries: int = Field(default=6, ge=1)
     callback_backoff_s: float = 2.0
     redis_sentinels: list[str] = Field(
         default_factory=list,
@@ -106,7 +120,7 @@ class Settings(BaseSettings):
         description="Share of the rate the bulk lane keeps while live work waits.",
     )
     bulk_max_jobs: int | None = Field(
-        default=None, description="Concurrent bulk jobs per process (default: max_jobs)."
+        default=None, ge=1, description="Concurrent bulk jobs per process (default: max_jobs)."
     )
     rate_rpm: int = Field(default=600, ge=1, description="The API key's requests per minute.")
     rate_burst_factor: float = Field(default=2.0, description="Burst allowance: x RPM ...")
@@ -124,11 +138,11 @@ class Settings(BaseSettings):
         le=300,
         description="A job run's lease, renewed by a heartbeat; expired runs are reclaimed.",
     )
-    pause_poll_s: float = 2.0
+    pause_poll_s: float = Field(default=2.0, gt=0)
     canary_interval_s: float = Field(
         default=0.0, description="Auto-resume probe interval while paused by 402; 0 = manual only."
     )
-    circuit_threshold: int = 5
+    circuit_threshold: int = Field(default=5, ge=1)
     circuit_open_s: float = 30.0
     budget_total_usd: float | None = None
     budget_daily_usd: float | None = None
@@ -148,6 +162,51 @@ class Settings(BaseSettings):
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: str = "INFO"
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _json_value(cls, v: Any, info: ValidationInfo) -> Any:
+        """List (and dict) settings come from the environment as JSON: say so when they are not."""
+        if not isinstance(v, str) or not info.field_name:
+            return v
+        kinds = {get_origin(a) or a for a in _flat(cls.model_fields[info.field_name].annotation)}
+        if not kinds & {list, dict, set, tuple}:
+            return v
+        try:
+            return json.loads(v)
+        except ValueError:
+            if dict in kinds:
+                raise ValueError('expected a JSON object, e.g. {"name": "value"}') from None
+            example = json.dumps([x.strip() for x in v.split(",") if x.strip()] or ["..."])
+            raise ValueError(f"expected a JSON list, e.g. '{example}'") from None
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, v: str) -> str:
+        if urlsplit(v).scheme not in ("redis", "rediss", "unix"):
+            raise ValueError(
+                "expected redis://[:password@]host:port/db (rediss:// for TLS, unix:// for a socket)"
+            )
+        return v
+
+    @field_validator("gateway_url")
+    @classmethod
+    def _gateway_url(cls, v: str) -> str:
+        # The gateway's base URL: "…/v1" (how the OpenAI SDK spells it) is accepted as well.
+        v = _http_url(v).rstrip("/")
+        return v.removesuffix("/v1") if v.endswith("/v1") else v
+
+    @field_validator("ideogram_url", "s3_endpoint_url")
+    @classmethod
+    def _urls(cls, v: str | None) -> str | None:
+        return None if v is None else _http_url(v)
+
+    @field_validator("log_level")
+    @classmethod
+    def _log_level(cls, v: str) -> str:
+        if v.upper() not in _LEVELS:
+            raise ValueError(f"expected one of {', '.join(_LEVELS)}")
+        return v.upper()
+
     @property
     def api_key_value(self) -> str:
         return self.api_key.get_secret_value()
@@ -158,6 +217,41 @@ class Settings(BaseSettings):
             base = self.gateway_url if self.route == "gateway" else self.ideogram_url
             hosts.add((urlsplit(base).hostname or "").lower())
         return hosts
+
+
+_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def _flat(annotation: Any) -> tuple[Any, ...]:
+    if get_origin(annotation) in (Union, UnionType):
+        return get_args(annotation)
+    return (annotation,)
+
+
+def _http_url(v: str) -> str:
+    v = v.strip()
+    parts = urlsplit(v)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError("expected an http:// or https:// URL")
+    return v
+
+
+def env_var(name: str) -> str:
+    """The environment variable that sets a setting, from its field (or alias) name:
+    `rate_rpm` -> `UPSCALE_RATE_RPM`, `redis_url` -> `REDIS_URL` (or the alias actually set)."""
+    for field, info in Settings.model_fields.items():
+        alias = info.validation_alias
+        names = (
+            [c for c in alias.choices if isinstance(c, str)]
+            if isinstance(alias, AliasChoices)
+            else [alias]
+            if isinstance(alias, str)
+            else []
+        )
+        if name == field or name in names:
+            names = names or [f"{Settings.model_config.get('env_prefix', '')}{field}".upper()]
+            return next((n for n in names if n in os.environ), names[0])
+    return name
 
 
 @lru_cache(maxsize=1)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -53,18 +54,23 @@ class StorageUnavailable(StorageError):
     """S3 is down, throttling or unreachable: wait and retry, never a failed try."""
 
 
-def make_s3_client(settings: Settings) -> Any:
+def make_s3_client(settings: Settings, *, fail_fast: bool = False) -> Any:
+    """An S3 client. The region is `UPSCALE_S3_REGION` when set, else `AWS_REGION` (which
+    other AWS SDKs read and botocore does not), else boto3's own chain (`AWS_DEFAULT_REGION`,
+    the profile's region). `fail_fast`: one short attempt, for checks a person waits on."""
     kwargs: dict[str, Any] = {
-        "region_name": settings.s3_region,
         "config": Config(
             s3={"addressing_style": settings.s3_addressing_style},
             signature_version="s3v4",
-            retries={"max_attempts": 3, "mode": "standard"},
+            retries={"max_attempts": 1 if fail_fast else 3, "mode": "standard"},
             max_pool_connections=settings.s3_max_pool_connections,
-            connect_timeout=5,
-            read_timeout=60,
+            connect_timeout=2 if fail_fast else 5,
+            read_timeout=4 if fail_fast else 60,
         ),
     }
+    region = settings.s3_region or os.environ.get("AWS_REGION")
+    if region:
+        kwargs["region_name"] = region
     if settings.s3_endpoint_url:
         kwargs["endpoint_url"] = settings.s3_endpoint_url
     if settings.s3_access_key_id and settings.s3_secret_access_key:

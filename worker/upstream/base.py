@@ -48,6 +48,14 @@ class CallResult:
     replayed: bool = False  # the upstream says it replayed an earlier answer for this key
 
 
+@dataclass(frozen=True)
+class KeyCheck:
+    """What `upscale health` reports for the upstream: reachable, right URL, key accepted."""
+
+    ok: bool
+    detail: str
+
+
 class Upstream(Protocol):
     needs_bytes: bool
 
@@ -55,8 +63,8 @@ class Upstream(Protocol):
 
     async def poll(self, pending_id: str) -> CallResult: ...
 
-    async def check_key(self) -> str:
-        """`ok`, `invalid` or `unknown`, by a request that is never billed."""
+    async def check_key(self) -> KeyCheck:
+        """Reachable, right URL and key accepted, by a request that is never billed."""
         ...
 
     async def aclose(self) -> None: ...

@@ -9,15 +9,16 @@ from typing import Any
 
 import httpx
 
-from worker.settings import Settings
+from worker.settings import Settings, env_var
 from worker.upstream import errors as e
-from worker.upstream.base import CallResult, ImageInput, Output, UpscaleRequest
+from worker.upstream.base import CallResult, ImageInput, KeyCheck, Output, UpscaleRequest
 from worker.upstream.http import (
     fill_rate_headers,
     idempotency_headers,
     raise_for_status,
     request_id,
     transport_error,
+    unreachable,
 )
 
 _TAG_SAFE = re.compile(r"[^A-Za-z0-9._:@\-]")
@@ -143,15 +144,44 @@ class GatewayUpstream:
             raise e.UpstreamJobFailed(f"async job failed: {message}", code=code, request_id=rid)
         return CallResult(request_id=rid, pending_id=pending_id)
 
-    async def check_key(self) -> str:
-        # OpenAI-compatible gateways list models for a valid key: free, never billed.
+    async def check_key(self) -> KeyCheck:
+        # OpenAI-compatible gateways list models for a valid key: free, never billed. It also
+        # proves the URL (a wrong prefix answers 404) and that the model is offered.
+        url = self.base + "/v1/models"
         try:
-            resp = await self.client.get(self.base + "/v1/models", headers=self._headers(None))
-        except httpx.HTTPError:
-            return "unknown"
+            resp = await self.client.get(url, headers=self._headers(None))
+        except httpx.HTTPError as exc:
+            return KeyCheck(
+                False, unreachable("the gateway", self.base, exc, env_var("gateway_url"))
+            )
         if resp.status_code in (401, 403):
-            return "invalid"
-        return "ok" if resp.is_success else "unknown"
+            return KeyCheck(
+                False,
+                f"key invalid: the gateway answered {resp.status_code}; check {env_var('api_key')}",
+            )
+        if resp.status_code == 404:
+            return KeyCheck(
+                False,
+                f"GET {url} answered 404: {env_var('gateway_url')} should be the gateway's base "
+                "URL (with or without /v1)",
+            )
+        if not resp.is_success:
+            return KeyCheck(False, f"GET {url} answered HTTP {resp.status_code}")
+        try:
+            models = {str(m["id"]) for m in resp.json()["data"]}
+        except (ValueError, KeyError, TypeError):
+            return KeyCheck(
+                False,
+                f"GET {url} is not an OpenAI-compatible model list: check {env_var('gateway_url')}",
+            )
+        if models and self.s.model not in models:
+            offered = ", ".join(sorted(models)[:5]) + (", ..." if len(models) > 5 else "")
+            return KeyCheck(
+                False,
+                f"model {self.s.model} is not offered by the gateway (offered: {offered}); "
+                f"check {env_var('model')}",
+            )
+        return KeyCheck(True, "key ok")
 
     async def aclose(self) -> None:
         await self.client.aclose()

@@ -95,3 +95,13 @@ def transport_error(exc: httpx.HTTPError) -> e.TransientError:
         return e.TransientError(f"upstream unreachable: {type(exc).__name__}")
     kind = "timed out" if isinstance(exc, httpx.TimeoutException) else "connection lost"
     return e.OutcomeUnknown(f"upstream {kind} after the request was sent: {type(exc).__name__}")
+
+
+def unreachable(what: str, url: str, exc: httpx.HTTPError, fix: str) -> str:
+    """One line for a check that got no HTTP answer: what, where, why, and which setting."""
+    if isinstance(exc, httpx.TimeoutException):
+        why = "no answer in time"
+    else:
+        cause = exc.__cause__ or exc.__context__
+        why = str(exc) or (str(cause) if cause else "") or type(exc).__name__
+    return f"cannot reach {what} at {url}: {why}; check {fix}"

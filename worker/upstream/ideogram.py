@@ -6,9 +6,9 @@ import json
 
 import httpx
 
-from worker.settings import Settings
+from worker.settings import Settings, env_var
 from worker.upstream import errors as e
-from worker.upstream.base import CallResult, UpscaleRequest
+from worker.upstream.base import CallResult, KeyCheck, UpscaleRequest
 from worker.upstream.gateway import _json, _outputs, knobs
 from worker.upstream.http import (
     fill_rate_headers,
@@ -16,6 +16,7 @@ from worker.upstream.http import (
     raise_for_status,
     request_id,
     transport_error,
+    unreachable,
 )
 
 
@@ -55,8 +56,15 @@ class IdeogramUpstream:
     async def poll(self, pending_id: str) -> CallResult:
         raise e.InvalidRequest("the Ideogram route has no async jobs")
 
-    async def check_key(self) -> str:
-        return "unknown"  # the direct API has no free endpoint to test a key against
+    async def check_key(self) -> KeyCheck:
+        # The direct API has no free endpoint to test a key against: prove only that it
+        # answers (a GET of the upscale endpoint, without the key, is refused and never billed).
+        try:
+            await self.client.get(self.s.ideogram_url)
+        except httpx.HTTPError as exc:
+            url, fix = self.s.ideogram_url, env_var("ideogram_url")
+            return KeyCheck(False, unreachable("the Ideogram API", url, exc, fix))
+        return KeyCheck(True, "reachable; key not checked (the direct API has no free check)")
 
     async def aclose(self) -> None:
         await self.client.aclose()

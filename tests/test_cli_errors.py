@@ -1,0 +1,475 @@
+"""Errors and exit codes: every command, with a bad setting or an unreachable Redis, S3 or
+gateway, prints one line naming the variable (or service) and exits non-zero within 5 s.
+
+Most tests run `upscale` as a real process (a clean environment, a temp working directory)
+against closed ports or the real local stack.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+import redis as redis_sync
+import structlog
+from pydantic import SecretStr
+from redis.asyncio import Redis
+
+from infra.stack import LocalStack, free_port
+from producers.api import Producer
+from producers.events import parse_notification
+from tests.conftest import Buckets, Sim
+from tests.test_producers import TOKEN, s3_event, serving
+from worker.settings import Settings, env_var
+
+FAST_S = 5.0
+
+
+@dataclass
+class Run:
+    rc: int
+    out: str
+    err: str
+    elapsed: float
+
+    @property
+    def err_lines(self) -> list[str]:
+        return [ln for ln in self.err.splitlines() if ln.strip()]
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The machine's environment without our settings or AWS configuration."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("UPSCALE_", "AWS_")) and k != "REDIS_URL"
+    }
+    env.update(
+        AWS_CONFIG_FILE="/nonexistent/aws-config",
+        AWS_SHARED_CREDENTIALS_FILE="/nonexistent/aws-credentials",
+        AWS_EC2_METADATA_DISABLED="true",
+        UPSCALE_LOG_LEVEL="WARNING",
+    )
+    env.update(extra)
+    return env
+
+
+def upscale(*args: str, env: dict[str, str], cwd: Path, timeout: float = 30) -> Run:
+    t0 = time.monotonic()
+    p = subprocess.run(
+        [sys.executable, "-m", "producers.cli", *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    return Run(p.returncode, p.stdout, p.stderr, time.monotonic() - t0)
+
+
+def assert_one_line(r: Run, *needles: str) -> str:
+    assert r.rc != 0, r
+    assert len(r.err_lines) == 1, r.err
+    line = r.err_lines[0]
+    assert "Traceback" not in r.err and "Traceback" not in r.out
+    for n in needles:
+        assert n in line, (n, line)
+    assert r.elapsed < FAST_S, r
+    return line
+
+
+@pytest.fixture
+def fresh_redis(stack: LocalStack) -> None:
+    r = redis_sync.Redis.from_url(stack.redis_url)
+    r.flushdb()
+    r.close()
+
+
+@pytest.fixture
+def closed_port() -> int:
+    return free_port()
+
+
+@pytest.fixture
+def silent_port() -> Iterator[int]:
+    """A port that accepts connections and never answers (a hung service)."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen(16)
+    yield s.getsockname()[1]
+    s.close()
+
+
+def unreachable_env(port: int, **extra: str) -> dict[str, str]:
+    return clean_env(
+        REDIS_URL=f"redis://127.0.0.1:{port}/0",
+        UPSCALE_S3_ENDPOINT_URL=f"http://127.0.0.1:{port}",
+        UPSCALE_GATEWAY_URL=f"http://127.0.0.1:{port}",
+        AWS_REGION="us-east-1",
+        **extra,
+    )
+
+
+def every_command(port: int) -> list[list[str]]:
+    return [
+        ["status"],
+        ["status", "uq-nope"],
+        ["status", "--batch", "nope"],
+        ["spend"],
+        ["enqueue", "s3://photos/a.png"],
+        ["backfill", "s3://photos/"],
+        ["pause"],
+        ["resume"],
+        ["retry", "uq-nope"],
+        ["sqs", "--queue-url", f"http://127.0.0.1:{port}/q", "--until-empty"],
+        ["dashboard", "--host", "127.0.0.1", "--port", str(free_port())],
+        ["webhook", "--host", "127.0.0.1", "--port", str(free_port())],
+        ["health"],
+        ["worker", "--wait-for-redis", "0"],
+    ]
+
+
+# -- Redis unreachable ------------------------------------------------------------------------
+@pytest.mark.parametrize("index", range(14))
+def test_unreachable_redis_one_line_fast(index: int, closed_port: int, tmp_path: Path) -> None:
+    args = every_command(closed_port)[index]
+    r = upscale(*args, env=unreachable_env(closed_port), cwd=tmp_path)
+    line = assert_one_line(r, "REDIS_URL", f"127.0.0.1:{closed_port}")
+    assert "Redis" in line
+    if args[0] != "health":
+        assert r.rc == 69 and "Connection refused" in line, line
+
+
+def test_hung_redis_fails_within_seconds(silent_port: int, tmp_path: Path) -> None:
+    r = upscale(
+        "status", env=clean_env(REDIS_URL=f"redis://127.0.0.1:{silent_port}/0"), cwd=tmp_path
+    )
+    assert "no answer within" in assert_one_line(r, "REDIS_URL")
+    assert r.rc == 69
+
+
+def test_json_error_line_and_debug_traceback(closed_port: int, tmp_path: Path) -> None:
+    env = unreachable_env(closed_port)
+    r = upscale("pause", "--json", env=env, cwd=tmp_path)
+    assert_one_line(r)
+    body = json.loads(r.err_lines[0])
+    assert body["variable"] == "REDIS_URL" and body["exit_code"] == 69 and body["error"]
+    r = upscale("--debug", "status", env=env, cwd=tmp_path)
+    assert r.rc != 0 and "Traceback" in r.err
+
+
+def test_no_aws_region_for_sqs_names_aws_region(tmp_path: Path) -> None:
+    r = upscale("sqs", "--queue-url", "http://127.0.0.1:1/q", env=clean_env(), cwd=tmp_path)
+    assert_one_line(r, "AWS_REGION", "UPSCALE_S3_REGION")
+    assert r.rc == 78
+
+
+def test_version(tmp_path: Path) -> None:
+    r = upscale("--version", env=clean_env(), cwd=tmp_path)
+    assert r.rc == 0 and r.out.startswith("upscale, version ")
+
+
+# -- bad settings -----------------------------------------------------------------------------
+BAD = {
+    "UPSCALE_RATE_RPM": ("abc", "valid integer"),
+    "REDIS_URL": ("http://localhost:6379", "redis://"),
+    "UPSCALE_LOG_LEVEL": ("bogus", "INFO"),
+    "UPSCALE_RESULT_HOSTS": ("cdn.example.com", "JSON list, e.g. '[\"cdn.example.com\"]'"),
+    "UPSCALE_MAX_JOBS": ("-3", "greater than or equal to 1"),
+}
+SERVICE_COMMANDS = ["health", "worker", "dashboard", "webhook", "backfill", "status"]
+
+
+def _command(name: str) -> list[str]:
+    return {
+        "backfill": ["backfill", "s3://photos/"],
+        "enqueue": ["enqueue", "s3://photos/a.png"],
+        "retry": ["retry", "uq-nope"],
+        "sqs": ["sqs", "--queue-url", "http://127.0.0.1:1/q"],
+        "dashboard": ["dashboard", "--port", "1"],
+        "webhook": ["webhook", "--port", "1"],
+    }.get(name, [name])
+
+
+@pytest.mark.parametrize(
+    ("var", "command"),
+    [(v, c) for v in BAD for c in SERVICE_COMMANDS]
+    + [
+        ("UPSCALE_RATE_RPM", c)
+        for c in ("enqueue", "spend", "pause", "resume", "retry", "sqs", "run")
+    ],
+)
+def test_bad_setting_names_the_variable(var: str, command: str, tmp_path: Path) -> None:
+    value, why = BAD[var]
+    r = upscale(*_command(command), env=clean_env(**{var: value}), cwd=tmp_path)
+    line = assert_one_line(r, var, why, "fix or unset")
+    assert r.rc == 78
+    field = var.removeprefix("UPSCALE_").lower()
+    assert f" {field}" not in line  # the variable, not the field
+
+
+def test_bad_setting_in_dotenv_is_read_and_named(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("UPSCALE_MAX_INFLIGHT=0\n")
+    r = upscale("status", env=clean_env(), cwd=tmp_path)
+    assert_one_line(r, "UPSCALE_MAX_INFLIGHT (in .env)", "greater than or equal to 1")
+
+
+def test_secret_values_are_not_echoed(tmp_path: Path) -> None:
+    r = upscale(
+        "status",
+        env=clean_env(REDIS_URL="http://user:hunter2-secret@host:1", UPSCALE_RATE_RPM="x"),
+        cwd=tmp_path,
+    )
+    line = assert_one_line(r, "REDIS_URL", "UPSCALE_RATE_RPM")
+    assert "hunter2" not in line
+
+
+# -- S3 ---------------------------------------------------------------------------------------
+def _stack_env(stack: LocalStack, **extra: str) -> dict[str, str]:
+    return clean_env(**{**stack.env(), **extra})
+
+
+def test_backfill_without_s3_credentials(stack: LocalStack, tmp_path: Path) -> None:
+    env = _stack_env(stack)
+    del env["UPSCALE_S3_ACCESS_KEY_ID"], env["UPSCALE_S3_SECRET_ACCESS_KEY"]
+    r = upscale("backfill", "s3://photos/", env=env, cwd=tmp_path)
+    assert_one_line(r, "UPSCALE_S3_ACCESS_KEY_ID", "UPSCALE_S3_SECRET_ACCESS_KEY", "credentials")
+    assert r.rc == 78
+
+
+def test_backfill_missing_bucket(stack: LocalStack, tmp_path: Path) -> None:
+    r = upscale("backfill", "s3://no-such-bucket-here/", env=_stack_env(stack), cwd=tmp_path)
+    assert_one_line(r, "no-such-bucket-here", "does not exist")
+    assert r.rc == 1
+
+
+def test_backfill_unreachable_s3(stack: LocalStack, closed_port: int, tmp_path: Path) -> None:
+    env = _stack_env(stack, UPSCALE_S3_ENDPOINT_URL=f"http://127.0.0.1:{closed_port}")
+    r = upscale("backfill", "s3://photos/", env=env, cwd=tmp_path)
+    assert_one_line(r, "UPSCALE_S3_ENDPOINT_URL", f"127.0.0.1:{closed_port}")
+    assert r.rc == 69
+
+
+# -- upscale health: gateway URL, key, model, never billed ---------------------------------------
+def test_health_passes_and_accepts_a_v1_base_url(
+    stack: LocalStack, sim: Sim, tmp_path: Path
+) -> None:
+    for url in (stack.simulator_url, stack.simulator_url + "/v1", stack.simulator_url + "/v1/"):
+        r = upscale(
+            "health", "--json", env=_stack_env(stack, UPSCALE_GATEWAY_URL=url), cwd=tmp_path
+        )
+        assert r.rc == 0, r
+        assert all(c["ok"] for c in json.loads(r.out).values())
+    assert sim.stats()["billed_calls"] == 0
+
+
+@pytest.mark.parametrize(
+    ("override", "needles"),
+    [
+        ({"UPSCALE_GATEWAY_URL": "closed"}, ["UPSCALE_GATEWAY_URL", "cannot reach the gateway"]),
+        ({"UPSCALE_GATEWAY_URL": "silent"}, ["UPSCALE_GATEWAY_URL", "no answer in time"]),
+        ({"UPSCALE_GATEWAY_URL": "sim/api"}, ["UPSCALE_GATEWAY_URL", "404"]),
+        ({"UPSCALE_API_KEY": "wrong-key"}, ["UPSCALE_API_KEY", "key invalid"]),
+        ({"UPSCALE_MODEL": "ideogram/no-such-model"}, ["UPSCALE_MODEL", "not offered"]),
+    ],
+)
+def test_health_fails_for_a_wrong_gateway(
+    override: dict[str, str],
+    needles: list[str],
+    stack: LocalStack,
+    sim: Sim,
+    closed_port: int,
+    silent_port: int,
+    tmp_path: Path,
+) -> None:
+    url = override.get("UPSCALE_GATEWAY_URL", "")
+    urls = {
+        "closed": f"http://127.0.0.1:{closed_port}",
+        "silent": f"http://127.0.0.1:{silent_port}",
+        "sim/api": stack.simulator_url + "/api",
+    }
+    env = _stack_env(stack, **{**override, **({"UPSCALE_GATEWAY_URL": urls[url]} if url else {})})
+    r = upscale("health", env=env, cwd=tmp_path)
+    assert r.rc == 1
+    assert_one_line(r, "unhealthy", "upstream:", *needles)
+    assert "FAIL upstream" in r.out and "ok   redis" in r.out
+    assert sim.stats()["billed_calls"] == 0
+
+
+def test_health_without_s3_credentials(stack: LocalStack, tmp_path: Path) -> None:
+    env = _stack_env(stack)
+    del env["UPSCALE_S3_ACCESS_KEY_ID"], env["UPSCALE_S3_SECRET_ACCESS_KEY"]
+    r = upscale("health", env=env, cwd=tmp_path)
+    assert_one_line(r, "s3:", "UPSCALE_S3_ACCESS_KEY_ID")
+
+
+# -- not found, already paused, --json everywhere -----------------------------------------------
+def test_not_found_exit_non_zero_and_pause_twice(
+    stack: LocalStack, fresh_redis: None, tmp_path: Path
+) -> None:
+    env = _stack_env(stack)
+    r = upscale("retry", "uq-nope", env=env, cwd=tmp_path)
+    assert_one_line(r, "no such job: uq-nope")
+    assert r.rc == 1
+    r = upscale("retry", "uq-nope", "--json", env=env, cwd=tmp_path)
+    assert r.rc == 1 and json.loads(r.out) == [{"job_id": "uq-nope", "outcome": None}]
+    assert json.loads(r.err)["error"] == "no such job: uq-nope"
+    r = upscale("status", "--batch", "nope", env=env, cwd=tmp_path)
+    assert_one_line(r, "no such batch: nope")
+    r = upscale("status", "uq-nope", "--json", env=env, cwd=tmp_path)
+    assert r.rc == 1 and json.loads(r.err)["error"] == "no such job: uq-nope"
+
+    first = upscale("pause", "--json", env=env, cwd=tmp_path)
+    assert first.rc == 0 and json.loads(first.out)["already"] is False
+    again = upscale("pause", env=env, cwd=tmp_path)
+    assert again.rc == 0 and "already paused" in again.out
+    r = upscale("resume", "--json", env=env, cwd=tmp_path)
+    assert r.rc == 0 and json.loads(r.out)["resumed"] is True
+    r = upscale("resume", "--json", env=env, cwd=tmp_path)
+    assert json.loads(r.out)["resumed"] is False
+
+
+def test_every_command_takes_json(tmp_path: Path) -> None:
+    from producers.cli import main
+
+    missing = [
+        name for name, cmd in main.commands.items() if "as_json" not in {p.name for p in cmd.params}
+    ]
+    assert missing == []
+
+
+# -- .env and the AWS region ------------------------------------------------------------------
+def test_dotenv_is_honoured(stack: LocalStack, fresh_redis: None, tmp_path: Path) -> None:
+    lines = [f"{k}='{v}'" for k, v in stack.env().items()]
+    (tmp_path / ".env").write_text("\n".join(lines) + "\n")
+    r = upscale("status", "--json", env=clean_env(), cwd=tmp_path)
+    assert r.rc == 0, r
+    assert "queue_depth" in json.loads(r.out)
+
+
+def test_region_comes_from_boto3_unless_set(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from producers.cli import _aws_from_dotenv
+    from worker.contract import S3Object
+    from worker.storage import Storage, make_s3_client
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("AWS_REGION", "unset-after-the-test")  # so teardown removes it
+    for k in list(os.environ):
+        if k.startswith(("UPSCALE_", "AWS_")):
+            monkeypatch.delenv(k)
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+    monkeypatch.setenv("UPSCALE_S3_ACCESS_KEY_ID", "AKIAEXAMPLE")
+    monkeypatch.setenv("UPSCALE_S3_SECRET_ACCESS_KEY", "secret-example")
+    assert Settings().s3_region is None
+    (tmp_path / ".env").write_text("AWS_REGION=eu-west-2\n")
+    _aws_from_dotenv()  # what the CLI does first: AWS_* from .env reach boto3 too
+    assert os.environ["AWS_REGION"] == "eu-west-2"
+    s = Settings()
+    assert make_s3_client(s).meta.region_name == "eu-west-2"
+    url = Storage(s).presign_get(S3Object.parse("s3://photos/a.png"))
+    assert "eu-west-2" in url
+    monkeypatch.setenv("UPSCALE_S3_REGION", "ap-south-1")
+    assert make_s3_client(Settings()).meta.region_name == "ap-south-1"
+
+
+def test_settings_helpers(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert env_var("rate_rpm") == "UPSCALE_RATE_RPM"
+    assert env_var("redis_url") == "REDIS_URL"
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    monkeypatch.setenv("UPSCALE_REDIS_URL", "redis://h:1/0")
+    assert env_var("redis_url") == "UPSCALE_REDIS_URL"  # the alias actually set
+    for url in ("http://gw:8080", "http://gw:8080/", "http://gw:8080/v1", "http://gw:8080/v1/"):
+        assert Settings(gateway_url=url).gateway_url == "http://gw:8080"
+    assert Settings(gateway_url="https://gw/api/v1").gateway_url == "https://gw/api"
+
+
+# -- dashboard, webhook, event batches ----------------------------------------------------------
+async def test_dashboard_bad_limit_is_400_and_errors_keep_the_traceback(
+    producer: Producer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from producers.dashboard import create_app
+
+    async with serving(create_app(producer)) as url, httpx.AsyncClient(base_url=url) as c:
+        for bad in ("abc", "0", "-1", "100000"):
+            r = await c.get("/api/failures", params={"limit": bad})
+            assert r.status_code == 400 and "limit" in r.json()["error"], bad
+        assert (await c.get("/api/failures", params={"limit": "5"})).status_code == 200
+
+        async def broken() -> None:
+            raise RuntimeError("kaboom")
+
+        monkeypatch.setattr(producer, "fleet_status", broken)
+        with structlog.testing.capture_logs() as logs:
+            r = await c.get("/api/status")
+        assert r.status_code == 500 and r.json() == {"error": "internal error (logged)"}
+        (entry,) = [e for e in logs if e["event"] == "request failed"]
+        assert entry["exc_info"] is True and entry["path"] == "/api/status"
+
+
+async def test_webhook_type_errors_are_400_and_good_records_survive_bad_ones(
+    redis: Redis, settings: Settings, buckets: Buckets
+) -> None:
+    from producers.webhook import create_app
+
+    p = Producer(redis, settings.model_copy(update={"api_token": SecretStr(TOKEN)}))
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    async with (
+        serving(create_app(p)) as url,
+        httpx.AsyncClient(base_url=url, headers=headers) as c,
+    ):
+        for body in (
+            {"source": 123},
+            {"source": None},
+            {"jobs": [{"source": f"s3://{buckets.src}/a.png"}, {"source": ["x"]}]},
+            {"source": f"s3://{buckets.src}/a.png", "dest": 5},
+        ):
+            r = await c.post("/jobs", json=body)
+            assert r.status_code == 400 and "must be a string" in r.json()["error"], body
+        good = json.loads(s3_event(buckets.src, "good.png"))["Records"][0]
+        batch = {"Records": [good, {"eventName": "ObjectCreated:Put"}, "junk"]}
+        r = await c.post("/events", json=batch)
+        assert r.status_code == 200, r.text
+        out = r.json()
+        assert out["enqueued"] == 1 and len(out["rejected"]) == 2, out
+        assert "Records[1]" in out["rejected"][0]
+        r = await c.post("/events", json={"Records": ["junk"]})
+        assert r.status_code == 400  # nothing usable at all: still a malformed notification
+
+
+def test_parse_keeps_good_records_of_a_batch() -> None:
+    good = json.loads(s3_event("photos", "a.png"))["Records"][0]
+    parsed = parse_notification({"Records": [good, {"eventName": "x"}, good | {"s3": 1}]})
+    assert len(parsed.created) == 1 and len(parsed.rejected) == 2
+
+
+# -- logs -------------------------------------------------------------------------------------
+def test_json_logs_keep_tracebacks_and_logger_names(tmp_path: Path) -> None:
+    script = (
+        "import logging, structlog\n"
+        "from worker.logs import configure_logging\n"
+        "configure_logging('json', 'INFO')\n"
+        "try:\n    1 / 0\n"
+        "except ZeroDivisionError:\n"
+        "    logging.getLogger('arq.worker').exception('job failed')\n"
+        "    structlog.get_logger('worker.job').exception('call failed')\n"
+    )
+    p = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=30
+    )
+    lines = [json.loads(ln) for ln in p.stderr.splitlines()]
+    assert [ln["logger"] for ln in lines] == ["arq.worker", "worker.job"]
+    for ln in lines:
+        assert "Traceback" in ln["exception"] and "ZeroDivisionError" in ln["exception"]
+        assert "exc_info" not in ln
