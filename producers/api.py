@@ -64,7 +64,7 @@ def build_spec(
         if (dst.bucket, dst.key) == (src.bucket, src.key):
             raise ValueError(f"destination {dest!r} would overwrite the source")
     else:
-        dst = render_destination(dest or dest_template or s.dest_template, src)
+        dst = render_destination(dest or dest_template or s.dest_template, src, s.output_format)
     return JobSpec(
         source=src,
         dest=dst,

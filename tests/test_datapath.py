@@ -41,7 +41,7 @@ def _output(stack: LocalStack, bucket: str, key: str) -> tuple[Image.Image, str]
 
 
 @pytest.mark.parametrize("image_mode", ["url", "edits"])
-async def test_other_formats_are_converted_to_png(
+async def test_other_formats_go_as_png_and_are_stored_in_their_own(
     stack: LocalStack,
     sim: Sim,
     settings: Settings,
@@ -58,10 +58,15 @@ async def test_other_formats_are_converted_to_png(
     put(stack, buckets.src, "anim.gif", gif.getvalue())
     ids = [await _job(producer, buckets, k) for k in ("scan.tiff", "icon.bmp", "anim.gif")]
     await drain(settings.model_copy(update={"image_mode": image_mode}))
-    for job_id in ids:
+    for job_id, key, fmt in zip(
+        ids, ("scan@2x.tiff", "icon@2x.bmp", "anim@2x.gif"), ("TIFF", "BMP", "GIF"), strict=True
+    ):
         rec = await wait_state(producer, job_id, "succeeded", "failed")
         assert rec.state == "succeeded", rec.error
-        assert rec.output_resolution == "60x40" and rec.output_content_type == "image/png"
+        ctype = f"image/{fmt.lower()}"
+        assert rec.output_resolution == "60x40" and rec.output_content_type == ctype
+        img, stored_ctype = _output(stack, buckets.dest, key)  # UPSCALE_OUTPUT_FORMAT=source
+        assert img.format == fmt and stored_ctype == ctype and img.size == (60, 40)
     assert sim.stats()["billed_calls"] == 3
     # staged copies (url mode) are cleaned up after the call
     listed = stack.s3_client().list_objects_v2(Bucket=buckets.dest, Prefix=STAGING_PREFIX)

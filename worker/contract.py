@@ -16,6 +16,7 @@ from urllib.parse import quote, unquote
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from worker.formats import FIXED, key_for, template_ext
 from worker.keys import BULK_QUEUE_NAME, QUEUE_NAME, QUEUES, Keys, queue_for
 
 # ---------------------------------------------------------------------------------------------
@@ -67,21 +68,29 @@ class S3Object(BaseModel):
 DEFAULT_DEST_TEMPLATE = "s3://{bucket}-upscaled/{key_stem}@2x.{ext}"
 
 
-def render_destination(template: str, source: S3Object) -> S3Object:
+def render_destination(
+    template: str, source: S3Object, output_format: str | None = None
+) -> S3Object:
     """Fill a destination template from the source object.
 
     Variables: {bucket} {key} {key_stem} (key without extension) {ext} (extension, no dot,
     `png` when the key has none) {basename} {dirname} (no trailing slash; empty at the root).
     A template that names a bucket and ends in `/` is a prefix: the source key is appended.
+
+    `output_format` (`UPSCALE_OUTPUT_FORMAT`): a fixed format (`png`, `jpeg`, `webp`, `avif`)
+    renders {ext} as its extension, and a key whose extension names another format (a prefix
+    template keeps the source key) gets that format's. Otherwise the format is known only at
+    store time, where a key that names another format is corrected (`worker.output`).
     """
     stem, dot_ext = posixpath.splitext(source.key)
     if not dot_ext or "/" in dot_ext:
         stem, dot_ext = source.key, ".png"
+    fixed_ext = template_ext(output_format)
     values = {
         "bucket": source.bucket,
         "key": source.key,
         "key_stem": stem,
-        "ext": dot_ext[1:],
+        "ext": fixed_ext or dot_ext[1:],
         "basename": posixpath.basename(source.key),
         "dirname": posixpath.dirname(source.key),
     }
@@ -92,8 +101,11 @@ def render_destination(template: str, source: S3Object) -> S3Object:
     except (KeyError, IndexError, ValueError) as e:
         raise ValueError(f"bad destination template {template!r}: unknown variable {e}") from e
     dest = S3Object.parse(rendered)
+    fixed = FIXED.get(output_format or "")
+    if fixed:
+        dest = S3Object(bucket=dest.bucket, key=key_for(dest.key, fixed))
     if dest.bucket == source.bucket and dest.key == source.key:
-        raise ValueError(f"destination {rendered!r} would overwrite the source")
+        raise ValueError(f"destination {dest.uri!r} would overwrite the source")
     return dest
 
 

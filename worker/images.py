@@ -10,7 +10,14 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 # Formats the upstream takes as they are.
 UPSTREAM_FORMATS = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp"}
-CONTENT_TYPES = {**UPSTREAM_FORMATS, "GIF": "image/gif", "TIFF": "image/tiff", "BMP": "image/bmp"}
+CONTENT_TYPES = {
+    **UPSTREAM_FORMATS,
+    "GIF": "image/gif",
+    "TIFF": "image/tiff",
+    "BMP": "image/bmp",
+    "AVIF": "image/avif",
+    "MPO": "image/jpeg",  # a camera JPEG with a multi-picture index
+}
 # Refuse anything that would decompress past this many pixels (a 2x output of it is 4x larger).
 MAX_PIXELS = 64_000_000
 

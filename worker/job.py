@@ -21,7 +21,7 @@ import httpx
 import structlog
 from arq import Retry
 
-from worker import metrics
+from worker import metrics, output
 from worker.callbacks import queue_batch_notice_if_done, queue_job_notice
 from worker.contract import (
     STAGING_PREFIX,
@@ -32,7 +32,7 @@ from worker.contract import (
     usd_to_micros,
 )
 from worker.flow import Admitted, Denied
-from worker.images import prepare, sniff, validate
+from worker.images import ImageInfo, prepare, validate
 from worker.keys import Keys
 from worker.ledger import Fenced, PaidOutput, PaidResult, StartResult
 from worker.ledger.transitions import FinalState
@@ -481,8 +481,15 @@ class UpscaleJob:
         info: dict[str, Any] = {}
         for attempt in range(1, DOWNLOAD_TRIES + 1):
             try:
-                stored = await self.rt.storage.upload_stream(
-                    self.spec.dest, self._chunks(out), describe=self._describer(paid, out, info)
+                result = await output.store(
+                    self.rt.storage,
+                    dest=self.spec.dest,
+                    source=self.spec.source,
+                    chunks=self._chunks(out),
+                    output_format=self.s.output_format,
+                    quality=self.s.output_quality,
+                    max_source_bytes=self.s.max_source_bytes,
+                    describe=self._describer(paid, out, info),
                 )
                 break
             except DownloadFailed as e:
@@ -516,6 +523,10 @@ class UpscaleJob:
                 raise
         self.timings["store"] = _ms(t0)
         self.timings["total"] = _ms(self.started)
+        stored, dest = result.stored, result.dest
+        if dest != self.spec.dest:  # its extension named another format than it holds
+            log.info("stored under its format's extension", dest=dest.uri, asked=self.spec.dest.uri)
+            await self.rt.ledger.update(self.job_id, dest=dest.uri)
         metrics.RESULT_BYTES.inc(stored.size)
         await self.rt.ledger.finish(
             self.job_id,
@@ -527,6 +538,8 @@ class UpscaleJob:
                 "output_resolution": info.get("resolution"),
                 "output_content_type": info.get("content_type"),
                 "seed": out.seed,
+                "dest": dest.uri,  # also when an earlier run stored it elsewhere
+                "output_note": result.note or None,
                 "error": None,
                 "error_class": None,
                 **self._timing_fields(),
@@ -534,12 +547,12 @@ class UpscaleJob:
         )
         log.info(
             "job succeeded",
-            dest=self.spec.dest.uri,
+            dest=dest.uri,
             bytes=stored.size,
             resolution=info.get("resolution"),
             timings_ms=self.timings,
         )
-        return {"state": "succeeded", "dest": self.spec.dest.uri, "bytes": stored.size}
+        return {"state": "succeeded", "dest": dest.uri, "bytes": stored.size}
 
     async def _discard_paid(self) -> None:
         await self.rt.redis.delete(Keys.paid(self.job_id))
@@ -556,11 +569,9 @@ class UpscaleJob:
 
     def _describer(
         self, paid: PaidResult, out: PaidOutput, info: dict[str, Any]
-    ) -> Callable[[bytes], tuple[str, dict[str, str]]]:
-        def describe(first: bytes) -> tuple[str, dict[str, str]]:
-            img = sniff(first)
-            if img is None:
-                raise ue.ResultUnavailable("upstream result is not a readable image")
+    ) -> Callable[[ImageInfo], tuple[str, dict[str, str]]]:
+        def describe(img: ImageInfo) -> tuple[str, dict[str, str]]:
+            """Content type and provenance metadata of what is stored (`worker.output`)."""
             info["resolution"] = img.resolution
             info["content_type"] = img.content_type
             src = self.spec.source

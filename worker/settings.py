@@ -13,6 +13,7 @@ from pydantic import AliasChoices, Field, SecretStr, ValidationInfo, field_valid
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from worker.contract import DEFAULT_DEST_TEMPLATE
+from worker.formats import OutputFormat, check_setting
 
 Route = Literal["gateway", "ideogram"]
 ImageMode = Literal["url", "data_url", "edits"]
@@ -84,6 +85,14 @@ class Settings(BaseSettings):
 
     # --- jobs ---------------------------------------------------------------------------
     dest_template: str = DEFAULT_DEST_TEMPLATE
+    output_format: OutputFormat = Field(
+        default="source",
+        description="source (keep its format), upstream (its bytes as they are), or a fixed "
+        "png/jpeg/webp/avif. Producers use it too: it decides the destination's extension.",
+    )
+    output_quality: int = Field(
+        default=92, ge=1, le=100, description="Quality of lossy outputs (JPEG, WebP, AVIF)."
+    )
     max_attempts: int = Field(default=5, ge=1, description="Real failures before a job fails.")
     backoff_base_s: float = 2.0
     backoff_max_s: float = 300.0
@@ -199,6 +208,20 @@ class Settings(BaseSettings):
     @classmethod
     def _urls(cls, v: str | None) -> str | None:
         return None if v is None else _http_url(v)
+
+    @field_validator("output_format", mode="before")
+    @classmethod
+    def _output_format_spelling(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            v = v.strip().lower()
+            return "jpeg" if v == "jpg" else v
+        return v
+
+    @field_validator("output_format")
+    @classmethod
+    def _output_format_writable(cls, v: OutputFormat) -> OutputFormat:
+        check_setting(v)
+        return v
 
     @field_validator("log_level")
     @classmethod

@@ -31,6 +31,7 @@ _REJECTED = {
     "KeyTooLongError",
     "InvalidStorageClass",
     "InvalidDigest",
+    "InvalidRange",
 }
 
 
