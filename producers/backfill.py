@@ -216,7 +216,7 @@ class Backfill:
         self.on_progress(stats)
 
     async def _wait_for_room(self, n: int) -> None:
-        limit = self.plan.max_queue or max(1000, self.settings.rate_rpm * 10)
+        limit = self.plan.max_queue or max(1000, (self.settings.rpm_ceiling or 600) * 10)
         # Polling is right here: the queue drains at the upstream's pace (jobs/s), so a 1 s
         # look costs nothing and needs no event plumbing from every worker.
         while int(await self.redis.zcard(BULK_QUEUE_NAME)) + n > limit:  # noqa: ASYNC110

@@ -46,11 +46,18 @@ async def test_global_inflight_cap_across_processes(
 async def test_shared_rate_limit_means_no_429(
     stack: LocalStack, sim: Sim, producer: Producer, buckets: Buckets, workers: WorkerProcs
 ) -> None:
-    # 60 RPM with a 2 s burst window: at most 4 calls per 2 s, for the fleet as a whole.
+    # 60 RPM with a 2 s burst window, as the user configured it: at most 4 calls per 2 s, for the
+    # fleet as a whole.
     sim.configure(api_keys={"sim-key": 60}, burst_window_s=2.0)
     ids = await _jobs(stack, producer, buckets, 12)
     workers.start(
-        3, rate_rpm=60, rate_burst_window_s=2.0, rate_window_margin_s=0.2, max_inflight=10, **FAST
+        3,
+        rate_rpm=60,
+        rate_burst_factor=2,
+        rate_burst_window_s=2.0,
+        rate_window_margin_s=0.2,
+        max_inflight=10,
+        **FAST,
     )
     await _all(producer, ids, "succeeded")
     stats = sim.stats()
@@ -151,3 +158,20 @@ async def test_no_burst_wanted_means_evenly_spaced_calls(
     starts = sorted(c["t"] for c in sim.stats()["log"] if c["path"].startswith("/v1/"))
     gaps = [b - a for a, b in itertools.pairwise(starts)]
     assert len(starts) == 6 and min(gaps) >= 0.45  # 120 RPM: one call per 0.5 s, never a clump
+
+
+async def test_a_burst_rule_is_learned_from_a_429(
+    stack: LocalStack, sim: Sim, producer: Producer, buckets: Buckets, workers: WorkerProcs
+) -> None:
+    # The upstream allows 60 RPM but at most 4 calls per 2 s; nobody told us about the second
+    # rule. Its 429 (with room left in the minute) teaches it; later calls keep to it.
+    sim.configure(api_keys={"sim-key": 60}, burst_window_s=2.0)
+    ids = await _jobs(stack, producer, buckets, 16)
+    workers.start(2, rate_rpm=60, rate_burst_window_s=2.0, max_inflight=10, **FAST)
+    await _all(producer, ids, "succeeded", timeout=90)
+    log = sorted(sim.stats()["log"], key=lambda c: c["t"])
+    n429 = [c["t"] for c in log if c["status"] == 429]
+    assert 1 <= len(n429) <= 10  # one round of calls in flight when the rule was hit
+    later = [c for c in log if c["t"] > max(n429) + 0.5]
+    assert later and all(c["status"] == 200 for c in later)
+    assert sim.stats()["billed_calls"] == 16

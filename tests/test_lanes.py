@@ -31,7 +31,15 @@ async def test_live_jobs_overtake_a_queued_backfill(
         for k in bulk
     ]
     assert await producer.redis.zcard(BULK_QUEUE_NAME) == 40
-    workers.start(2, rate_rpm=60, rate_burst_window_s=2.0, max_inflight=4, bulk_floor=0.1, **FAST)
+    workers.start(
+        2,
+        rate_rpm=60,
+        rate_burst_factor=2,
+        rate_burst_window_s=2.0,
+        max_inflight=4,
+        bulk_floor=0.1,
+        **FAST,
+    )
     # let the backfill get going, then live uploads arrive
     async with asyncio.timeout(30):
         while sim.stats()["billed_calls"] < 3:
@@ -73,7 +81,15 @@ async def test_bulk_keeps_its_floor_while_live_never_stops(
         await producer.enqueue(f"s3://{buckets.src}/{k}", lane="bulk", batch="bf")
     live_ids = [(await producer.enqueue(f"s3://{buckets.src}/{k}")).job_id for k in live]
     # floor 20 % of 60 RPM: bulk gets >= 12 calls a minute even with live work always waiting
-    workers.start(2, rate_rpm=60, rate_burst_window_s=2.0, max_inflight=4, bulk_floor=0.2, **FAST)
+    workers.start(
+        2,
+        rate_rpm=60,
+        rate_burst_factor=2,
+        rate_burst_window_s=2.0,
+        max_inflight=4,
+        bulk_floor=0.2,
+        **FAST,
+    )
     async with asyncio.timeout(40):
         while True:
             states = await producer.ledger.batch_summary("bf")

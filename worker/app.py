@@ -134,6 +134,7 @@ def _background(
     return [
         asyncio.create_task(Lifecycle(rt, in_progress_ttl_ms=in_progress_ms).run()),
         asyncio.create_task(_watch_gate(rt, workers)),
+        asyncio.create_task(rt.waker.run(rt.redis)),
     ]
 
 

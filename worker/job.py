@@ -49,6 +49,7 @@ META_JOB_ID = "upscale-job-id"
 # Short denials (rate, in-flight cap) are waited out in the job; longer ones hand it back.
 INLINE_WAIT_MAX_S = 3.0
 INLINE_WAIT_TOTAL_S = 60.0
+QUEUED_RECHECK_S = 0.5  # behind others in line: ask again this often, or when a slot frees
 DOWNLOAD_TRIES = 3
 OUTAGE_WAIT_S = 5.0
 # An upstream 400 that says it could not get the reference image (URL mode).
@@ -115,9 +116,13 @@ class UpscaleJob:
             done = await self._already_stored()
             if done is not None:
                 return done
-            await self._gate()
-            image = await self._read_source()
-            paid = await self._call(image)
+            admitted = await self._admit()
+            try:
+                image = await self._read_source()
+            except BaseException:
+                await asyncio.shield(self.rt.flow.release(admitted.token))
+                raise
+            paid = await self._call(image, admitted)
         elif paid.pending_id:
             log.info("resuming a pending upstream job", pending_id=paid.pending_id)
         else:
@@ -166,10 +171,13 @@ class UpscaleJob:
         o = outcome_for(exc, pause_poll_s=self.s.pause_poll_s, outage_wait_s=OUTAGE_WAIT_S)
         flow = self.rt.flow
         try:
+            if exc.rate.known and not isinstance(exc, ue.RateLimited):
+                await flow.observe(exc.rate, exc.status or 0)
             if o.effect == "pause" and isinstance(exc, ue.PauseError):
                 await flow.report_paused(exc.pause_reason, exc.describe())  # type: ignore[arg-type]  # PauseReason values
             elif o.effect == "cooldown" and isinstance(exc, ue.RateLimited):
-                await flow.report_rate_limited(exc.retry_after)
+                learned = await flow.observe(exc.rate, 429)
+                await flow.report_rate_limited(exc.retry_after, ease=not learned)
             elif o.effect == "server_error":
                 await flow.report_server_error()
         except Exception as e:  # flow state is advisory; the job's own outcome must be written
@@ -201,7 +209,7 @@ class UpscaleJob:
         except Exception as e:  # the job itself is done and recorded; a notice is best effort
             log.warning("could not queue completion notice", error=str(e))
 
-    # -- step 0: idempotent output, and is anything admissible at all ------------------
+    # -- step 0: idempotent output ---------------------------------------------------------
     async def _already_stored(self) -> dict[str, Any] | None:
         try:
             head = await self.rt.storage.head(self.spec.dest)
@@ -225,13 +233,6 @@ class UpscaleJob:
         )
         log.info("output already exists", state=state)
         return {"state": state, "dest": self.spec.dest.uri}
-
-    async def _gate(self) -> None:
-        """Nothing can be admitted (pause, cooldown, open circuit, budget): hand the job back
-        before reading its source, so waiting costs no S3 reads and no decoding."""
-        gate = await self.rt.flow.gate()
-        if gate.state == "closed":
-            raise JobWaits(gate.reason, gate.wait_s, f"waiting: {gate.reason}")
 
     # -- step 1: read and validate the source ------------------------------------------
     async def _read_source(self) -> ImageInput:
@@ -307,28 +308,32 @@ class UpscaleJob:
             raise JobFailed("DestinationAccessDenied", f"cannot stage the input: {e}") from None
         return ImageInput(url=storage.presign_get(self.staged), content_type=pinfo.content_type)
 
-    # -- step 2: admission + the paid call ----------------------------------------------
+    # -- admission and the paid call ----------------------------------------------------
     async def _admit(self) -> Admitted:
-        waited = 0.0
+        """Admission before the source is read: a job that must wait reads and decodes
+        nothing. Short waits happen here (woken by a freed slot, or at the known time the
+        window frees one); longer ones hand the job back to its queue."""
+        t0 = time.monotonic()
+        flow, waker = self.rt.flow, self.rt.waker
         while True:
-            decision = await self.rt.flow.admit(
+            decision = await flow.admit(
                 batch=self.spec.batch, lane=self.spec.lane, job_id=self.job_id
             )
             if isinstance(decision, Admitted):
-                if waited:
-                    self.timings["admit_wait"] = int(waited * 1000)
+                if time.monotonic() - t0 > 0.001:
+                    self.timings["admit_wait"] = _ms(t0)
                 return decision
             assert isinstance(decision, Denied)
-            short = decision.reason in ("rate", "concurrency", "circuit_half_open", "lane")
-            if short and decision.wait_s <= INLINE_WAIT_MAX_S and waited < INLINE_WAIT_TOTAL_S:
-                delay = decision.wait_s + 0.01
-                await asyncio.sleep(delay)
-                waited += delay
-                continue
+            if time.monotonic() - t0 < INLINE_WAIT_TOTAL_S:
+                if decision.reason in ("concurrency", "queued", "lane", "circuit_half_open"):
+                    await waker.wait(min(decision.wait_s, QUEUED_RECHECK_S))
+                    continue
+                if decision.reason == "rate" and decision.wait_s <= INLINE_WAIT_MAX_S:
+                    await asyncio.sleep(decision.wait_s)  # the window frees a slot then
+                    continue
             raise JobWaits(decision.reason, decision.wait_s, f"waiting: {decision.reason}")
 
-    async def _call(self, image: ImageInput) -> PaidResult:
-        admitted = await self._admit()
+    async def _call(self, image: ImageInput, admitted: Admitted) -> PaidResult:
         ledger, flow = self.rt.ledger, self.rt.flow
         price = usd_to_micros(self.s.price_usd)
         try:
@@ -381,6 +386,8 @@ class UpscaleJob:
         metrics.UPSTREAM_LATENCY.observe(time.monotonic() - t0)
         paid = await self._save_paid(result, t0)
         try:
+            if result.rate.known:
+                await flow.observe(result.rate, 202 if result.pending_id else 200)
             await flow.report_ok(admitted.token)
         except Exception as e:  # the money is saved; flow state catches up on the next call
             log.warning("could not report call outcome", error=type(e).__name__)
@@ -410,7 +417,7 @@ class UpscaleJob:
             cost_usd=cost / 1e6,
             replayed=result.replayed,
             saved=saved,
-            rate_remaining=result.rate_remaining,
+            rate_remaining=result.rate.remaining,
         )
         return paid
 

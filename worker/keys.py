@@ -115,6 +115,12 @@ class Keys:
     canary = PREFIX + "flow:canary"  # string lock: one canary call at a time
     live_waiting = PREFIX + "flow:live-waiting"  # sorted set: live job id -> expiry ms
     rate_bulk = PREFIX + "flow:rate:bulk"  # sorted set: bulk call start times (the bulk floor)
+    # hash: what the upstream said last (x-ratelimit-* headers) and a burst cap learned from a 429
+    upstream = PREFIX + "flow:upstream"
+    rate_429 = PREFIX + "flow:rate:429"  # sorted set: recent 429s (learning a burst rule)
+    waiting_line = PREFIX + "flow:line"  # sorted set: job id -> lane rank + arrival ms
+    waiting_seen = PREFIX + "flow:line:seen"  # sorted set: job id -> last asked (ms)
+    wake = PREFIX + "flow:wake"  # pub/sub channel: a slot was freed
     # hash: slot token -> "est|reserved-day key|reserved-batch key|job id"
     budget_reserved = PREFIX + "budget:reserved"
     budget_reserved_total = PREFIX + "budget:reserved:total"

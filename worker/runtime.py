@@ -8,6 +8,7 @@ import httpx
 from redis.asyncio import Redis
 
 from worker.flow import FlowControl
+from worker.flow.waker import Waker
 from worker.ledger import Ledger
 from worker.logs import register_secret
 from worker.settings import Settings
@@ -29,6 +30,7 @@ class Runtime:
     runs: dict[str, str] = field(default_factory=dict)
     redis_ok: bool = True  # false while Redis is unreachable (readiness)
     draining: bool = False  # set on SIGTERM: picking never reopens
+    waker: Waker = field(default_factory=Waker)  # a slot was freed somewhere in the fleet
 
     async def aclose(self) -> None:
         await self.upstream.aclose()

@@ -6,7 +6,7 @@ import json
 import os
 from functools import lru_cache
 from types import UnionType
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationInfo, field_validator
@@ -131,9 +131,23 @@ class Settings(BaseSettings):
     bulk_max_jobs: int | None = Field(
         default=None, ge=1, description="Concurrent bulk jobs per process (default: max_jobs)."
     )
-    rate_rpm: int = Field(default=600, ge=1, description="The API key's requests per minute.")
-    rate_burst_factor: float = Field(default=2.0, description="Burst allowance: x RPM ...")
-    rate_burst_window_s: float = Field(default=10.0, description="... over this many seconds.")
+    rate_rpm: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+        default=600,
+        description="The key's requests per minute: the start and the ceiling (`auto`: the "
+        "upstream's x-ratelimit-limit-requests); a smaller limit the upstream reports wins.",
+    )
+    rate_burst_factor: float | None = Field(
+        default=None,
+        ge=0,
+        description="Unset: no burst cap of our own (a burst rule is learned from a 429). "
+        "<= 1: even pacing, 60/RPM s apart. > 1: at most factor x RPM per burst window.",
+    )
+    rate_burst_window_s: float = Field(
+        default=10.0, gt=0, description="The burst window (set, or learned from a 429)."
+    )
+    burst_learn_s: float = Field(
+        default=600.0, gt=0, description="How long a burst cap learned from a 429 holds."
+    )
     rate_window_margin_s: float = Field(
         default=1.0, description="Added to the 60 s window: absorbs network jitter."
     )
@@ -229,6 +243,11 @@ class Settings(BaseSettings):
         if v.upper() not in _LEVELS:
             raise ValueError(f"expected one of {', '.join(_LEVELS)}")
         return v.upper()
+
+    @property
+    def rpm_ceiling(self) -> int:
+        """The configured tier (0 = `auto`: whatever the upstream's headers say)."""
+        return 0 if self.rate_rpm == "auto" else self.rate_rpm
 
     @property
     def api_key_value(self) -> str:

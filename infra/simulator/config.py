@@ -10,7 +10,9 @@ from pydantic import BaseModel, Field
 
 class SimConfig(BaseModel):
     api_keys: dict[str, int] = Field(default_factory=lambda: {"sim-key": 600})  # key -> RPM
-    burst_factor: float = 2.0
+    # The published burst rule (2x RPM over 10 s) read as a cap within any 10 s; None: a plain
+    # rolling 60 s window with no burst rule (what some upstreams enforce).
+    burst_factor: float | None = 2.0
     burst_window_s: float = 10.0
     latency_ms: tuple[int, int] = (0, 0)
     wallet_usd: float | None = None  # None = unlimited

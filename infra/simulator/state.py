@@ -71,13 +71,12 @@ class SimState:
         w = self.windows.setdefault(key, deque())
         while w and w[0] <= now - 60:
             w.popleft()
-        burst_max = max(
-            1, math.floor(rpm * self.config.burst_factor * self.config.burst_window_s / 60)
-        )
+        factor = self.config.burst_factor
+        burst_max = max(1, math.floor(rpm * (factor or 0) * self.config.burst_window_s / 60))
         in_burst = [t for t in w if t > now - self.config.burst_window_s]
         if len(w) >= rpm:
             return False, w[len(w) - rpm] + 60 - now, rpm, 0
-        if len(in_burst) >= burst_max:
+        if factor is not None and len(in_burst) >= burst_max:
             return (
                 False,
                 in_burst[len(in_burst) - burst_max] + self.config.burst_window_s - now,

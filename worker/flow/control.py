@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -26,10 +25,12 @@ from worker.keys import PREFIX, Keys
 from worker.lua import register
 from worker.redis_conn import REDIS_DOWN
 from worker.settings import Settings
+from worker.upstream.base import RateInfo
 
 log = structlog.get_logger("worker.flow")
 
 PauseReason = Literal["credits", "auth", "forbidden", "manual"]
+EASE_MS = 10_000  # after an unexplained 429: half the rate for this long
 GateState = Literal["open", "canary", "closed"]
 
 
@@ -85,6 +86,9 @@ class FlowControl:
         self._renew = register(redis, "renew")
         self._report = register(redis, "report")
         self._gate = register(redis, "gate")
+        self._observe = register(redis, "observe")
+        self._window_ms = int((60 + settings.rate_window_margin_s) * 1000)
+        self._limit_logged = False
 
     # -- admission ----------------------------------------------------------------------
     def _budget_keys(self, batch: str | None) -> tuple[list[str], list[str]]:
@@ -125,28 +129,30 @@ class FlowControl:
                 Keys.batch(batch or ""),
                 Keys.live_waiting,
                 Keys.rate_bulk,
+                Keys.upstream,
+                Keys.waiting_line,
+                Keys.waiting_seen,
             ],
             args=[
                 PREFIX,
                 token,
                 s.max_inflight,
                 s.lease_s * 1000,
-                s.rate_rpm,
-                int((60 + s.rate_window_margin_s) * 1000),
-                max(1, math.floor(s.rate_rpm * s.rate_burst_factor * s.rate_burst_window_s / 60)),
-                int((s.rate_burst_window_s + s.rate_window_margin_s) * 1000),
+                s.rpm_ceiling,
+                self._window_ms,
+                s.rate_burst_factor or 0,
+                int(s.rate_burst_window_s * 1000),
                 int(s.canary_interval_s * 1000),
                 est,
                 cap(s.budget_total_usd),
                 cap(s.budget_daily_usd),
                 cap(s.budget_batch_usd, bool(batch)),  # plus the batch's own cap, if set
                 int(s.pause_poll_s * 1000),
-                10_000,
+                EASE_MS,
                 lane,
                 job_id or token,
-                math.ceil(s.bulk_floor * s.rate_rpm),
-                # no burst wanted: space calls evenly, so capacity frees every 60/RPM s
-                int(60_000 / s.rate_rpm) if s.rate_burst_factor <= 1 else 0,
+                s.bulk_floor,
+                int(s.rate_window_margin_s * 1000),
             ],
         )
         if int(reply[0]) == 1:
@@ -189,6 +195,7 @@ class FlowControl:
         reason: str = "",
         retry_after_ms: int = 0,
         detail: str = "",
+        ease_ms: int = 0,
     ) -> str:
         s = self.settings
         reply = await self._report(
@@ -201,7 +208,7 @@ class FlowControl:
                 retry_after_ms,
                 s.circuit_threshold,
                 int(s.circuit_open_s * 1000),
-                10_000,
+                ease_ms,
                 detail,
                 int(s.canary_interval_s * 1000),
             ],
@@ -214,8 +221,42 @@ class FlowControl:
     async def report_paused(self, reason: PauseReason, detail: str = "") -> None:
         await self._report_outcome("paused", reason=reason, detail=detail)
 
-    async def report_rate_limited(self, retry_after_s: float) -> None:
-        await self._report_outcome("rate_limited", retry_after_ms=int(retry_after_s * 1000))
+    async def report_rate_limited(self, retry_after_s: float, *, ease: bool = True) -> None:
+        """One cooldown for the fleet; then half the rate for a while, unless the 429 was
+        explained (a burst rule just learned from it)."""
+        await self._report_outcome(
+            "rate_limited", retry_after_ms=int(retry_after_s * 1000), ease_ms=EASE_MS if ease else 0
+        )
+
+    async def observe(self, rate: RateInfo, status: int) -> bool:
+        """Keep the fleet's view of the upstream's limit current (`x-ratelimit-*` on every
+        answer). Returns True when a 429 taught a burst cap."""
+        s = self.settings
+        if rate.limit and s.rpm_ceiling and rate.limit < s.rpm_ceiling and not self._limit_logged:
+            log.warning(
+                "the upstream reports a lower limit than UPSCALE_RATE_RPM; using it",
+                upstream_rpm=rate.limit,
+                configured_rpm=s.rpm_ceiling,
+            )
+            self._limit_logged = True
+        reply = await self._observe(
+            keys=[Keys.upstream, Keys.rate, Keys.rate_429],
+            args=[
+                PREFIX,
+                rate.limit if rate.limit is not None else -1,
+                rate.remaining if rate.remaining is not None else -1,
+                int(rate.reset_s * 1000) if rate.reset_s is not None else -1,
+                status,
+                int((s.rate_burst_window_s + s.rate_window_margin_s) * 1000),
+                int(s.burst_learn_s * 1000),
+                self._window_ms,
+                uuid.uuid4().hex,
+            ],
+        )
+        learned = _s(reply) == "burst"
+        if learned:
+            log.info("429 with room left in the window: a burst rule, learned")
+        return learned
 
     async def report_server_error(self) -> str:
         return await self._report_outcome("server_error")

@@ -33,6 +33,13 @@ local function add_spend(job_id, micros, field, now)
   end
 end
 
+-- free_slot(token): the call is over; wake the jobs waiting for room (`flow:wake`).
+local function free_slot(token)
+  if redis.call('ZREM', PFX .. 'flow:inflight', token) == 1 then
+    redis.call('PUBLISH', PFX .. 'flow:wake', '1')
+  end
+end
+
 -- unreserve(token): drop a slot's budget reservation; returns the reserved micros (0 if none).
 -- The reservation names the counters it was added to, so it settles the right day and batch.
 local function unreserve(token)
@@ -57,5 +64,5 @@ local function possibly_billed(job_id, token, now)
   add_spend(job_id, est, 'possible_micros', now)
   redis.call('HINCRBY', k_job(job_id), 'unknown_calls', 1)
   redis.call('HSET', journal, 'state', 'unknown', 'possible', est)
-  redis.call('ZREM', PFX .. 'flow:inflight', token)
+  free_slot(token)
 end

@@ -11,7 +11,7 @@
 local job_id, slot, cost = ARGV[2], ARGV[3], tonumber(ARGV[4])
 local now = now_ms()
 add_request_id(job_id, ARGV[5])
-redis.call('ZREM', PFX .. 'flow:inflight', slot)
+free_slot(slot)
 if ARGV[7] == '1' then
   -- the reservation stays with the pending job until its outcome is known
   redis.call('SET', KEYS[3], ARGV[6])

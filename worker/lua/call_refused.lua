@@ -6,7 +6,7 @@
 --- @include "_money"
 local job_id, slot = ARGV[2], ARGV[3]
 add_request_id(job_id, ARGV[4])
-redis.call('ZREM', PFX .. 'flow:inflight', slot)
+free_slot(slot)
 unreserve(slot)
 redis.call('HSET', KEYS[2], 'state', 'refused')
 if ARGV[5] == '1' then redis.call('DEL', k_paid(job_id)) end

@@ -1,6 +1,6 @@
 -- release: give back an admitted slot that made no call, and its budget reservation.
--- KEYS: 1 inflight  ARGV: 1 prefix, 2 slot token
+-- KEYS: 1 inflight (named by the prefix too)  ARGV: 1 prefix, 2 slot token
 --- @include "_money"
-redis.call('ZREM', KEYS[1], ARGV[2])
+free_slot(ARGV[2])
 unreserve(ARGV[2])
 return 1

@@ -11,5 +11,8 @@ transition(job_id, 'waiting', now)
 redis.call('HSET', KEYS[1], 'wait_reason', ARGV[4], 'wait_detail', ARGV[5])
 redis.call('HINCRBY', KEYS[1], 'waits', 1)
 end_run(job_id)
+-- it leaves the waiting line for admission too (it asks again when it is picked again)
+redis.call('ZREM', PFX .. 'flow:line', job_id)
+redis.call('ZREM', PFX .. 'flow:line:seen', job_id)
 requeue(job_id, now + tonumber(ARGV[6]), ARGV[7], ARGV[8], ARGV[9])
 return 'ok'

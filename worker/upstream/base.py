@@ -36,6 +36,19 @@ class Output:
     safe: bool = True
 
 
+@dataclass(frozen=True)
+class RateInfo:
+    """What an answer said about the key's rate limit (`x-ratelimit-*-requests`)."""
+
+    limit: int | None = None
+    remaining: int | None = None
+    reset_s: float | None = None
+
+    @property
+    def known(self) -> bool:
+        return self.limit is not None or self.remaining is not None
+
+
 @dataclass
 class CallResult:
     """A completed (billed) call, or an accepted async job still pending."""
@@ -43,8 +56,7 @@ class CallResult:
     request_id: str | None
     outputs: list[Output] = field(default_factory=list)
     pending_id: str | None = None  # 202 async: poll this upstream job id
-    rate_remaining: int | None = None
-    rate_reset_s: float | None = None
+    rate: RateInfo = field(default_factory=RateInfo)
     replayed: bool = False  # the upstream says it replayed an earlier answer for this key
 
 

@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from worker.logs import redact
+from worker.upstream.base import RateInfo
 
 
 class UpstreamError(Exception):
@@ -26,6 +27,7 @@ class UpstreamError(Exception):
         self.status = status if status is not None else self.status
         self.code = code
         self.request_id = request_id
+        self.rate: RateInfo = RateInfo()  # the answer's x-ratelimit-* headers, if any
         super().__init__(self.message)
 
     def describe(self) -> str:

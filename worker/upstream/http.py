@@ -7,7 +7,7 @@ import re
 import httpx
 
 from worker.upstream import errors as e
-from worker.upstream.base import CallResult
+from worker.upstream.base import CallResult, RateInfo
 
 _DURATION = re.compile(r"^\s*(?:(\d+(?:\.\d+)?)m(?!s))?\s*(?:(\d+(?:\.\d+)?)s)?\s*(?:(\d+)ms)?\s*$")
 
@@ -42,11 +42,20 @@ def idempotency_headers(key: str | None) -> dict[str, str]:
     return {"Idempotency-Key": key} if key else {}
 
 
+def rate_info(resp: httpx.Response) -> RateInfo:
+    def count(name: str) -> int | None:
+        value = resp.headers.get(name)
+        return int(value) if value is not None and value.strip().isdigit() else None
+
+    return RateInfo(
+        limit=count("x-ratelimit-limit-requests"),
+        remaining=count("x-ratelimit-remaining-requests"),
+        reset_s=parse_reset(resp.headers.get("x-ratelimit-reset-requests")),
+    )
+
+
 def fill_rate_headers(result: CallResult, resp: httpx.Response) -> CallResult:
-    remaining = resp.headers.get("x-ratelimit-remaining-requests")
-    if remaining is not None and remaining.strip().isdigit():
-        result.rate_remaining = int(remaining)
-    result.rate_reset_s = parse_reset(resp.headers.get("x-ratelimit-reset-requests"))
+    result.rate = rate_info(resp)
     result.replayed = any(
         resp.headers.get(h, "").strip().lower() == "true" for h in _REPLAY_HEADERS
     )
@@ -62,7 +71,9 @@ def raise_for_status(resp: httpx.Response) -> None:
     rid = request_id(resp)
 
     def err(cls: type[e.UpstreamError]) -> e.UpstreamError:
-        return cls(message, status=status, code=code, request_id=rid)
+        error = cls(message, status=status, code=code, request_id=rid)
+        error.rate = rate_info(resp)
+        return error
 
     if status == 402:
         raise err(e.OutOfCredits)
@@ -80,9 +91,11 @@ def raise_for_status(resp: httpx.Response) -> None:
             resp.headers.get("retry-after"),
             default=parse_reset(resp.headers.get("x-ratelimit-reset-requests")) or 1.0,
         )
-        raise e.RateLimited(
+        limited = e.RateLimited(
             message, retry_after=retry_after, status=status, code=code, request_id=rid
         )
+        limited.rate = rate_info(resp)
+        raise limited
     if status in (400, 413) or 405 <= status < 500:
         raise err(e.InvalidRequest)
     raise err(e.TransientError)

@@ -1,0 +1,53 @@
+-- observe: what the upstream said about its rate limit on an answer, kept for the whole fleet.
+-- `remaining` only goes down within a window (answers arrive out of order); a later reset
+-- starts a new window. A 429 while the window still had room means a shorter-term (burst)
+-- rule: the calls started in the last burst window become a learned cap, for a while.
+-- On a 429 the headers describe the rolling window while Retry-After (the fleet's cooldown)
+-- says when to come back, so a 429's `remaining` is not kept.
+-- KEYS: 1 the upstream's word (hash), 2 rate window (zset of call start times),
+--       3 recent 429s (zset)
+-- ARGV: 1 prefix, 2 limit (-1 unknown), 3 remaining (-1 unknown), 4 reset ms (-1 unknown),
+--       5 HTTP status, 6 burst window ms, 7 how long a learned burst cap holds (ms),
+--       8 our rolling window ms, 9 a unique id for this answer
+-- Returns 'burst' when a burst cap was learned from this 429, else 'ok'.
+--- @include "_now"
+local now = now_ms()
+local limit, remaining, reset_ms = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local up = KEYS[1]
+if limit > 0 then redis.call('HSET', up, 'limit', limit) end
+local status = tonumber(ARGV[5])
+if remaining >= 0 and reset_ms >= 0 and status ~= 429 then
+  local reset_at = now + reset_ms
+  local cur_reset = tonumber(redis.call('HGET', up, 'reset_at') or '0')
+  local cur_rem = tonumber(redis.call('HGET', up, 'remaining') or '-1')
+  if cur_rem < 0 or now >= cur_reset or reset_at > cur_reset + 1000 then
+    redis.call('HSET', up, 'remaining', remaining, 'reset_at', reset_at)
+  elseif remaining < cur_rem then
+    redis.call('HSET', up, 'remaining', remaining)
+  end
+end
+redis.call('HSET', up, 'seen', now)
+redis.call('PEXPIRE', up, 3600000)
+if status == 429 then
+  local burst_ms = tonumber(ARGV[6])
+  redis.call('ZADD', KEYS[3], now, ARGV[9])
+  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - burst_ms)
+  redis.call('PEXPIRE', KEYS[3], burst_ms + 1000)
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - tonumber(ARGV[8]))
+  local in_window = redis.call('ZCARD', KEYS[2])
+  local window_room = (remaining > 0) or (limit > 0 and in_window < limit)
+  if window_room then
+    -- what got through: the calls started in the burst window less those refused in it (an
+    -- estimate that only falls as more 429s of the same round come back)
+    local in_burst = redis.call('ZCOUNT', KEYS[2], now - burst_ms, '+inf')
+    local cap = math.max(1, in_burst - redis.call('ZCARD', KEYS[3]))
+    local cur = tonumber(redis.call('HGET', up, 'burst_cap') or '0')
+    local until_ms = tonumber(redis.call('HGET', up, 'burst_until') or '0')
+    if now >= until_ms or cur <= 0 or cap < cur then
+      redis.call('HSET', up, 'burst_cap', cap)
+    end
+    redis.call('HSET', up, 'burst_until', now + tonumber(ARGV[7]))
+    return 'burst'
+  end
+end
+return 'ok'
