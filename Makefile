@@ -45,6 +45,7 @@ fmt: install
 ## Benchmarks (figures, not tests): flow control vs a naive baseline; backfill keys/s + memory.
 bench: install
 	$(PY) -m tests.bench.flow
+	$(PY) -m tests.bench.pacing
 	$(PY) -m tests.bench.lanes
 	$(PY) -m tests.bench.backfill $${BENCH_BACKFILL_KEYS:-100000}
 

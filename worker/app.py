@@ -68,8 +68,20 @@ class ResilientWorker(Worker):
                 delay = min(5.0, delay * 2)
 
     async def close(self) -> None:
+        # arq's close() re-raises a job task's CancelledError (a job picked as the worker
+        # stops): collect them instead, and leave Redis alone if it is away.
+        if not self._handle_signals:
+            self.handle_sig(signal.SIGUSR1)
+        if self._pool is None:
+            return
+        await asyncio.gather(*self.tasks.values(), return_exceptions=True)
         with contextlib.suppress(*REDIS_DOWN):
-            await super().close()
+            await self.pool.delete(self.health_check_key)
+        if self.on_shutdown:
+            await self.on_shutdown(self.ctx)
+        with contextlib.suppress(*REDIS_DOWN):
+            await self.pool.close(close_connection_pool=True)
+        self._pool = None
 
 
 async def _process_runtime(ctx: dict[str, Any]) -> Runtime:
