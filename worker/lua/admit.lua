@@ -21,7 +21,8 @@ local token = ARGV[2]
 local max_inflight, lease_ms = tonumber(ARGV[3]), tonumber(ARGV[4])
 local rpm, window_ms = tonumber(ARGV[5]), tonumber(ARGV[6])
 local burst_factor, burst_nominal_ms = tonumber(ARGV[7]), tonumber(ARGV[8])
--- counted over the window plus the network margin, so the upstream never sees more
+-- counted over the window plus the margin (the time from admission to the upstream), so the
+-- upstream never sees more
 local burst_window_ms = burst_nominal_ms + tonumber(ARGV[19])
 local canary_ms, est = tonumber(ARGV[9]), tonumber(ARGV[10])
 local cap_total, cap_day, cap_batch = tonumber(ARGV[11]), tonumber(ARGV[12]), tonumber(ARGV[13])
@@ -129,7 +130,8 @@ local in_window = redis.call('ZCARD', KEYS[5])
 if in_window >= limit then
   local oldest = redis.call('ZRANGE', KEYS[5], in_window - limit, in_window - limit, 'WITHSCORES')
   local wait = tonumber(oldest[2]) + window_ms - now
-  if limit_unknown then wait = math.min(wait, poll_ms) end
+  -- `auto` and the upstream has not said its limit yet: the first answer will (it wakes us)
+  if limit_unknown then return wait_in_line('queued', math.min(wait, poll_ms)) end
   return wait_in_line('rate', wait)
 end
 room = math.min(room, limit - in_window)

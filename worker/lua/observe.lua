@@ -15,6 +15,7 @@
 -- Returns 'burst' when a burst cap was learned from this 429, 'resumed' when a canary lifted
 -- the pause, else 'ok'.
 --- @include "_now"
+--- @include "_keys"
 -- call_ok(pause, circuit, canary, token): a successful call closes the circuit, and a
 -- successful canary lifts the pause. Returns 'resumed' or 'closed'.
 local function call_ok(pause_key, circuit_key, canary_key, token)
@@ -29,7 +30,11 @@ end
 local now = now_ms()
 local limit, remaining, reset_ms = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local up = KEYS[1]
-if limit > 0 then redis.call('HSET', up, 'limit', limit) end
+if limit > 0 and tonumber(redis.call('HGET', up, 'limit') or '0') ~= limit then
+  redis.call('HSET', up, 'limit', limit)
+  -- jobs waiting for the limit to be known (`auto`) can go now
+  redis.call('PUBLISH', PFX .. 'flow:wake', 'limit')
+end
 local status = tonumber(ARGV[5])
 if remaining >= 0 and reset_ms >= 0 and status ~= 429 then
   local reset_at = now + reset_ms
