@@ -1,12 +1,12 @@
 # upscale-queue — every target installs what it needs first (fresh machine safe).
 VENV    ?= .venv
 PY      := $(VENV)/bin/python
-STAMP   := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
+STAMP   := $(VENV)/.installed-$(shell cat pyproject.toml requirements.lock | sha1sum | cut -c1-12)
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: install system-deps run test lint fmt bench chaos stack clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml requirements.lock
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q -U pip
 	$(PY) -m pip install -q -c requirements.lock -e '.[dev]'
@@ -45,6 +45,7 @@ fmt: install
 ## Benchmarks (figures, not tests): flow control vs a naive baseline; backfill keys/s + memory.
 bench: install
 	$(PY) -m tests.bench.flow
+	$(PY) -m tests.bench.pacing
 	$(PY) -m tests.bench.lanes
 	$(PY) -m tests.bench.backfill $${BENCH_BACKFILL_KEYS:-100000}
 

@@ -39,7 +39,13 @@ from worker.ledger.transitions import FinalState
 from worker.outcomes import JobFailed, JobSkipped, JobWaits, outcome_for
 from worker.results import DownloadFailed, ResultRejected, stream_b64, stream_url
 from worker.runtime import Runtime
-from worker.storage import AccessDenied, SourceMissing, StorageRejected, StorageUnavailable
+from worker.storage import (
+    AccessDenied,
+    Head,
+    SourceMissing,
+    StorageRejected,
+    StorageUnavailable,
+)
 from worker.upstream import errors as ue
 from worker.upstream.base import CallResult, ImageInput, UpscaleRequest
 
@@ -67,6 +73,8 @@ class UpscaleJob:
         self.started = time.monotonic()
         self.staged: S3Object | None = None
         self.slot: str = ""  # the admitted slot of the call in flight / pending
+        self.source_format: str | None = None  # known when this run read the source
+        self.fields: dict[str, str | int] = {}  # record fields written with the final state
 
     # -- the run ------------------------------------------------------------------------
     async def run(self) -> dict[str, Any]:
@@ -192,8 +200,9 @@ class UpscaleJob:
         metrics.JOB_WAITS.labels(reason.split(":", 1)[0]).inc()
         log.info("job waiting", reason=reason, retry_in_s=round(delay_s, 2))
 
-    def _timing_fields(self) -> dict[str, int]:
-        return {f"t_{k}_ms": v for k, v in self.timings.items()}
+    def _timing_fields(self) -> dict[str, str | int]:
+        """Timings and the fields gathered on the way, written with the final state."""
+        return {**self.fields, **{f"t_{k}_ms": v for k, v in self.timings.items()}}
 
     async def _after_final(self, state: str) -> None:
         """Count it and queue completion notices (their own arq job, off the upstream path)."""
@@ -238,10 +247,9 @@ class UpscaleJob:
     async def _read_source(self) -> ImageInput:
         t0 = time.monotonic()
         src, storage = self.spec.source, self.rt.storage
-        try:
-            head = await storage.head(src)
-            if head is None:
-                raise JobFailed("SourceMissing", f"source {src.uri} does not exist (deleted?)")
+        cap = self.s.max_source_bytes if self.s.reencode_oversize else self.s.max_input_bytes
+
+        def check(head: Head) -> None:
             if META_JOB_ID in head.metadata:
                 # Recursion guard, last line: never upscale our own output.
                 raise JobSkipped("source is an upscale-queue output (provenance metadata)")
@@ -251,7 +259,6 @@ class UpscaleJob:
                     f"source {src.uri} changed since the job was made (etag {head.etag}, "
                     f"expected {src.etag}); the newer version makes its own job",
                 )
-            cap = self.s.max_source_bytes if self.s.reencode_oversize else self.s.max_input_bytes
             if head.size > cap:
                 raise JobFailed(
                     "InputTooLarge",
@@ -260,9 +267,11 @@ class UpscaleJob:
                 )
             if head.size == 0:
                 raise JobFailed("InvalidImage", "source object is empty (0 bytes)")
+
+        try:
+            head, data = await storage.read_checked(src, max_bytes=cap, check=check)
             # Always decoded in full (off the event loop), even when the upstream fetches the
             # URL itself: a corrupt, truncated or bomb input must fail before any call.
-            data = await storage.read(src, max_bytes=cap)
             info = await asyncio.to_thread(validate, data, max_bytes=cap)
             prepared = await asyncio.to_thread(
                 prepare,
@@ -273,18 +282,16 @@ class UpscaleJob:
                 reencode=self.s.reencode_oversize,
             )
         except SourceMissing as e:
-            raise JobFailed("SourceMissing", str(e)) from None
+            raise JobFailed("SourceMissing", f"source {src.uri} does not exist ({e})") from None
         except AccessDenied as e:
             raise JobFailed("SourceAccessDenied", str(e)) from None
         self.timings["read"] = _ms(t0)
-        fields: dict[str, str | int] = {
-            "source_resolution": info.resolution,
-            "source_bytes": head.size,
-        }
+        self.source_format = info.format
+        # written with the job's final state (one round trip fewer per job)
+        self.fields.update(source_resolution=info.resolution, source_bytes=head.size)
         if prepared.changed:
             log.info("input prepared", note=prepared.note, bytes=len(prepared.data))
-            fields["input_note"] = prepared.note
-        await self.rt.ledger.update(self.job_id, **fields)
+            self.fields["input_note"] = prepared.note
         name = src.key.rsplit("/", 1)[-1] or "image"
         pinfo = prepared.info
         if prepared.changed:
@@ -386,9 +393,8 @@ class UpscaleJob:
         metrics.UPSTREAM_LATENCY.observe(time.monotonic() - t0)
         paid = await self._save_paid(result, t0)
         try:
-            if result.rate.known:
-                await flow.observe(result.rate, 202 if result.pending_id else 200)
-            await flow.report_ok(admitted.token)
+            status = 202 if result.pending_id else 200
+            await flow.observe(result.rate, status, ok_token=admitted.token)
         except Exception as e:  # the money is saved; flow state catches up on the next call
             log.warning("could not report call outcome", error=type(e).__name__)
         await self._drop_staged()
@@ -492,6 +498,7 @@ class UpscaleJob:
                     self.rt.storage,
                     dest=self.spec.dest,
                     source=self.spec.source,
+                    source_format=self.source_format,
                     chunks=self._chunks(out),
                     output_format=self.s.output_format,
                     quality=self.s.output_quality,
@@ -533,7 +540,6 @@ class UpscaleJob:
         stored, dest = result.stored, result.dest
         if dest != self.spec.dest:  # its extension named another format than it holds
             log.info("stored under its format's extension", dest=dest.uri, asked=self.spec.dest.uri)
-            await self.rt.ledger.update(self.job_id, dest=dest.uri)
         metrics.RESULT_BYTES.inc(stored.size)
         await self.rt.ledger.finish(
             self.job_id,

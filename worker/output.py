@@ -106,16 +106,19 @@ async def store(
     source: S3Object,
     chunks: AsyncIterator[bytes],
     output_format: str,
+    source_format: str | None = None,
     quality: int,
     max_source_bytes: int,
     describe: Describe,
 ) -> Output:
     """Store the result streamed by `chunks` under `dest` (or `dest` with the extension of the
     stored format) in the format `output_format` asks for. `describe(image)` gives the
-    Content-Type and metadata of what is stored."""
+    Content-Type and metadata of what is stored. `source_format`: the source's format when
+    this run read it (else a ranged read finds it)."""
     src = _Source(storage, source, max_source_bytes)
     # Before the download starts: an S3 outage here leaves no half-read stream behind.
-    source_format = await src.format() if output_format == "source" else None
+    if output_format == "source" and source_format is None:
+        source_format = await src.format()
     head, rest = await _peek(chunks)
     got = sniff(head)
     if got is None:

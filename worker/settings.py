@@ -151,7 +151,12 @@ class Settings(BaseSettings):
     rate_window_margin_s: float = Field(
         default=1.0, description="Added to the 60 s window: absorbs network jitter."
     )
-    max_inflight: int = Field(default=10, ge=1, description="Global cap on in-flight calls.")
+    max_inflight: int | None = Field(
+        default=None,
+        ge=1,
+        description="Global cap on in-flight calls (unset: 10 on the Ideogram route, whose "
+        "organisations may have 10 images in progress; 64 on the gateway, limited per minute).",
+    )
     lease_s: int = Field(
         default=20, ge=3, description="In-flight slot lease; renewed while its call runs."
     )
@@ -243,6 +248,12 @@ class Settings(BaseSettings):
         if v.upper() not in _LEVELS:
             raise ValueError(f"expected one of {', '.join(_LEVELS)}")
         return v.upper()
+
+    @property
+    def inflight_cap(self) -> int:
+        if self.max_inflight is not None:
+            return self.max_inflight
+        return 10 if self.route == "ideogram" else 64
 
     @property
     def rpm_ceiling(self) -> int:

@@ -113,6 +113,17 @@ class Stored:
     size: int
 
 
+def _head(r: dict[str, Any]) -> Head:
+    """What a HEAD or a GET says about the object."""
+    return Head(
+        size=int(r.get("ContentLength", 0)),
+        etag=str(r.get("ETag", "")).strip('"'),
+        content_type=r.get("ContentType"),
+        metadata={k.lower(): v for k, v in (r.get("Metadata") or {}).items()},
+        version_id=r.get("VersionId"),
+    )
+
+
 class Storage:
     def __init__(self, settings: Settings, client: Any | None = None) -> None:
         self.settings = settings
@@ -139,13 +150,31 @@ class Storage:
             )
         except SourceMissing:
             return None
-        return Head(
-            size=int(r.get("ContentLength", 0)),
-            etag=str(r.get("ETag", "")).strip('"'),
-            content_type=r.get("ContentType"),
-            metadata={k.lower(): v for k, v in (r.get("Metadata") or {}).items()},
-            version_id=r.get("VersionId"),
+        return _head(r)
+
+    async def read_checked(
+        self, obj: S3Object, *, max_bytes: int, check: Callable[[Head], None]
+    ) -> tuple[Head, bytes]:
+        """One GET: `check(head)` sees the object's size, ETag and metadata before its body is
+        read (it raises to refuse it); then at most `max_bytes` + 1 bytes are read."""
+        r = await self._call(
+            f"read {obj.uri}",
+            self.s3.get_object,
+            Bucket=obj.bucket,
+            Key=obj.key,
+            **self._version(obj),
         )
+        body = r["Body"]
+        try:
+            head = _head(r)
+            check(head)
+            # One byte past the cap: an oversize object is detected, never buffered whole.
+            data: bytes = await asyncio.to_thread(body.read, max_bytes + 1)
+        except (BotoCoreError, OSError) as e:
+            raise StorageUnavailable(f"read {obj.uri}: {type(e).__name__}") from None
+        finally:
+            body.close()
+        return head, data
 
     def presign_get(self, obj: S3Object) -> str:
         params = {"Bucket": obj.bucket, "Key": obj.key, **self._version(obj)}

@@ -136,7 +136,7 @@ class FlowControl:
             args=[
                 PREFIX,
                 token,
-                s.max_inflight,
+                s.inflight_cap,
                 s.lease_s * 1000,
                 s.rpm_ceiling,
                 self._window_ms,
@@ -215,9 +215,6 @@ class FlowControl:
         )
         return _s(reply)
 
-    async def report_ok(self, token: str) -> str:
-        return await self._report_outcome("ok", token)
-
     async def report_paused(self, reason: PauseReason, detail: str = "") -> None:
         await self._report_outcome("paused", reason=reason, detail=detail)
 
@@ -228,9 +225,11 @@ class FlowControl:
             "rate_limited", retry_after_ms=int(retry_after_s * 1000), ease_ms=EASE_MS if ease else 0
         )
 
-    async def observe(self, rate: RateInfo, status: int) -> bool:
+    async def observe(self, rate: RateInfo, status: int, *, ok_token: str = "") -> bool:
         """Keep the fleet's view of the upstream's limit current (`x-ratelimit-*` on every
-        answer). Returns True when a 429 taught a burst cap."""
+        answer); with `ok_token`, also settle a successful call's flow state (close the
+        circuit, lift a pause its canary proved over). Returns True when a 429 taught a
+        burst cap."""
         s = self.settings
         if rate.limit and s.rpm_ceiling and rate.limit < s.rpm_ceiling and not self._limit_logged:
             log.warning(
@@ -240,7 +239,7 @@ class FlowControl:
             )
             self._limit_logged = True
         reply = await self._observe(
-            keys=[Keys.upstream, Keys.rate, Keys.rate_429],
+            keys=[Keys.upstream, Keys.rate, Keys.rate_429, Keys.pause, Keys.circuit, Keys.canary],
             args=[
                 PREFIX,
                 rate.limit if rate.limit is not None else -1,
@@ -251,8 +250,11 @@ class FlowControl:
                 int(s.burst_learn_s * 1000),
                 self._window_ms,
                 uuid.uuid4().hex,
+                ok_token,
             ],
         )
+        if _s(reply) == "resumed":
+            log.info("canary call succeeded: the fleet resumes")
         learned = _s(reply) == "burst"
         if learned:
             log.info("429 with room left in the window: a burst rule, learned")

@@ -133,16 +133,14 @@ class Ledger(LedgerReads):
             return StartResult(outcome="busy", busy_ms=int(reply[1]))
         if outcome == "missing":
             return StartResult(outcome="missing")
+        paid, flat = reply[2], reply[3]
+        journal = dict(zip(map(text, flat[::2]), map(text, flat[1::2]), strict=True))
         return StartResult(
             outcome="ok",
             attempts=int(reply[1]),
-            paid=await self.paid(job_id),
-            journal=await self.journal(job_id),
+            paid=PaidResult.model_validate_json(paid) if paid else None,
+            journal=CallJournal.model_validate(journal) if journal else None,
         )
-
-    async def paid(self, job_id: str) -> PaidResult | None:
-        raw = await patiently(lambda: self.redis.get(Keys.paid(job_id)), what="load paid")
-        return PaidResult.model_validate_json(raw) if raw else None
 
     async def journal(self, job_id: str) -> CallJournal | None:
         h = await patiently(lambda: self.redis.hgetall(Keys.call(job_id)), what="journal")  # type: ignore[arg-type,return-value]  # redis-py's async stubs

@@ -21,7 +21,8 @@ local token = ARGV[2]
 local max_inflight, lease_ms = tonumber(ARGV[3]), tonumber(ARGV[4])
 local rpm, window_ms = tonumber(ARGV[5]), tonumber(ARGV[6])
 local burst_factor, burst_nominal_ms = tonumber(ARGV[7]), tonumber(ARGV[8])
--- counted over the window plus the network margin, so the upstream never sees more
+-- counted over the window plus the margin (the time from admission to the upstream), so the
+-- upstream never sees more
 local burst_window_ms = burst_nominal_ms + tonumber(ARGV[19])
 local canary_ms, est = tonumber(ARGV[9]), tonumber(ARGV[10])
 local cap_total, cap_day, cap_batch = tonumber(ARGV[11]), tonumber(ARGV[12]), tonumber(ARGV[13])
@@ -77,6 +78,8 @@ if over(cap_batch, KEYS[10], KEYS[13]) then return {0, 'budget:batch', poll_ms *
 local up = KEYS[17]
 local hdr_limit = tonumber(redis.call('HGET', up, 'limit') or '0')
 local limit = rpm
+-- `auto` before the upstream has said anything: a free tier's 10, and ask again soon
+local limit_unknown = limit <= 0 and hdr_limit <= 0
 if limit <= 0 then limit = hdr_limit > 0 and hdr_limit or 10 end
 if hdr_limit > 0 and hdr_limit < limit then limit = hdr_limit end
 local bulk_floor = math.max(1, math.ceil(bulk_share * limit))
@@ -126,7 +129,10 @@ if now < ease_until then limit = math.max(1, math.floor(limit / 2)) end
 local in_window = redis.call('ZCARD', KEYS[5])
 if in_window >= limit then
   local oldest = redis.call('ZRANGE', KEYS[5], in_window - limit, in_window - limit, 'WITHSCORES')
-  return wait_in_line('rate', tonumber(oldest[2]) + window_ms - now)
+  local wait = tonumber(oldest[2]) + window_ms - now
+  -- `auto` and the upstream has not said its limit yet: the first answer will (it wakes us)
+  if limit_unknown then return wait_in_line('queued', math.min(wait, poll_ms)) end
+  return wait_in_line('rate', wait)
 end
 room = math.min(room, limit - in_window)
 if burst_factor > 0 and burst_factor <= 1 and in_window > 0 then

@@ -4,17 +4,37 @@
 -- rule: the calls started in the last burst window become a learned cap, for a while.
 -- On a 429 the headers describe the rolling window while Retry-After (the fleet's cooldown)
 -- says when to come back, so a 429's `remaining` is not kept.
+-- An answer with a result also settles the call's flow state (as `report` 'ok' would): one
+-- round trip per call.
 -- KEYS: 1 the upstream's word (hash), 2 rate window (zset of call start times),
---       3 recent 429s (zset)
+--       3 recent 429s (zset), 4 pause, 5 circuit, 6 canary
 -- ARGV: 1 prefix, 2 limit (-1 unknown), 3 remaining (-1 unknown), 4 reset ms (-1 unknown),
 --       5 HTTP status, 6 burst window ms, 7 how long a learned burst cap holds (ms),
---       8 our rolling window ms, 9 a unique id for this answer
--- Returns 'burst' when a burst cap was learned from this 429, else 'ok'.
+--       8 our rolling window ms, 9 a unique id for this answer, 10 the slot token of a
+--       successful call ('' otherwise)
+-- Returns 'burst' when a burst cap was learned from this 429, 'resumed' when a canary lifted
+-- the pause, else 'ok'.
 --- @include "_now"
+--- @include "_keys"
+-- call_ok(pause, circuit, canary, token): a successful call closes the circuit, and a
+-- successful canary lifts the pause. Returns 'resumed' or 'closed'.
+local function call_ok(pause_key, circuit_key, canary_key, token)
+  redis.call('HSET', circuit_key, 'state', 'closed', 'failures', 0)
+  redis.call('HDEL', circuit_key, 'probe', 'probe_until', 'open_until')
+  if redis.call('GET', canary_key) == token then
+    redis.call('DEL', pause_key, canary_key)
+    return 'resumed'
+  end
+  return 'closed'
+end
 local now = now_ms()
 local limit, remaining, reset_ms = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local up = KEYS[1]
-if limit > 0 then redis.call('HSET', up, 'limit', limit) end
+if limit > 0 and tonumber(redis.call('HGET', up, 'limit') or '0') ~= limit then
+  redis.call('HSET', up, 'limit', limit)
+  -- jobs waiting for the limit to be known (`auto`) can go now
+  redis.call('PUBLISH', PFX .. 'flow:wake', 'limit')
+end
 local status = tonumber(ARGV[5])
 if remaining >= 0 and reset_ms >= 0 and status ~= 429 then
   local reset_at = now + reset_ms
@@ -28,6 +48,9 @@ if remaining >= 0 and reset_ms >= 0 and status ~= 429 then
 end
 redis.call('HSET', up, 'seen', now)
 redis.call('PEXPIRE', up, 3600000)
+if ARGV[10] ~= '' and call_ok(KEYS[4], KEYS[5], KEYS[6], ARGV[10]) == 'resumed' then
+  return 'resumed'
+end
 if status == 429 then
   local burst_ms = tonumber(ARGV[6])
   redis.call('ZADD', KEYS[3], now, ARGV[9])

@@ -1,6 +1,6 @@
 -- report: the outcome of a call, fed back into the shared state.
 -- KEYS: 1 pause, 2 cooldown, 3 circuit, 4 canary
--- ARGV: 1 prefix, 2 outcome (ok | paused | rate_limited | server_error), 3 token, 4 reason,
+-- ARGV: 1 prefix, 2 outcome (paused | rate_limited | server_error; a success: observe.lua), 3 token, 4 reason,
 --       5 retry_after_ms, 6 circuit_threshold, 7 circuit_open_ms, 8 ease_ms, 9 detail,
 --       10 canary_interval_ms
 --- @include "_now"
@@ -35,11 +35,4 @@ if outcome == 'server_error' then
   end
   return state
 end
--- ok: a success closes the circuit; a successful canary lifts a pause
-redis.call('HSET', KEYS[3], 'state', 'closed', 'failures', 0)
-redis.call('HDEL', KEYS[3], 'probe', 'probe_until', 'open_until')
-if redis.call('GET', KEYS[4]) == token then
-  redis.call('DEL', KEYS[1], KEYS[4])
-  return 'resumed'
-end
-return 'closed'
+return redis.error_reply('unknown outcome: ' .. outcome)

@@ -1,8 +1,8 @@
 -- start: a run takes the job's lease (owner token, TTL on Redis time) and moves it to running.
 -- KEYS: 1 ledger, 2 run leases (zset job id -> expiry ms)
 -- ARGV: 1 prefix, 2 job id, 3 run token, 4 lease ttl ms
--- Returns {'ok', attempts} | {'final', state} | {'busy', ms left on the other run's lease} |
---         {'missing'}.
+-- Returns {'ok', attempts, paid result or '', call journal (flat hash)} | {'final', state} |
+--         {'busy', ms left on the other run's lease} | {'missing'}: what a run needs, in one trip.
 --- @include "_ledger"
 local job_id, token, ttl = ARGV[2], ARGV[3], tonumber(ARGV[4])
 local state = redis.call('HGET', KEYS[1], 'state')
@@ -19,4 +19,5 @@ redis.call('HDEL', KEYS[1], 'wait_reason', 'wait_detail')
 redis.call('HINCRBY', KEYS[1], 'runs', 1)
 redis.call('ZADD', KEYS[2], now + ttl, job_id)
 transition(job_id, 'running', now)
-return {'ok', tonumber(redis.call('HGET', KEYS[1], 'attempts') or '0')}
+return {'ok', tonumber(redis.call('HGET', KEYS[1], 'attempts') or '0'),
+  redis.call('GET', k_paid(job_id)) or '', redis.call('HGETALL', k_call(job_id))}
