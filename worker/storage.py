@@ -153,21 +153,29 @@ class Storage:
         return _head(r)
 
     async def read_checked(
-        self, obj: S3Object, *, max_bytes: int, check: Callable[[Head], None]
+        self,
+        obj: S3Object,
+        *,
+        max_bytes: int,
+        check: Callable[[Head], None] | None = None,
+        byte_range: str | None = None,
     ) -> tuple[Head, bytes]:
         """One GET: `check(head)` sees the object's size, ETag and metadata before its body is
         read (it raises to refuse it); then at most `max_bytes` + 1 bytes are read."""
+        extra: dict[str, Any] = {"Range": byte_range} if byte_range else {}
         r = await self._call(
             f"read {obj.uri}",
             self.s3.get_object,
             Bucket=obj.bucket,
             Key=obj.key,
             **self._version(obj),
+            **extra,
         )
         body = r["Body"]
         try:
             head = _head(r)
-            check(head)
+            if check is not None:
+                check(head)
             # One byte past the cap: an oversize object is detected, never buffered whole.
             data: bytes = await asyncio.to_thread(body.read, max_bytes + 1)
         except (BotoCoreError, OSError) as e:
@@ -185,23 +193,7 @@ class Storage:
         )
 
     async def read(self, obj: S3Object, *, max_bytes: int, byte_range: str | None = None) -> bytes:
-        extra: dict[str, Any] = {"Range": byte_range} if byte_range else {}
-        r = await self._call(
-            f"read {obj.uri}",
-            self.s3.get_object,
-            Bucket=obj.bucket,
-            Key=obj.key,
-            **self._version(obj),
-            **extra,
-        )
-        body = r["Body"]
-        try:
-            # Read one byte past the cap so an oversize object is detected, never buffered whole.
-            data: bytes = await asyncio.to_thread(body.read, max_bytes + 1)
-        except (BotoCoreError, OSError) as e:
-            raise StorageUnavailable(f"read {obj.uri}: {type(e).__name__}") from None
-        finally:
-            body.close()
+        _, data = await self.read_checked(obj, max_bytes=max_bytes, byte_range=byte_range)
         return data
 
     async def upload_stream(

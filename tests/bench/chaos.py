@@ -67,6 +67,17 @@ FAULTS: list[tuple[str, Fault, dict[str, object]]] = [
     ("S3 down for 20 s", s3_down_20s, {"latency_ms": [300, 1000]}),
     ("async 202 + 4 SIGKILLs", async_kills, {"async_mode": True, "latency_ms": [2000, 5000]}),
     ("connection lost after billing (10x)", nothing, {"disconnect_next": 10}),
+    # the same faults against an upstream that honours Idempotency-Key: no image bought twice
+    (
+        "worker SIGKILL every 3 s (8x), key honoured",
+        kill_every_3s,
+        {"latency_ms": [1000, 3000], "honour_idempotency": True},
+    ),
+    (
+        "async 202 + 4 SIGKILLs, key honoured",
+        async_kills,
+        {"async_mode": True, "latency_ms": [2000, 5000], "honour_idempotency": True},
+    ),
 ]
 
 
