@@ -60,6 +60,7 @@ class Keys:
     # -- lifecycle ----------------------------------------------------------------------
     runs = PREFIX + "runs"  # sorted set: job id -> run lease expiry (ms, Redis time)
     active = PREFIX + "active"  # sorted set: non-final job id -> last checked (ms)
+    heal_lock = PREFIX + "heal-lock"  # string: one healer at a time, fleet-wide
 
     # -- per batch / fleet --------------------------------------------------------------
     @staticmethod

@@ -4,7 +4,7 @@ Every worker process runs one `Lifecycle` task that
 - renews the run leases of the jobs it runs (one heartbeat for all of them),
 - reclaims runs whose lease expired anywhere in the fleet (a SIGKILLed worker, a lost host):
   their jobs are back on the queue within `run_lease_s` + one tick, whatever `job_timeout`,
-- heals what nothing else would: a non-final job with no run, no queue entry or a stale
+- heals what nothing else would (one process at a time): a non-final job with no run, no queue entry or a stale
   arq in-progress key is re-enqueued; reservations no call holds are returned.
 Reclaiming waits until this process has been connected for two heartbeats, so after a Redis
 restart every live owner renews its leases before anyone takes them over.
@@ -17,14 +17,15 @@ import time
 
 import structlog
 
+from worker.keys import Keys
 from worker.redis_conn import REDIS_DOWN
 from worker.runtime import Runtime
 
 log = structlog.get_logger("worker.lifecycle")
 
-HEAL_EVERY_S = 10.0
-HEAL_STALE_MS = 30_000  # look at a non-final job again after this long
-IN_PROGRESS_GRACE_MS = 30_000  # arq's in-progress key without a run, for longer: stale
+HEAL_EVERY_S = 5.0  # one healer at a time for the whole fleet (a lock in Redis)
+HEAL_STALE_MS = 10_000  # look at a non-final job again after this long
+IN_PROGRESS_GRACE_MS = 10_000  # arq's in-progress key without a run, for longer: stale
 
 
 class Lifecycle:
@@ -70,7 +71,9 @@ class Lifecycle:
             log.warning(
                 "reclaimed runs whose worker stopped renewing", jobs=len(back), job_ids=back[:10]
             )
-        if now - self._last_heal >= HEAL_EVERY_S:
+        if now - self._last_heal >= HEAL_EVERY_S and await self.rt.redis.set(
+            Keys.heal_lock, "1", nx=True, px=int(HEAL_EVERY_S * 1000)
+        ):
             self._last_heal = now
             healed, returned = await ledger.heal(
                 stale_ms=HEAL_STALE_MS,

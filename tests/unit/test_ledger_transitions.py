@@ -160,3 +160,30 @@ async def test_heal_returns_a_reservation_no_call_holds(r: Redis) -> None:
     assert returned == 1
     assert int(await r.get(Keys.budget_reserved_total) or 0) == 0
     assert int(await r.get(Keys.budget_reserved_day("2026-11-25")) or 0) == 0
+
+
+async def test_a_retried_script_counts_once(r: Redis) -> None:
+    # Redis went away after running a script but before its reply: the client runs it again
+    ledger, job = await _enqueued(r)
+    await ledger.start(job, "run", 20_000)
+    first = await ledger.call_begin(job, "run", "slot-1", PRICE)
+    again = await ledger.call_begin(job, "run", "slot-1", PRICE)
+    assert again.idem == first.idem and again.n == first.n
+    paid = PaidResult(outputs=[PaidOutput(url="https://x/1")], cost_micros=PRICE)
+    await ledger.call_answered(job, "slot-1", paid)
+    await ledger.call_answered(job, "slot-1", paid)
+    rec = await ledger.get(job)
+    assert rec is not None and rec.spend_usd == 0.06 and rec.billed_calls == 1 and rec.calls == 1
+
+
+async def test_a_replayed_async_job_is_one_billed_call(r: Redis) -> None:
+    ledger, job = await _enqueued(r)
+    await ledger.start(job, "run", 20_000)
+    await ledger.call_begin(job, "run", "slot-1", PRICE)
+    await ledger.call_unknown(job, "slot-1")  # the 202 never reached us
+    await ledger.call_begin(job, "run", "slot-2", PRICE)
+    await ledger.call_answered(job, "slot-2", PaidResult(pending_id="job_1"), replayed=True)
+    done = PaidResult(outputs=[PaidOutput(url="https://x/1")], cost_micros=PRICE)
+    await ledger.call_answered(job, "slot-2", done)
+    rec = await ledger.get(job)
+    assert rec is not None and rec.spend_usd == 0.06

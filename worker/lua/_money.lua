@@ -59,6 +59,9 @@ end
 -- connection lost, crash) is counted as billed until proven otherwise.
 local function possibly_billed(job_id, token, now)
   local journal = k_call(job_id)
+  if redis.call('HGET', journal, 'state') == 'unknown' and redis.call('HGET', journal, 'token') == token then
+    return  -- already counted (a retry whose first reply was lost)
+  end
   local est = unreserve(token)
   if est == 0 then est = tonumber(redis.call('HGET', journal, 'est') or '0') end
   add_spend(job_id, est, 'possible_micros', now)

@@ -10,12 +10,20 @@
 --- @include "_money"
 local job_id, slot, cost = ARGV[2], ARGV[3], tonumber(ARGV[4])
 local now = now_ms()
+-- a retry of this same script whose reply was lost (Redis went away): already recorded
+local js = redis.call('HGET', KEYS[2], 'state')
+if redis.call('HGET', KEYS[2], 'token') == slot then
+  if js == 'answered' then return 'saved' end
+  if js == 'pending' and ARGV[7] == '1' then return 'pending' end
+end
 add_request_id(job_id, ARGV[5])
 free_slot(slot)
 if ARGV[7] == '1' then
   -- the reservation stays with the pending job until its outcome is known
   redis.call('SET', KEYS[3], ARGV[6])
   redis.call('HSET', KEYS[2], 'state', 'pending', 'token', slot)
+  -- a replayed 202: the job it names is the one the unknown call started
+  if ARGV[8] == '1' then redis.call('HSET', KEYS[2], 'replayed', 1) end
   return 'pending'
 end
 unreserve(slot)
@@ -27,11 +35,13 @@ else
   redis.call('SET', KEYS[3], ARGV[6])
 end
 local possible = tonumber(redis.call('HGET', KEYS[2], 'possible') or '0')
-if ARGV[8] == '1' and possible > 0 then
+local replayed = ARGV[8] == '1' or redis.call('HGET', KEYS[2], 'replayed') == '1'
+if replayed and possible > 0 then
   -- the earlier, unknown call and this answer are one billed call
   add_spend(job_id, -possible, 'possible_micros', now)
   redis.call('HSET', KEYS[2], 'possible', 0)
 end
+redis.call('HDEL', KEYS[2], 'replayed')
 add_spend(job_id, cost, 'cost_micros', now)
 redis.call('HINCRBY', KEYS[1], 'billed_calls', 1)
 redis.call('HSET', KEYS[2], 'state', 'answered')

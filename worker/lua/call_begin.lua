@@ -10,6 +10,10 @@ local job_id, token, slot = ARGV[2], ARGV[3], ARGV[4]
 if not owns(job_id, token) then return {'fenced'} end
 local now = now_ms()
 local prev = redis.call('HGET', KEYS[2], 'state')
+if prev == 'sent' and redis.call('HGET', KEYS[2], 'token') == slot then
+  -- this very call, journaled by a try whose reply was lost (Redis went away): as it was
+  return {'ok', tonumber(redis.call('HGET', KEYS[2], 'n')), redis.call('HGET', KEYS[2], 'idem')}
+end
 if prev == 'sent' then
   -- a run that died mid-call before anyone noticed: its call may have been billed
   possibly_billed(job_id, redis.call('HGET', KEYS[2], 'token') or '', now)

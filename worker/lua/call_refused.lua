@@ -5,6 +5,9 @@
 --- @include "_ledger"
 --- @include "_money"
 local job_id, slot = ARGV[2], ARGV[3]
+if redis.call('HGET', KEYS[2], 'token') == slot and redis.call('HGET', KEYS[2], 'state') == 'refused' then
+  return 'ok'  -- a retry whose first reply was lost: already recorded
+end
 add_request_id(job_id, ARGV[4])
 free_slot(slot)
 unreserve(slot)
