@@ -108,7 +108,11 @@ class UpscaleJob:
                 log.warning("run lost its lease (reclaimed); it stops without writing")
                 return {"state": "fenced"}
             except Exception as exc:
-                out = await self._settle(exc)
+                try:
+                    out = await self._settle(exc)
+                except Fenced:  # reclaimed while it failed: the newer run decides
+                    log.warning("run lost its lease (reclaimed); it stops without writing")
+                    return {"state": "fenced"}
         finally:
             self.rt.runs.pop(self.job_id, None)
             await self._drop_staged()
