@@ -24,6 +24,7 @@ from rich.table import Table
 
 from producers.api import Producer, build_spec
 from worker.app import build_worker
+from worker.contract import Keys
 from worker.settings import Settings, get_settings
 from worker.storage import make_s3_client
 
@@ -134,7 +135,7 @@ async def _summary(producer: Producer, job_ids: list[str], batch: str) -> int:
         if rec is None:
             continue
         failed += rec.state != "succeeded"
-        res = await producer.redis.hget(f"uq:job:{job_id}", "source_resolution")  # type: ignore[misc]
+        res = await producer.redis.hget(Keys.job(job_id), "source_resolution")  # type: ignore[misc]
         src_res = res.decode() if isinstance(res, bytes) else (res or "?")
         table.add_row(
             rec.source,

@@ -19,7 +19,14 @@ from typing import Any
 from redis.asyncio import Redis
 
 from producers.api import build_spec
-from worker.contract import BULK_QUEUE_NAME, JobSpec, S3Object, render_destination, usd_to_micros
+from worker.contract import (
+    BULK_QUEUE_NAME,
+    JobSpec,
+    Keys,
+    S3Object,
+    render_destination,
+    usd_to_micros,
+)
 from worker.ledger import Ledger
 from worker.settings import Settings
 
@@ -87,7 +94,7 @@ class BackfillPlan:
 
 
 def checkpoint_key(batch: str) -> str:
-    return f"uq:backfill:{batch}"
+    return Keys.backfill(batch)
 
 
 class Backfill:
@@ -138,7 +145,7 @@ class Backfill:
         if budget_micros is not None and not self.plan.dry_run:
             # The workers' admission honours this cap too: never spend past it, even if re-run.
             await self.redis.hset(  # type: ignore[misc]
-                f"uq:batch:{self.plan.batch}", "budget_micros", str(budget_micros)
+                Keys.batch(self.plan.batch), "budget_micros", str(budget_micros)
             )
         price = usd_to_micros(self.settings.price_usd)
         pending: list[JobSpec] = []

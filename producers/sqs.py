@@ -20,9 +20,10 @@ import structlog
 from producers.api import Producer
 from producers.events import MalformedEvent
 from producers.intake import enqueue_notification
+from worker.contract import Keys
 
 log = structlog.get_logger("producers.sqs")
-DEAD_LETTERS = "uq:dead-letters"
+DEAD_LETTERS = Keys.dead_letters
 
 
 @dataclass

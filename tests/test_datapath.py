@@ -210,17 +210,24 @@ async def test_route_2_direct_api_and_unsafe_result(
     assert sim.stats()["billed_calls"] == 2
 
 
-async def test_route_1_async_mode_polls_the_pending_job_across_runs(
-    stack: LocalStack, sim: Sim, settings: Settings, producer: Producer, buckets: Buckets
+async def test_route_1_async_mode_resumes_the_pending_job_after_a_sigkill(
+    stack: LocalStack, sim: Sim, producer: Producer, buckets: Buckets, workers: WorkerProcs
 ) -> None:
-    sim.configure(async_mode=True, latency_ms=[3500, 3500], async_min_poll_s=3.0)
+    # Default settings: the worker that submitted the async (202) job is SIGKILLed while it
+    # polls; the run is reclaimed and the next run keeps polling the saved upstream job id.
+    sim.configure(async_mode=True, latency_ms=[8000, 8000], async_min_poll_s=3.0)
     put(stack, buckets.src, "slow.png", png(20, 20))
     job_id = await _job(producer, buckets, "slow.png")
-    # A short job timeout makes the first run hand the pending job back to the queue; the next
-    # run keeps polling the saved upstream job id instead of submitting again.
-    await drain(settings.model_copy(update={"job_timeout_s": 4}), timeout=90)
-    rec = await wait_state(producer, job_id, "succeeded", "failed")
+    (victim,) = workers.start(1, log_level="WARNING")
+    async with asyncio.timeout(30):
+        while not await producer.redis.exists(Keys.paid(job_id)):  # the pending id is saved
+            await asyncio.sleep(0.05)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(5)
+    workers.start(1, log_level="WARNING")
+    rec = await wait_state(producer, job_id, "succeeded", "failed", timeout=60)
     assert rec.state == "succeeded", rec.error
+    assert rec.reclaims == 1 and rec.billed_calls == 1 and rec.spend_usd == 0.06
     stats = sim.stats()
     submits = [c for c in stats["log"] if c["path"] == "/v1/images/generations"]
     assert len(submits) == 1 and stats["billed_calls"] == 1

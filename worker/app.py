@@ -105,7 +105,7 @@ async def startup(ctx: dict[str, Any]) -> None:
     worker = _calling_worker()
     rt = await _process_runtime(ctx)
     if "tasks" not in ctx:
-        ctx["tasks"] = _background(rt, [worker] if worker else [], ctx)
+        ctx["tasks"] = _background(rt, [worker] if worker else [])
         if rt.settings.metrics_port:
             ctx["health_server"] = await serve_health(rt, rt.settings.metrics_port)
         log.info("worker started", queues=[worker.queue_name] if worker else [QUEUE_NAME])
@@ -139,9 +139,7 @@ async def _teardown(ctx: dict[str, Any]) -> None:
             await rt.redis.aclose()
 
 
-def _background(
-    rt: Runtime, workers: Sequence[Worker], ctx: dict[str, Any]
-) -> list[asyncio.Task[None]]:
+def _background(rt: Runtime, workers: Sequence[Worker]) -> list[asyncio.Task[None]]:
     in_progress_ms = int((rt.settings.job_timeout_s + 10) * 1000)  # arq's in-progress TTL
     return [
         asyncio.create_task(Lifecycle(rt, in_progress_ttl_ms=in_progress_ms).run()),
@@ -270,7 +268,7 @@ class LaneWorkers:
     async def async_run(self) -> None:
         """Serve both lanes; if one lane's worker dies, drain the other and exit non-zero."""
         rt = await _process_runtime(self.ctx)
-        self.ctx["tasks"] = _background(rt, self.workers, self.ctx)
+        self.ctx["tasks"] = _background(rt, self.workers)
         if self.settings.metrics_port:
             self.ctx["health_server"] = await serve_health(rt, self.settings.metrics_port)
         log.info(

@@ -52,7 +52,11 @@ class Lifecycle:
 
     async def tick(self) -> None:
         ledger = self.rt.ledger
-        lost = await ledger.heartbeat(dict(self.rt.runs), self.lease_ms)
+        if self.rt.runs:
+            lost = await ledger.heartbeat(dict(self.rt.runs), self.lease_ms)
+        else:  # nothing to renew: still ask Redis, so "connected since" means what it says
+            await self.rt.redis.ping()
+            lost = []
         now = time.monotonic()
         if not self.rt.redis_ok:
             log.info("redis is back")

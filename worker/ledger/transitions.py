@@ -223,11 +223,6 @@ class Ledger(LedgerReads):
             raise Fenced(job_id)
         return reply
 
-    async def update(self, job_id: str, **fields: str | int | float) -> None:
-        """Informational fields (timings, resolutions) that are no part of the state machine."""
-        mapping = {k: str(v) for k, v in fields.items()}
-        await patiently(lambda: self.redis.hset(Keys.job(job_id), mapping=mapping), what="update")  # type: ignore[arg-type,return-value]  # redis-py's async stubs
-
     # -- the call journal ---------------------------------------------------------------
     async def call_begin(self, job_id: str, token: str, slot: str, est_micros: int) -> CallJournal:
         reply = await self._run(
