@@ -175,10 +175,9 @@ class Producer:
             for lane in QUEUES.values():
                 p.zcard(lane)
                 p.zrange(lane, 0, 0, withscores=True)
-            p.zcount(Keys.rate, now_ms - 60_000, "+inf")
-            p.zcount(Keys.rate_bulk, now_ms - 60_000, "+inf")
             replies = await p.execute()
-        calls, bulk_calls = int(replies[-2]), int(replies[-1])
+        flow = await self.flow.status()
+        calls, bulk_calls = flow.calls_last_minute, flow.bulk_calls_last_minute
         out: dict[str, dict[str, float]] = {}
         for i, lane in enumerate(QUEUES):
             oldest = replies[2 * i + 1]

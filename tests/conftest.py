@@ -170,7 +170,7 @@ async def drain(settings: Settings, *, timeout: float = 60, until_paused: bool =
         try:
             async with asyncio.timeout(timeout):
                 while not (
-                    await r.exists(Keys.pause)
+                    await r.exists(Keys.pause, Keys.up("default").pause)
                     and int(await r.hget(Keys.states, "running") or 0) == 0  # type: ignore[misc]
                 ):
                     await asyncio.sleep(0.05)

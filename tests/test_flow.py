@@ -140,13 +140,13 @@ async def test_slot_of_a_killed_worker_is_recovered(
             await asyncio.sleep(0.05)
     victim.send_signal(signal.SIGKILL)
     victim.wait(5)
-    assert await producer.redis.zcard(Keys.inflight) == 1  # the dead worker's slot
+    assert await producer.redis.zcard(Keys.up("default").inflight) == 1  # the dead worker's slot
     sim.configure(latency_ms=[0, 0])
     more = await _jobs(stack, producer, buckets, 3)
     workers.start(1, max_inflight=1, **FAST)
     # default leases (20 s): the slot expires and the killed run is reclaimed, then all run
     await _all(producer, more[1:] + ids, "succeeded", timeout=60)
-    assert await producer.redis.zcard(Keys.inflight) == 0
+    assert await producer.redis.zcard(Keys.up("default").inflight) == 0
 
 
 async def test_no_burst_wanted_means_evenly_spaced_calls(

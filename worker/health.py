@@ -69,7 +69,9 @@ async def run_checks(
         "s3": check_s3(rt.storage, rt.settings.health_bucket, explain),
     }
     if upstream:
-        checks["upstream"] = check_upstream(rt.upstream)
+        for name, up in rt.upstreams.items():
+            label = "upstream" if len(rt.upstreams) == 1 else f"upstream {name}"
+            checks[label] = check_upstream(up)
     results = await asyncio.gather(*checks.values())
     return dict(zip(checks, results, strict=True))
 

@@ -29,9 +29,9 @@ from worker.contract import (
     S3Object,
     prompt_hash,
     s3_key_quote,
-    usd_to_micros,
 )
 from worker.flow import Admitted, Denied
+from worker.flow.control import upstream_of
 from worker.images import ImageInfo, prepare, validate
 from worker.keys import Keys
 from worker.ledger import Fenced, PaidOutput, PaidResult, StartResult
@@ -73,6 +73,7 @@ class UpscaleJob:
         self.started = time.monotonic()
         self.staged: S3Object | None = None
         self.slot: str = ""  # the admitted slot of the call in flight / pending
+        self.prefer = ""  # the key an unknown call went to: ask it again there
         self.source_format: str | None = None  # known when this run read the source
         self.fields: dict[str, str | int] = {}  # record fields written with the final state
 
@@ -124,13 +125,15 @@ class UpscaleJob:
         paid = st.paid
         if st.journal is not None and st.journal.state == "pending":
             self.slot = st.journal.token
+        if st.journal is not None and st.journal.state in ("unknown", "sent"):
+            self.prefer = upstream_of(st.journal.token)
         if paid is None:
             done = await self._already_stored()
             if done is not None:
                 return done
             admitted = await self._admit()
             try:
-                image = await self._read_source()
+                image = await self._read_source(admitted.upstream)
             except BaseException:
                 await asyncio.shield(self.rt.flow.release(admitted.token))
                 raise
@@ -177,21 +180,21 @@ class UpscaleJob:
         log.info("attempt failed; backing off", error_class=o.error_class, retry_in_s=delay)
         raise Retry()
 
-    async def _tell_flow(self, exc: ue.UpstreamError) -> None:
+    async def _tell_flow(self, upstream: str, exc: ue.UpstreamError) -> None:
         """Feed a call's failure into the fleet's flow control while its slot is still held, so
         no other call slips in before the pause / cooldown is in force."""
         o = outcome_for(exc, pause_poll_s=self.s.pause_poll_s, outage_wait_s=OUTAGE_WAIT_S)
         flow = self.rt.flow
         try:
             if exc.rate.known and not isinstance(exc, ue.RateLimited):
-                await flow.observe(exc.rate, exc.status or 0)
+                await flow.observe(upstream, exc.rate, exc.status or 0)
             if o.effect == "pause" and isinstance(exc, ue.PauseError):
-                await flow.report_paused(exc.pause_reason, exc.describe())  # type: ignore[arg-type]  # PauseReason values
+                await flow.report_paused(upstream, exc.pause_reason, exc.describe())  # type: ignore[arg-type]  # PauseReason values
             elif o.effect == "cooldown" and isinstance(exc, ue.RateLimited):
-                learned = await flow.observe(exc.rate, 429)
-                await flow.report_rate_limited(exc.retry_after, ease=not learned)
+                learned = await flow.observe(upstream, exc.rate, 429)
+                await flow.report_rate_limited(upstream, exc.retry_after, ease=not learned)
             elif o.effect == "server_error":
-                await flow.report_server_error()
+                await flow.report_server_error(upstream)
         except Exception as e:  # flow state is advisory; the job's own outcome must be written
             log.warning("could not report to flow control", error=type(e).__name__)
 
@@ -248,7 +251,7 @@ class UpscaleJob:
         return {"state": state, "dest": self.spec.dest.uri}
 
     # -- step 1: read and validate the source ------------------------------------------
-    async def _read_source(self) -> ImageInput:
+    async def _read_source(self, upstream: str) -> ImageInput:
         t0 = time.monotonic()
         src, storage = self.spec.source, self.rt.storage
         cap = self.s.max_source_bytes if self.s.reencode_oversize else self.s.max_input_bytes
@@ -300,7 +303,7 @@ class UpscaleJob:
         pinfo = prepared.info
         if prepared.changed:
             name = f"{name.rsplit('.', 1)[0]}.{pinfo.extension}"
-        if self.rt.upstream.needs_bytes:
+        if self.rt.upstream(upstream).needs_bytes:
             return ImageInput(data=prepared.data, content_type=pinfo.content_type, filename=name)
         if not prepared.changed:
             return ImageInput(url=storage.presign_get(src), content_type=pinfo.content_type)
@@ -328,7 +331,7 @@ class UpscaleJob:
         flow, waker = self.rt.flow, self.rt.waker
         while True:
             decision = await flow.admit(
-                batch=self.spec.batch, lane=self.spec.lane, job_id=self.job_id
+                batch=self.spec.batch, lane=self.spec.lane, job_id=self.job_id, prefer=self.prefer
             )
             if isinstance(decision, Admitted):
                 if time.monotonic() - t0 > 0.001:
@@ -346,7 +349,7 @@ class UpscaleJob:
 
     async def _call(self, image: ImageInput, admitted: Admitted) -> PaidResult:
         ledger, flow = self.rt.ledger, self.rt.flow
-        price = usd_to_micros(self.s.price_usd)
+        price = flow.member(admitted.upstream).price_micros
         try:
             journal = await ledger.call_begin(self.job_id, self.token, admitted.token, price)
         except BaseException:
@@ -363,15 +366,15 @@ class UpscaleJob:
         t0 = time.monotonic()
         async with flow.hold(admitted.token):
             try:
-                result = await self.rt.upstream.submit(req)
+                result = await self.rt.upstream(admitted.upstream).submit(req)
             except ue.OutcomeUnknown as err:
                 metrics.UPSTREAM_CALLS.labels("unknown").inc()
-                await self._tell_flow(err)
+                await self._tell_flow(admitted.upstream, err)
                 await ledger.call_unknown(self.job_id, admitted.token)
                 raise
             except ue.UpstreamError as err:
                 metrics.UPSTREAM_CALLS.labels(str(err.status or "error")).inc()
-                await self._tell_flow(err)
+                await self._tell_flow(admitted.upstream, err)
                 await ledger.call_refused(self.job_id, admitted.token, err.request_id)
                 log.warning(
                     "upstream call failed",
@@ -398,7 +401,7 @@ class UpscaleJob:
         paid = await self._save_paid(result, t0)
         try:
             status = 202 if result.pending_id else 200
-            await flow.observe(result.rate, status, ok_token=admitted.token)
+            await flow.observe(admitted.upstream, result.rate, status, ok_token=admitted.token)
         except Exception as e:  # the money is saved; flow state catches up on the next call
             log.warning("could not report call outcome", error=type(e).__name__)
         await self._drop_staged()
@@ -407,7 +410,8 @@ class UpscaleJob:
     async def _save_paid(self, result: CallResult, t0: float) -> PaidResult:
         """Persist what a successful submit or poll returned, with its spend, first."""
         billed = result.pending_id is None
-        cost = usd_to_micros(self.s.price_usd) * len(result.outputs) if billed else 0
+        price = self.rt.flow.member(upstream_of(self.slot)).price_micros
+        cost = price * len(result.outputs) if billed else 0
         paid = PaidResult(
             request_id=result.request_id,
             pending_id=result.pending_id,
@@ -465,7 +469,7 @@ class UpscaleJob:
         while True:
             await asyncio.sleep(interval * min(2**errors, 8))
             try:
-                result = await self.rt.upstream.poll(pending)
+                result = await self.rt.upstream(upstream_of(self.slot)).poll(pending)
                 errors = 0
             except ue.UpstreamJobLost:
                 await self.rt.ledger.call_unknown(self.job_id, self.slot, drop_pending=True)
@@ -579,7 +583,7 @@ class UpscaleJob:
             return stream_url(
                 self.rt.downloads,
                 out.url,
-                allowed_hosts=self.s.allowed_result_hosts(),
+                allowed_hosts=self.rt.result_hosts,
                 max_bytes=self.s.max_result_bytes,
             )
         return stream_b64(out.b64 or "")

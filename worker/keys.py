@@ -7,6 +7,8 @@ suffixes as the functions below (`job:`, `batch:`, `call:`, ...): see `worker/lu
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from arq.constants import in_progress_key_prefix, job_key_prefix, retry_key_prefix
 
 PREFIX = "uq:"
@@ -107,21 +109,21 @@ class Keys:
     def spend_batch(batch: str) -> str:
         return f"{PREFIX}spend:batch:{batch}"
 
-    # -- flow control -------------------------------------------------------------------
-    pause = PREFIX + "flow:pause"  # hash: reason, detail, since (ms); absent when running
-    cooldown = PREFIX + "flow:cooldown"  # string: until-ms (global 429 cooldown)
-    inflight = PREFIX + "flow:inflight"  # sorted set: slot token -> lease expiry ms
-    rate = PREFIX + "flow:rate"  # sorted set: call start times (ms) in the rolling window
-    circuit = PREFIX + "flow:circuit"  # hash: state, failures, opened_at
-    canary = PREFIX + "flow:canary"  # string lock: one canary call at a time
+    # -- flow control, fleet-wide (per upstream key: `Keys.up(name)`) --------------------
+    pause = PREFIX + "flow:pause"  # hash: reason, detail, since (ms): a manual pause of every key
     live_waiting = PREFIX + "flow:live-waiting"  # sorted set: live job id -> expiry ms
-    rate_bulk = PREFIX + "flow:rate:bulk"  # sorted set: bulk call start times (the bulk floor)
-    # hash: what the upstream said last (x-ratelimit-* headers) and a burst cap learned from a 429
-    upstream = PREFIX + "flow:upstream"
-    rate_429 = PREFIX + "flow:rate:429"  # sorted set: recent 429s (learning a burst rule)
     waiting_line = PREFIX + "flow:line"  # sorted set: job id -> lane rank + arrival ms
     waiting_seen = PREFIX + "flow:line:seen"  # sorted set: job id -> last asked (ms)
-    wake = PREFIX + "flow:wake"  # pub/sub channel: a slot was freed
+    wake = PREFIX + "flow:wake"  # pub/sub channel: a slot was freed, or a limit became known
+    # hash: pool member name -> its public facts (JSON: order, route, tier, cap, price, budget),
+    # written by workers so `status` anywhere shows every key without the pool's config
+    pool = PREFIX + "pool"
+
+    @staticmethod
+    def up(name: str) -> UpstreamKeys:
+        """The flow state of one upstream key of the pool (`UPSCALE_UPSTREAMS`)."""
+        return UpstreamKeys.named(name)
+
     # hash: slot token -> "est|reserved-day key|reserved-batch key|job id"
     budget_reserved = PREFIX + "budget:reserved"
     budget_reserved_total = PREFIX + "budget:reserved:total"
@@ -133,3 +135,43 @@ class Keys:
     @staticmethod
     def budget_reserved_batch(batch: str) -> str:
         return f"{PREFIX}budget:reserved:batch:{batch}"
+
+
+@dataclass(frozen=True)
+class UpstreamKeys:
+    """One upstream key's own window, cooldown, circuit, pause and budget (`uq:up:<name>:`).
+
+    A slot token is `<name>/<hex>`: scripts that settle a call find its key's in-flight set and
+    budget from the token (`_keys.lua`: `k_up`, `slot_upstream`)."""
+
+    pause: str  # hash: reason, detail, since (ms): 402 / 401 / 403 or a manual pause of this key
+    cooldown: str  # string: until-ms (this key's 429 cooldown)
+    circuit: str  # hash: state, failures, open_until, ease_until
+    inflight: str  # sorted set: slot token -> lease expiry ms
+    rate: str  # sorted set: call start times (ms) in the rolling window
+    canary: str  # string lock: one canary call at a time
+    said: str  # hash: the upstream's x-ratelimit-* word, and a burst cap learned from a 429
+    rate_429: str  # sorted set: recent 429s (learning a burst rule)
+    rate_bulk: str  # sorted set: bulk call start times (bulk floor, even bulk pacing)
+    spend: str  # string: micro-USD billed or possibly billed on this key, ever
+    reserved: str  # string: micro-USD reserved by this key's calls in flight
+
+    @classmethod
+    def named(cls, name: str) -> UpstreamKeys:
+        base = f"{PREFIX}up:{name}:"
+        return cls(**{f: base + f.replace("_", "-") for f in cls.__dataclass_fields__})
+
+    def admission(self) -> list[str]:
+        """The order `admit.lua` and `gate.lua` take them in (KEYS per upstream)."""
+        return [
+            self.pause,
+            self.cooldown,
+            self.circuit,
+            self.inflight,
+            self.rate,
+            self.canary,
+            self.said,
+            self.rate_bulk,
+            self.spend,
+            self.reserved,
+        ]

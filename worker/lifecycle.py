@@ -63,6 +63,7 @@ class Lifecycle:
         self.rt.redis_ok = True
         if self._connected_since is None:
             self._connected_since = now
+            await self.rt.flow.publish_pool()  # on start, and again after a Redis restart
         for job_id in lost:
             if self.rt.runs.pop(job_id, None) is not None:
                 log.warning(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import httpx
 from redis.asyncio import Redis
@@ -24,7 +25,7 @@ class Runtime:
     ledger: Ledger
     flow: FlowControl
     storage: Storage
-    upstream: Upstream
+    upstreams: dict[str, Upstream]  # one client per key of the pool, by name
     downloads: httpx.AsyncClient
     # job id -> run token of every job this process runs (renewed by `worker.lifecycle`)
     runs: dict[str, str] = field(default_factory=dict)
@@ -32,13 +33,25 @@ class Runtime:
     draining: bool = False  # set on SIGTERM: picking never reopens
     waker: Waker = field(default_factory=Waker)  # a slot was freed somewhere in the fleet
 
+    @cached_property
+    def result_hosts(self) -> set[str]:
+        """Hosts paid results may be downloaded from: every pool member's."""
+        return set().union(*(m.settings.allowed_result_hosts() for m in self.flow.pool))
+
+    def upstream(self, name: str) -> Upstream:
+        """The client of pool member `name` (a slot from before pools: the first)."""
+        return self.upstreams.get(name) or next(iter(self.upstreams.values()))
+
     async def aclose(self) -> None:
-        await self.upstream.aclose()
+        for up in self.upstreams.values():
+            await up.aclose()
         await self.downloads.aclose()
 
 
 def create_runtime(settings: Settings, redis: Redis) -> Runtime:
-    register_secret(settings.api_key_value)
+    flow = FlowControl(redis, settings)
+    for m in flow.pool:
+        register_secret(m.settings.api_key_value)
     if settings.callback_secret.get_secret_value():
         register_secret(settings.callback_secret.get_secret_value())
     if settings.s3_secret_access_key:
@@ -47,9 +60,9 @@ def create_runtime(settings: Settings, redis: Redis) -> Runtime:
         settings=settings,
         redis=redis,
         ledger=Ledger(redis),
-        flow=FlowControl(redis, settings),
+        flow=flow,
         storage=Storage(settings),
-        upstream=make_upstream(settings),
+        upstreams={m.name: make_upstream(m.settings) for m in flow.pool},
         downloads=httpx.AsyncClient(
             timeout=httpx.Timeout(settings.read_timeout_s, connect=settings.connect_timeout_s),
             follow_redirects=False,

@@ -9,7 +9,16 @@ from types import UnionType
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationInfo, field_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    StringConstraints,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from worker.contract import DEFAULT_DEST_TEMPLATE
@@ -18,6 +27,29 @@ from worker.formats import OutputFormat, check_setting
 Route = Literal["gateway", "ideogram"]
 ImageMode = Literal["url", "data_url", "edits"]
 ResponseFormat = Literal["url", "b64_json"]
+UpstreamName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]{0,31}$")]
+
+
+class UpstreamSpec(BaseModel):
+    """One key of the pool (`UPSCALE_UPSTREAMS`); what it leaves out comes from the flat
+    settings (UPSCALE_ROUTE, UPSCALE_GATEWAY_URL / UPSCALE_IDEOGRAM_URL, UPSCALE_RATE_RPM, ...)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: UpstreamName = Field(description="Shown in status, logs and metrics (never the key).")
+    route: Route | None = None
+    url: str | None = Field(
+        default=None, description="Base URL (the route's URL setting if unset)."
+    )
+    api_key_env: str = Field(
+        default="UPSCALE_API_KEY", description="The environment variable that holds this key."
+    )
+    rpm: Annotated[int, Field(ge=1)] | Literal["auto"] | None = None
+    max_inflight: int | None = Field(default=None, ge=1)
+    price_usd: float | None = Field(default=None, ge=0)
+    budget_usd: float | None = Field(
+        default=None, ge=0, description="This key's own cap on spend (billed or possibly billed)."
+    )
 
 
 class Settings(BaseSettings):
@@ -82,6 +114,12 @@ class Settings(BaseSettings):
     connect_timeout_s: float = Field(default=10.0, gt=0)
     read_timeout_s: float = Field(default=120.0, gt=0)
     async_poll_interval_s: float = Field(default=3.0, ge=3.0)
+
+    upstreams: list[UpstreamSpec] = Field(
+        default_factory=list,
+        description="A pool of upstream keys: a JSON list, or the path of a JSON file holding "
+        "one. Unset: one key named `default` from the settings above.",
+    )
 
     # --- jobs ---------------------------------------------------------------------------
     dest_template: str = DEFAULT_DEST_TEMPLATE
@@ -196,6 +234,8 @@ class Settings(BaseSettings):
         """List (and dict) settings come from the environment as JSON: say so when they are not."""
         if not isinstance(v, str) or not info.field_name:
             return v
+        if info.field_name == "upstreams" and not v.lstrip().startswith("["):
+            return v  # a file name: `_upstreams_file`
         kinds = {get_origin(a) or a for a in _flat(cls.model_fields[info.field_name].annotation)}
         if not kinds & {list, dict, set, tuple}:
             return v
@@ -206,6 +246,34 @@ class Settings(BaseSettings):
                 raise ValueError('expected a JSON object, e.g. {"name": "value"}') from None
             example = json.dumps([x.strip() for x in v.split(",") if x.strip()] or ["..."])
             raise ValueError(f"expected a JSON list, e.g. '{example}'") from None
+
+    @field_validator("upstreams", mode="before")
+    @classmethod
+    def _upstreams_file(cls, v: Any) -> Any:
+        """`UPSCALE_UPSTREAMS` may name a JSON file (e.g. a mounted ConfigMap) instead."""
+        if isinstance(v, str) and v.strip() and not v.lstrip().startswith("["):
+            try:
+                with open(v.strip(), encoding="utf-8") as f:
+                    return json.load(f)
+            except OSError as e:
+                raise ValueError(
+                    f"expected a JSON list or a readable file ({e.strerror})"
+                ) from None
+            except ValueError as e:
+                raise ValueError(f"the file {v.strip()} is not JSON ({e})") from None
+        return v
+
+    @field_validator("upstreams")
+    @classmethod
+    def _upstream_names(cls, v: list[UpstreamSpec]) -> list[UpstreamSpec]:
+        names = [u.name for u in v]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"upstream names must be unique: {', '.join(dup)} appears twice")
+        for u in v:
+            if u.url is not None:
+                _http_url(u.url)
+        return v
 
     @field_validator("redis_url")
     @classmethod

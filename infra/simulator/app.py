@@ -136,7 +136,7 @@ async def _handle(
         image_sha = hashlib.sha256(call.image).hexdigest()[:16]
         if call.model not in cfg.models:
             raise ApiError(404, f"unknown model {call.model!r}")
-        if not state.hold(call.n):
+        if not state.hold(call.n, key):
             raise ApiError(
                 402,
                 "insufficient credits: top up your wallet",
@@ -164,7 +164,7 @@ async def _handle(
                 ready_at=time.monotonic() + random.uniform(*cfg.latency_ms) / 1000,
             )
             job.file_id = state.store(out)
-            job.image_sha, job.idem = image_sha, idem
+            job.image_sha, job.idem, job.key = image_sha, idem, key
             state.jobs[job.id] = job
             held = 0  # billed when the job completes
             status = 202
@@ -173,7 +173,7 @@ async def _handle(
             )
         unsafe = random.random() < cfg.unsafe_rate
         # completed requests are billed, even when withheld as unsafe
-        state.bill(call.n, image_sha, idem)
+        state.bill(call.n, image_sha, idem, key)
         held = 0
         status = 200
         answer = _answer(
@@ -197,7 +197,7 @@ async def _handle(
         return _error_response(state, err)
     finally:
         if held:
-            state.release(held)
+            state.release(held, key)
         if done is not None:
             state.answering.pop(replay_key, None)
             done.set()
@@ -508,13 +508,17 @@ async def admin_config(request: web.Request) -> web.Response:
 
 
 async def admin_wallet(request: web.Request) -> web.Response:
-    cfg = request.app[STATE].config
+    """`{"set": usd|null}` / `{"add": usd}`, for one key's own wallet with `"key"`."""
+    state = request.app[STATE]
     body = await request.json()
+    key = str(body.get("key", ""))
+    if key and key not in state.config.wallets_usd:
+        state.config.wallets_usd[key] = None
     if "set" in body:
-        cfg.wallet_usd = None if body["set"] is None else float(body["set"])
+        state.set_wallet(key, None if body["set"] is None else float(body["set"]))
     if "add" in body:
-        cfg.wallet_usd = round((cfg.wallet_usd or 0.0) + float(body["add"]), 6)
-    return web.json_response({"wallet_usd": cfg.wallet_usd})
+        state.set_wallet(key, round((state.wallet(key) or 0.0) + float(body["add"]), 6))
+    return web.json_response({"wallet_usd": state.wallet(key)})
 
 
 async def healthz(_request: web.Request) -> web.Response:

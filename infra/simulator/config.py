@@ -16,6 +16,8 @@ class SimConfig(BaseModel):
     burst_window_s: float = 10.0
     latency_ms: tuple[int, int] = (0, 0)
     wallet_usd: float | None = None  # None = unlimited
+    # Keys with a wallet of their own (key -> USD; None = unlimited); the others share wallet_usd.
+    wallets_usd: dict[str, float | None] = Field(default_factory=dict)
     price_usd: float = 0.06
     fault_500_rate: float = 0.0
     fault_503_rate: float = 0.0

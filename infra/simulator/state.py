@@ -26,6 +26,7 @@ class AsyncJob:
     charged: bool = False
     image_sha: str = ""
     idem: str = ""
+    key: str = ""
 
 
 @dataclass
@@ -91,24 +92,37 @@ class SimState:
         return max(0.0, w[0] + 60 - time.monotonic()) if w else 0.0
 
     # -- wallet: held when a call starts (concurrent calls cannot overdraw), billed on completion
-    def hold(self, n: int) -> bool:
-        w = self.config.wallet_usd
+    def wallet(self, key: str) -> float | None:
+        cfg = self.config
+        return cfg.wallets_usd.get(key, cfg.wallet_usd)
+
+    def set_wallet(self, key: str, usd: float | None) -> None:
+        if key in self.config.wallets_usd:
+            self.config.wallets_usd[key] = usd
+        else:
+            self.config.wallet_usd = usd
+
+    def hold(self, n: int, key: str = "") -> bool:
+        w = self.wallet(key)
         cost = self.config.price_usd * n
         if w is not None:
             if w + 1e-9 < cost:
                 return False
-            self.config.wallet_usd = round(w - cost, 6)
+            self.set_wallet(key, round(w - cost, 6))
         return True
 
-    def release(self, n: int) -> None:
+    def release(self, n: int, key: str = "") -> None:
         """A failed generation is not billed: give the hold back."""
-        if self.config.wallet_usd is not None:
-            self.config.wallet_usd = round(self.config.wallet_usd + self.config.price_usd * n, 6)
+        w = self.wallet(key)
+        if w is not None:
+            self.set_wallet(key, round(w + self.config.price_usd * n, 6))
 
-    def bill(self, n: int, image_sha: str = "", idem: str = "") -> None:
+    def bill(self, n: int, image_sha: str = "", idem: str = "", key: str = "") -> None:
         self.billed_calls += 1
         self.billed_usd = round(self.billed_usd + self.config.price_usd * n, 6)
-        self.bills.append({"t": time.time(), "image_sha": image_sha, "idem": idem, "n": n})
+        self.bills.append(
+            {"t": time.time(), "image_sha": image_sha, "idem": idem, "n": n, "key": key[-4:]}
+        )
 
     def settle_async(self) -> None:
         """An accepted async job is billed when it completes, polled or not."""
@@ -116,7 +130,7 @@ class SimState:
         for job in self.jobs.values():
             if job.file_id and not job.error and not job.charged and now >= job.ready_at:
                 job.charged = True
-                self.bill(1, job.image_sha, job.idem)
+                self.bill(1, job.image_sha, job.idem, job.key)
 
     # -- results ----------------------------------------------------------------------------
     def store(self, data: bytes) -> str:
@@ -164,6 +178,7 @@ class SimState:
             "billed_calls": self.billed_calls,
             "billed_usd": self.billed_usd,
             "wallet_usd": self.config.wallet_usd,
+            "wallets_usd": dict(self.config.wallets_usd),
             "inflight": self.inflight,
             "max_inflight": self.max_inflight,
             "downloads": self.downloads,

@@ -34,6 +34,7 @@ from rich.table import Table
 from infra.stack import LocalStack, die_with_parent
 from producers.api import Producer
 from tests.bench.naive import DONE, QUEUE
+from worker.keys import Keys
 from worker.settings import Settings
 
 RPM = 600
@@ -189,7 +190,7 @@ async def _wait(
         n = await final()
         if n >= target:
             return
-        if paused_ok and await redis.exists("uq:flow:pause"):
+        if paused_ok and await redis.exists(Keys.pause, Keys.up("default").pause):
             await asyncio.sleep(3)  # let in-flight calls land, then stop: the wallet is empty
             return
         if time.monotonic() - last > 5:

@@ -289,7 +289,6 @@ class Ledger(LedgerReads):
                 QUEUES["live"],
                 QUEUES["bulk"],
                 Keys.budget_reserved,
-                Keys.inflight,
             ],
             [stale_ms, limit, *_ARQ, grace_ms, in_progress_ttl_ms],
         )

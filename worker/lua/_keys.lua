@@ -5,3 +5,7 @@ local function k_paid(id) return PFX .. 'paid:' .. id end
 local function k_call(id) return PFX .. 'call:' .. id end
 local function k_batch(b) return PFX .. 'batch:' .. b end
 local FINAL = {succeeded = true, failed = true, skipped = true}
+-- One upstream key's flow state (mirrors worker/keys.py `UpstreamKeys`: suffixes with '-').
+local function k_up(name, suffix) return PFX .. 'up:' .. name .. ':' .. suffix end
+-- The upstream key a slot token was admitted on: tokens are `<name>/<hex>`.
+local function slot_upstream(slot) return string.match(slot or '', '^([^/]+)/') end

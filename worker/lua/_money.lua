@@ -17,14 +17,17 @@ local function utc_day(now)
   return string.format('%04d-%02d-%02d', y, m, d)
 end
 
--- add_spend(job_id, micros, field, now): count spend on the job (`cost_micros` for billed,
--- `possible_micros` for possibly billed), its batch, the day and the total. Budgets read the
--- fleet counters, so a possibly billed call is counted as spent.
-local function add_spend(job_id, micros, field, now)
+-- add_spend(job_id, micros, field, now, slot): count spend on the job (`cost_micros` for
+-- billed, `possible_micros` for possibly billed), its batch, the day, the total and the
+-- upstream key the slot was admitted on. Budgets read these counters, so a possibly billed
+-- call is counted as spent.
+local function add_spend(job_id, micros, field, now, slot)
   if micros == 0 then return end
   local ledger = k_job(job_id)
   redis.call('HINCRBY', ledger, field, micros)
   redis.call('INCRBY', PFX .. 'spend:total', micros)
+  local up = slot_upstream(slot)
+  if up then redis.call('INCRBY', k_up(up, 'spend'), micros) end
   redis.call('INCRBY', PFX .. 'spend:day:' .. utc_day(now), micros)
   local batch = redis.call('HGET', ledger, 'batch')
   if batch and batch ~= '' then
@@ -35,7 +38,8 @@ end
 
 -- free_slot(token): the call is over; wake the jobs waiting for room (`flow:wake`).
 local function free_slot(token)
-  if redis.call('ZREM', PFX .. 'flow:inflight', token) == 1 then
+  local up = slot_upstream(token)
+  if up and redis.call('ZREM', k_up(up, 'inflight'), token) == 1 then
     redis.call('PUBLISH', PFX .. 'flow:wake', '1')
   end
 end
@@ -50,6 +54,8 @@ local function unreserve(token)
   local est, day_key, batch_key = string.match(v, '^(%d+)|([^|]*)|([^|]*)|')
   est = tonumber(est)
   redis.call('DECRBY', PFX .. 'budget:reserved:total', est)
+  local up = slot_upstream(token)
+  if up then redis.call('DECRBY', k_up(up, 'reserved'), est) end
   if day_key ~= '' then redis.call('DECRBY', day_key, est) end
   if batch_key ~= '' then redis.call('DECRBY', batch_key, est) end
   return est
@@ -64,7 +70,7 @@ local function possibly_billed(job_id, token, now)
   end
   local est = unreserve(token)
   if est == 0 then est = tonumber(redis.call('HGET', journal, 'est') or '0') end
-  add_spend(job_id, est, 'possible_micros', now)
+  add_spend(job_id, est, 'possible_micros', now, token)
   redis.call('HINCRBY', k_job(job_id), 'unknown_calls', 1)
   redis.call('HSET', journal, 'state', 'unknown', 'possible', est)
   free_slot(token)

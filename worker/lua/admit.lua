@@ -1,100 +1,171 @@
--- admit: one atomic decision covering every control, so nothing is half-acquired.
--- KEYS: 1 pause, 2 cooldown, 3 circuit, 4 inflight, 5 rate, 6 canary, 7 budget reserved (hash),
---       8 spend total, 9 spend today, 10 spend batch, 11 reserved-total, 12 reserved-day,
---       13 reserved-batch, 14 batch hash (may hold a per-batch `budget_micros` cap),
---       15 live waiters (zset job -> expiry), 16 bulk rate window,
---       17 the upstream's own word (hash: limit, remaining, reset_at, burst_cap, burst_until),
---       18 waiting line (zset job -> lane rank + arrival ms), 19 waiting line last seen (zset)
--- ARGV: 1 prefix, 2 token, 3 max_inflight, 4 lease_ms, 5 rpm ceiling (0 = auto: the upstream's
---       x-ratelimit-limit-requests), 6 window_ms, 7 burst factor (0 = no burst cap; <= 1 = even
---       pacing, 60/RPM s apart; > 1 = at most factor x RPM per burst window), 8 burst window ms,
---       9 canary_interval_ms (0 = off), 10 est cost micros, 11 cap total (-1 none), 12 cap day,
---       13 cap batch, 14 pause_poll_ms, 15 ease_ms, 16 lane (live|bulk), 17 job id,
---       18 bulk floor (share of the rate bulk keeps while live work waits; with no burst
---       factor set, bulk calls are also spaced 60/limit s apart so live work finds room),
---       19 window margin ms (added to every window we count over: network jitter)
--- Returns {1, kind} when admitted (kind: normal | canary | probe), else {0, reason, wait_ms}:
--- reason concurrency / rate / queued (others are ahead in the waiting line) wake on a freed
--- slot (`flow:wake`) or at wait_ms.
+-- admit: one atomic decision over every control and every upstream key of the pool, so nothing
+-- is half-acquired. The keys are tried in the order given (preference); the first with room now
+-- takes the call. Nothing is written for a key that is only looked at.
+-- KEYS (fleet): 1 manual pause (hash), 2 budget reservations (hash), 3 spend total,
+--   4 spend today, 5 spend batch, 6 reserved total, 7 reserved today, 8 reserved batch,
+--   9 batch hash (may hold a per-batch `budget_micros` cap), 10 live waiters (zset job ->
+--   expiry), 11 waiting line (zset job -> lane rank + arrival ms), 12 line last seen (zset)
+-- KEYS (upstream key i = 1..n, from 13 + 10 * (i - 1); `UpstreamKeys.admission()`): pause,
+--   cooldown, circuit, in-flight (zset slot -> lease expiry), rate window (zset), canary lock,
+--   the upstream's word (hash: limit, remaining, reset_at, burst_cap, burst_until), bulk rate
+--   window (zset), this key's spend, this key's reserved
+-- ARGV (fleet): 1 prefix, 2 token (the slot is `<name>/<token>`), 3 lease ms, 4 window ms
+--   (60 s + margin), 5 burst window ms (nominal), 6 canary interval ms (0 = off), 7 cap total
+--   (-1 none), 8 cap day, 9 cap batch, 10 pause poll ms, 11 lane (live|bulk), 12 job id,
+--   13 bulk floor (share of the rate bulk keeps while live work waits), 14 window margin ms
+--   (added to every window we count over: network jitter), 15 number of upstream keys n
+-- ARGV (upstream key i, from 16 + 6 * (i - 1)): name, max in-flight, rpm ceiling (0 = auto:
+--   the upstream's x-ratelimit-limit-requests), burst factor (0 = no burst cap of our own;
+--   <= 1 even pacing, 60/RPM s apart; > 1 at most factor x RPM per burst window), this call's
+--   estimated micros on this key, this key's budget cap micros (-1 none)
+-- Returns {1, kind, name} when admitted (kind: normal | canary | probe), else
+-- {0, reason, wait_ms}. Reasons concurrency / rate / queued (others are ahead in the waiting
+-- line) join the line and wake on a freed slot (`flow:wake`) or at wait_ms.
 --- @include "_now"
 local token = ARGV[2]
-local max_inflight, lease_ms = tonumber(ARGV[3]), tonumber(ARGV[4])
-local rpm, window_ms = tonumber(ARGV[5]), tonumber(ARGV[6])
-local burst_factor, burst_nominal_ms = tonumber(ARGV[7]), tonumber(ARGV[8])
--- counted over the window plus the margin (the time from admission to the upstream), so the
--- upstream never sees more
-local burst_window_ms = burst_nominal_ms + tonumber(ARGV[19])
-local canary_ms, est = tonumber(ARGV[9]), tonumber(ARGV[10])
-local cap_total, cap_day, cap_batch = tonumber(ARGV[11]), tonumber(ARGV[12]), tonumber(ARGV[13])
-local poll_ms, ease_ms = tonumber(ARGV[14]), tonumber(ARGV[15])
-local lane, job_id, bulk_share = ARGV[16], ARGV[17], tonumber(ARGV[18])
+local lease_ms, window_ms = tonumber(ARGV[3]), tonumber(ARGV[4])
+local margin_ms = tonumber(ARGV[14])
+local burst_nominal_ms = tonumber(ARGV[5])
+-- counted over the window plus the margin (the time from admission to the upstream)
+local burst_window_ms = burst_nominal_ms + margin_ms
+local canary_ms = tonumber(ARGV[6])
+local cap_total, cap_day, cap_batch = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
+local poll_ms = tonumber(ARGV[10])
+local lane, job_id, bulk_share = ARGV[11], ARGV[12], tonumber(ARGV[13])
+local n = tonumber(ARGV[15])
 local now = now_ms()
-local kind = 'normal'
 
--- 1. pause (402 / 401 / 403 / manual): nothing starts, except one canary per interval
-local preason = redis.call('HGET', KEYS[1], 'reason')
-if preason then
-  if canary_ms > 0 and preason ~= 'manual'
-     and redis.call('SET', KEYS[6], token, 'NX', 'PX', canary_ms) then
-    kind = 'canary'
-  else
-    return {0, 'paused:' .. preason, poll_ms}
-  end
-end
+-- 1. a manual pause of the whole fleet
+if redis.call('EXISTS', KEYS[1]) == 1 then return {0, 'paused:manual', poll_ms} end
 
--- 2. global cooldown after a 429 (Retry-After honoured by every worker)
-local until_ms = tonumber(redis.call('GET', KEYS[2]) or '0')
-if now < until_ms then return {0, 'cooldown', until_ms - now} end
-
--- 3. circuit breaker: open -> wait; after open_until one probe at a time (half-open)
-local cstate = redis.call('HGET', KEYS[3], 'state')
-if cstate == 'open' then
-  local reopen = tonumber(redis.call('HGET', KEYS[3], 'open_until') or '0')
-  if now < reopen then return {0, 'circuit_open', reopen - now} end
-  redis.call('HSET', KEYS[3], 'state', 'half_open', 'probe', token, 'probe_until', now + lease_ms)
-  if kind == 'normal' then kind = 'probe' end
-elseif cstate == 'half_open' then
-  local probe_until = tonumber(redis.call('HGET', KEYS[3], 'probe_until') or '0')
-  if now < probe_until then return {0, 'circuit_half_open', math.min(poll_ms, probe_until - now)} end
-  -- the previous probe's worker vanished: this call becomes the probe
-  redis.call('HSET', KEYS[3], 'probe', token, 'probe_until', now + lease_ms)
-  if kind == 'normal' then kind = 'probe' end
-end
-
--- 4. budget: spent + reserved + this call's estimate must stay within every cap
-local own_cap = tonumber(redis.call('HGET', KEYS[14], 'budget_micros') or '-1')
+local own_cap = tonumber(redis.call('HGET', KEYS[9], 'budget_micros') or '-1')
 if own_cap >= 0 and (cap_batch < 0 or own_cap < cap_batch) then cap_batch = own_cap end
-local function over(cap, spent_key, reserved_key)
+local function over(cap, spent_key, reserved_key, est)
   if cap < 0 then return false end
   local used = tonumber(redis.call('GET', spent_key) or '0') + tonumber(redis.call('GET', reserved_key) or '0')
   return used + est > cap
 end
-if over(cap_total, KEYS[8], KEYS[11]) then return {0, 'budget:total', poll_ms * 5} end
-if over(cap_day, KEYS[9], KEYS[12]) then return {0, 'budget:daily', poll_ms * 5} end
-if over(cap_batch, KEYS[10], KEYS[13]) then return {0, 'budget:batch', poll_ms * 5} end
+redis.call('ZREMRANGEBYSCORE', KEYS[10], '-inf', now)
+local live_waiting = redis.call('ZCARD', KEYS[10]) > 0
 
--- the effective limit: the configured tier is the ceiling; the upstream's own limit, when
--- smaller (or when the tier is `auto`), wins
-local up = KEYS[17]
-local hdr_limit = tonumber(redis.call('HGET', up, 'limit') or '0')
-local limit = rpm
--- `auto` before the upstream has said anything: a free tier's 10, and ask again soon
-local limit_unknown = limit <= 0 and hdr_limit <= 0
-if limit <= 0 then limit = hdr_limit > 0 and hdr_limit or 10 end
-if hdr_limit > 0 and hdr_limit < limit then limit = hdr_limit end
-local bulk_floor = math.max(1, math.ceil(bulk_share * limit))
+-- assess(i): can key i take this call now? Read-only but for trimming expired entries.
+-- Returns {'room', room, kind, est, fresh, bulk under its floor} | {'full', reason, wait_ms} |
+-- {'closed', reason, wait_ms}
+local function assess(i)
+  local k, a = 12 + 10 * (i - 1), 15 + 6 * (i - 1)
+  local pause, cooldown, circuit, inflight = KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4]
+  local rate, canary, up, rate_bulk = KEYS[k + 5], KEYS[k + 6], KEYS[k + 7], KEYS[k + 8]
+  local max_inflight, rpm = tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
+  local burst_factor, est, key_cap = tonumber(ARGV[a + 4]), tonumber(ARGV[a + 5]), tonumber(ARGV[a + 6])
+  local kind = 'normal'
 
--- 5. lanes: while live jobs wait for capacity, bulk yields it (beyond its guaranteed floor)
-redis.call('ZREMRANGEBYSCORE', KEYS[15], '-inf', now)
-if lane == 'bulk' and redis.call('ZCARD', KEYS[15]) > 0 then
-  redis.call('ZREMRANGEBYSCORE', KEYS[16], '-inf', now - window_ms)
-  if redis.call('ZCARD', KEYS[16]) >= bulk_floor then
-    return {0, 'lane', math.max(250, poll_ms)}
+  -- 2. this key paused (402 / 401 / 403 / manual): nothing, except one canary per interval
+  local preason = redis.call('HGET', pause, 'reason')
+  if preason then
+    if canary_ms > 0 and preason ~= 'manual' and redis.call('EXISTS', canary) == 0 then
+      kind = 'canary'
+    else
+      return {'closed', 'paused:' .. preason, poll_ms}
+    end
   end
+  -- 3. this key's cooldown after a 429 (Retry-After)
+  local until_ms = tonumber(redis.call('GET', cooldown) or '0')
+  if now < until_ms then return {'closed', 'cooldown', until_ms - now} end
+  -- 4. circuit breaker: open -> wait; after open_until one probe at a time (half-open)
+  local cstate = redis.call('HGET', circuit, 'state')
+  if cstate == 'open' then
+    local reopen = tonumber(redis.call('HGET', circuit, 'open_until') or '0')
+    if now < reopen then return {'closed', 'circuit_open', reopen - now} end
+    if kind == 'normal' then kind = 'probe' end
+  elseif cstate == 'half_open' then
+    local probe_until = tonumber(redis.call('HGET', circuit, 'probe_until') or '0')
+    if now < probe_until then return {'closed', 'circuit_half_open', math.min(poll_ms, probe_until - now)} end
+    if kind == 'normal' then kind = 'probe' end  -- the previous probe's worker vanished
+  end
+  -- 5. budgets: spent + reserved + this call's estimate within every cap (the key's own too)
+  if over(cap_total, KEYS[3], KEYS[6], est) then return {'closed', 'budget:total', poll_ms * 5} end
+  if over(cap_day, KEYS[4], KEYS[7], est) then return {'closed', 'budget:daily', poll_ms * 5} end
+  if over(cap_batch, KEYS[5], KEYS[8], est) then return {'closed', 'budget:batch', poll_ms * 5} end
+  if over(key_cap, KEYS[k + 9], KEYS[k + 10], est) then return {'closed', 'budget:key', poll_ms * 5} end
+
+  -- the effective limit: the configured tier is the ceiling; the upstream's own, when smaller
+  -- (or when the tier is `auto`), wins
+  local hdr_limit = tonumber(redis.call('HGET', up, 'limit') or '0')
+  local limit = rpm
+  local limit_unknown = limit <= 0 and hdr_limit <= 0  -- `auto`, and nothing said yet
+  if limit <= 0 then limit = hdr_limit > 0 and hdr_limit or 10 end
+  if hdr_limit > 0 and hdr_limit < limit then limit = hdr_limit end
+  local bulk_floor = math.max(1, math.ceil(bulk_share * limit))
+
+  -- 6. lanes: while live jobs wait for capacity, bulk yields it (beyond its guaranteed floor)
+  redis.call('ZREMRANGEBYSCORE', rate_bulk, '-inf', now - window_ms)
+  local bulk_in_window = redis.call('ZCARD', rate_bulk)
+  if lane == 'bulk' and live_waiting and bulk_in_window >= bulk_floor then
+    return {'closed', 'lane', math.max(250, poll_ms)}
+  end
+  -- 7. room now: the in-flight cap (leases expire: a crashed worker's slot comes back)
+  redis.call('ZREMRANGEBYSCORE', inflight, '-inf', now)
+  local in_flight = redis.call('ZCARD', inflight)
+  if in_flight >= max_inflight then
+    local first = redis.call('ZRANGE', inflight, 0, 0, 'WITHSCORES')
+    return {'full', 'concurrency', math.min(poll_ms, tonumber(first[2]) - now)}
+  end
+  local room = max_inflight - in_flight
+  -- 8. ... and the rate: the rolling window, a burst cap if set or learned, the upstream's count
+  redis.call('ZREMRANGEBYSCORE', rate, '-inf', now - window_ms)
+  if now < tonumber(redis.call('HGET', circuit, 'ease_until') or '0') then
+    limit = math.max(1, math.floor(limit / 2))  -- easing back in after an unexplained 429
+  end
+  local in_window = redis.call('ZCARD', rate)
+  if in_window >= limit then
+    local oldest = redis.call('ZRANGE', rate, in_window - limit, in_window - limit, 'WITHSCORES')
+    local wait = tonumber(oldest[2]) + window_ms - now
+    -- `auto` and the limit not said yet: the first answer will (it wakes the line)
+    if limit_unknown then return {'full', 'queued', math.min(wait, poll_ms)} end
+    return {'full', 'rate', wait}
+  end
+  room = math.min(room, limit - in_window)
+  if burst_factor > 0 and burst_factor <= 1 and in_window > 0 then
+    -- even pacing: one call every 60/limit s
+    local last = redis.call('ZRANGE', rate, -1, -1, 'WITHSCORES')
+    local gap_wait = tonumber(last[2]) + math.floor(60000 / limit) - now
+    if gap_wait > 0 then return {'full', 'rate', gap_wait} end
+    room = 1
+  end
+  if lane == 'bulk' and burst_factor == 0 and bulk_in_window > 0 then
+    -- a backfill is paced evenly (60/limit s apart) so a live job always finds the next slot
+    local last = redis.call('ZRANGE', rate_bulk, -1, -1, 'WITHSCORES')
+    local gap_wait = tonumber(last[2]) + math.floor(60000 / limit) - now
+    if gap_wait > 0 then return {'full', 'rate', gap_wait} end
+    room = math.min(room, 1)
+  end
+  local burst_max = -1
+  if burst_factor > 1 then burst_max = math.max(1, math.floor(limit * burst_factor * burst_nominal_ms / 60000)) end
+  if now < tonumber(redis.call('HGET', up, 'burst_until') or '0') then
+    local learned = tonumber(redis.call('HGET', up, 'burst_cap') or '-1')
+    if learned > 0 and (burst_max < 0 or learned < burst_max) then burst_max = learned end
+  end
+  if burst_max > 0 then
+    local in_burst = redis.call('ZCOUNT', rate, now - burst_window_ms, '+inf')
+    if in_burst >= burst_max then
+      local rows = redis.call('ZRANGEBYSCORE', rate, now - burst_window_ms, '+inf', 'WITHSCORES', 'LIMIT', in_burst - burst_max, 1)
+      return {'full', 'rate', tonumber(rows[2]) + burst_window_ms - now}
+    end
+    room = math.min(room, burst_max - in_burst)
+  end
+  local reset_at = tonumber(redis.call('HGET', up, 'reset_at') or '0')
+  local remaining = tonumber(redis.call('HGET', up, 'remaining') or '-1')
+  local fresh = remaining >= 0 and now < reset_at
+  if fresh then
+    if remaining <= 0 then return {'full', 'rate', reset_at - now} end
+    room = math.min(room, remaining)
+  end
+  if kind == 'canary' or kind == 'probe' then room = 1 end
+  return {'room', room, kind, est, fresh, bulk_in_window < bulk_floor}
 end
 
 -- the waiting line: arrival order, live lane first; a waiter not seen for 5 s has gone
-local line, seen = KEYS[18], KEYS[19]
+local line, seen = KEYS[11], KEYS[12]
 for _, gone in ipairs(redis.call('ZRANGEBYSCORE', seen, '-inf', now - 5000)) do
   redis.call('ZREM', line, gone)
   redis.call('ZREM', seen, gone)
@@ -107,102 +178,64 @@ local function wait_in_line(reason, wait_ms)
   redis.call('PEXPIRE', line, 60000)
   redis.call('PEXPIRE', seen, 60000)
   if lane == 'live' then
-    redis.call('ZADD', KEYS[15], now + math.min(wait_ms, 3000) + 1000, job_id)
-    redis.call('PEXPIRE', KEYS[15], 10000)
+    redis.call('ZADD', KEYS[10], now + math.min(wait_ms, 3000) + 1000, job_id)
+    redis.call('PEXPIRE', KEYS[10], 10000)
   end
   return {0, reason, math.max(1, math.floor(wait_ms))}
 end
 
--- 6. room now: the global in-flight cap (leases expire: a crashed worker's slot comes back)
-redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now)
-local inflight = redis.call('ZCARD', KEYS[4])
-if inflight >= max_inflight then
-  local first = redis.call('ZRANGE', KEYS[4], 0, 0, 'WITHSCORES')
-  return wait_in_line('concurrency', math.min(poll_ms, tonumber(first[2]) - now))
-end
-local room = max_inflight - inflight
-
--- 7. ... and the rate: the rolling window, a burst cap if set or learned, the upstream's count
-redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', now - window_ms)
-local ease_until = tonumber(redis.call('HGET', KEYS[3], 'ease_until') or '0')
-if now < ease_until then limit = math.max(1, math.floor(limit / 2)) end
-local in_window = redis.call('ZCARD', KEYS[5])
-if in_window >= limit then
-  local oldest = redis.call('ZRANGE', KEYS[5], in_window - limit, in_window - limit, 'WITHSCORES')
-  local wait = tonumber(oldest[2]) + window_ms - now
-  -- `auto` and the upstream has not said its limit yet: the first answer will (it wakes us)
-  if limit_unknown then return wait_in_line('queued', math.min(wait, poll_ms)) end
-  return wait_in_line('rate', wait)
-end
-room = math.min(room, limit - in_window)
-if burst_factor > 0 and burst_factor <= 1 and in_window > 0 then
-  -- even pacing: one call every 60/limit s, fleet-wide
-  local last = redis.call('ZRANGE', KEYS[5], -1, -1, 'WITHSCORES')
-  local gap_wait = tonumber(last[2]) + math.floor(60000 / limit) - now
-  if gap_wait > 0 then return wait_in_line('rate', gap_wait) end
-  room = 1
-end
-if lane == 'bulk' and burst_factor == 0 then
-  -- a backfill is paced evenly (60/limit s apart) so a live job always finds the next slot
-  redis.call('ZREMRANGEBYSCORE', KEYS[16], '-inf', now - window_ms)
-  local last = redis.call('ZRANGE', KEYS[16], -1, -1, 'WITHSCORES')
-  if last[2] then
-    local gap_wait = tonumber(last[2]) + math.floor(60000 / limit) - now
-    if gap_wait > 0 then return wait_in_line('rate', gap_wait) end
+local chosen, choice, total_room = nil, nil, 0
+local full, closed = nil, nil
+for i = 1, n do
+  local r = assess(i)
+  if r[1] == 'room' then
+    total_room = total_room + r[2]
+    if not chosen then chosen, choice = i, r end
+  elseif r[1] == 'full' then
+    if not full or r[3] < full[3] then full = r end
+  elseif not closed or r[3] < closed[3] then
+    closed = r
   end
-  room = math.min(room, 1)
 end
-local burst_max = -1
-if burst_factor > 1 then burst_max = math.max(1, math.floor(limit * burst_factor * burst_nominal_ms / 60000)) end
-if now < tonumber(redis.call('HGET', up, 'burst_until') or '0') then
-  local learned = tonumber(redis.call('HGET', up, 'burst_cap') or '-1')
-  if learned > 0 and (burst_max < 0 or learned < burst_max) then burst_max = learned end
-end
-if burst_max > 0 then
-  local in_burst = redis.call('ZCOUNT', KEYS[5], now - burst_window_ms, '+inf')
-  if in_burst >= burst_max then
-    local rows = redis.call('ZRANGEBYSCORE', KEYS[5], now - burst_window_ms, '+inf', 'WITHSCORES', 'LIMIT', in_burst - burst_max, 1)
-    return wait_in_line('rate', tonumber(rows[2]) + burst_window_ms - now)
-  end
-  room = math.min(room, burst_max - in_burst)
-end
-local reset_at = tonumber(redis.call('HGET', up, 'reset_at') or '0')
-local remaining = tonumber(redis.call('HGET', up, 'remaining') or '-1')
-local fresh = remaining >= 0 and now < reset_at
-if fresh then
-  if remaining <= 0 then return wait_in_line('rate', reset_at - now) end
-  room = math.min(room, remaining)
+if not chosen then
+  if full then return wait_in_line(full[2], full[3]) end
+  return {0, closed[2], math.max(1, math.floor(closed[3]))}
 end
 
--- 8. first come, first served: only as many of the line's head as there is room for
+-- 9. first come, first served: only as many of the line's head as there is room for
 local rank_score = my_score
-if lane == 'bulk' and rank_score >= 1e13 then
-  -- under its floor, a bulk call competes in arrival order with live ones
-  redis.call('ZREMRANGEBYSCORE', KEYS[16], '-inf', now - window_ms)
-  if redis.call('ZCARD', KEYS[16]) < bulk_floor then rank_score = rank_score - 1e13 end
-end
+-- under its floor, a bulk call competes in arrival order with live ones
+if lane == 'bulk' and rank_score >= 1e13 and choice[6] then rank_score = rank_score - 1e13 end
 local ahead = redis.call('ZCOUNT', line, '-inf', '(' .. rank_score)
-if ahead >= room then return wait_in_line('queued', poll_ms) end
+if ahead >= total_room then return wait_in_line('queued', poll_ms) end
 redis.call('ZREM', line, job_id)
 redis.call('ZREM', seen, job_id)
-if fresh then redis.call('HINCRBY', up, 'remaining', -1) end
 
--- admitted: take the slot, the rate token and the budget reservation together
-redis.call('ZADD', KEYS[4], now + lease_ms, token)
-redis.call('ZADD', KEYS[5], now, token)
-redis.call('PEXPIRE', KEYS[5], window_ms + 1000)
+-- admitted on key `chosen`: take the slot, the rate token and the budget reservation together
+local k, a = 12 + 10 * (chosen - 1), 15 + 6 * (chosen - 1)
+local name, kind, est, fresh = ARGV[a + 1], choice[3], choice[4], choice[5]
+local slot = name .. '/' .. token
+if kind == 'canary' then redis.call('SET', KEYS[k + 6], slot, 'PX', canary_ms) end
+if kind == 'probe' then
+  redis.call('HSET', KEYS[k + 3], 'state', 'half_open', 'probe', slot, 'probe_until', now + lease_ms)
+end
+if fresh then redis.call('HINCRBY', KEYS[k + 7], 'remaining', -1) end
+redis.call('ZADD', KEYS[k + 4], now + lease_ms, slot)
+redis.call('ZADD', KEYS[k + 5], now, slot)
+redis.call('PEXPIRE', KEYS[k + 5], window_ms + 1000)
 if lane == 'live' then
-  redis.call('ZREM', KEYS[15], job_id)
+  redis.call('ZREM', KEYS[10], job_id)
 else
-  redis.call('ZADD', KEYS[16], now, token)
-  redis.call('PEXPIRE', KEYS[16], window_ms + 1000)
+  redis.call('ZADD', KEYS[k + 8], now, slot)
+  redis.call('PEXPIRE', KEYS[k + 8], window_ms + 1000)
 end
 if est > 0 then
   -- the reservation names the counters it was added to, so it settles the right day and batch
-  redis.call('HSET', KEYS[7], token, est .. '|' .. KEYS[12] .. '|' .. KEYS[13] .. '|' .. job_id)
-  redis.call('INCRBY', KEYS[11], est)
-  redis.call('INCRBY', KEYS[12], est)
-  redis.call('INCRBY', KEYS[13], est)
-  redis.call('PEXPIRE', KEYS[12], 172800000)
+  redis.call('HSET', KEYS[2], slot, est .. '|' .. KEYS[7] .. '|' .. KEYS[8] .. '|' .. job_id)
+  redis.call('INCRBY', KEYS[6], est)
+  redis.call('INCRBY', KEYS[7], est)
+  redis.call('INCRBY', KEYS[8], est)
+  redis.call('INCRBY', KEYS[k + 10], est)
+  redis.call('PEXPIRE', KEYS[7], 172800000)
 end
-return {1, kind}
+return {1, kind, name}

@@ -38,11 +38,11 @@ local possible = tonumber(redis.call('HGET', KEYS[2], 'possible') or '0')
 local replayed = ARGV[8] == '1' or redis.call('HGET', KEYS[2], 'replayed') == '1'
 if replayed and possible > 0 then
   -- the earlier, unknown call and this answer are one billed call
-  add_spend(job_id, -possible, 'possible_micros', now)
+  add_spend(job_id, -possible, 'possible_micros', now, slot)
   redis.call('HSET', KEYS[2], 'possible', 0)
 end
 redis.call('HDEL', KEYS[2], 'replayed')
-add_spend(job_id, cost, 'cost_micros', now)
+add_spend(job_id, cost, 'cost_micros', now, slot)
 redis.call('HINCRBY', KEYS[1], 'billed_calls', 1)
 redis.call('HSET', KEYS[2], 'state', 'answered')
 return outcome

@@ -1,6 +1,7 @@
 -- call_begin: journal an upstream call before the request leaves. The idempotency key is
 -- `<job id>:<n>`; a call whose outcome is unknown is asked again under the same key, so an
--- upstream that honours `Idempotency-Key` answers it without billing twice.
+-- upstream that honours `Idempotency-Key` answers it without billing twice (on the same
+-- upstream key: admission prefers the key of an unknown call).
 -- KEYS: 1 ledger, 2 call journal
 -- ARGV: 1 prefix, 2 job id, 3 run token, 4 slot token (from admission), 5 estimated micros
 -- Returns {'ok', call number, idempotency key} | {'fenced'}.
@@ -21,7 +22,10 @@ if prev == 'sent' then
 end
 local n = redis.call('HINCRBY', KEYS[1], 'calls', 1)
 local idem = redis.call('HGET', KEYS[2], 'idem')
-if prev ~= 'unknown' or not idem then idem = job_id .. ':' .. n end
+-- an unknown call is asked again under its key only on the same upstream key (another
+-- account would bill it regardless)
+local same_key = slot_upstream(redis.call('HGET', KEYS[2], 'token')) == slot_upstream(slot)
+if prev ~= 'unknown' or not idem or not same_key then idem = job_id .. ':' .. n end
 redis.call('HSET', KEYS[2], 'n', n, 'idem', idem, 'token', slot, 'state', 'sent',
   'est', ARGV[5], 'sent_at', now)
 if prev ~= 'unknown' then redis.call('HSET', KEYS[2], 'possible', 0) end

@@ -3,8 +3,8 @@
 -- whose arq in-progress key outlived any run by more than the grace has the key cleared.
 -- Also returns budget reservations no call holds any more (admitted, then the worker died
 -- before its call was journaled).
--- KEYS: 1 active (zset), 2 run leases, 3 live queue, 4 bulk queue, 5 reservations (hash),
---       6 in-flight slots (zset)
+-- KEYS: 1 active (zset), 2 run leases, 3 live queue, 4 bulk queue, 5 reservations (hash)
+--       (a slot's in-flight set is its upstream key's, found from the slot token)
 -- ARGV: 1 prefix, 2 stale ms, 3 max jobs per call, 4 arq function, 5 arq job prefix,
 --       6 arq in-progress prefix, 7 in-progress grace ms, 8 arq in-progress ttl ms
 -- Returns {healed job ids, reservations returned}.
@@ -38,7 +38,8 @@ local returned = 0
 local res = redis.call('HGETALL', KEYS[5])
 for i = 1, #res, 2 do
   local slot, v = res[i], res[i + 1]
-  if not redis.call('ZSCORE', KEYS[6], slot) then
+  local up = slot_upstream(slot)
+  if not (up and redis.call('ZSCORE', k_up(up, 'inflight'), slot)) then
     local job_id = string.match(v, '|([^|]*)$') or ''
     local journal = k_call(job_id)
     local js = redis.call('HGET', journal, 'state')
