@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote_plus
 
@@ -338,7 +339,7 @@ def test_backfill_dry_run_cli_prints_count_and_cost(
 # -- recursion guard: a real SeaweedFS filer event loop ---------------------------------------
 
 
-async def test_output_written_to_the_watched_bucket_does_not_loop(tmp_path: Any) -> None:
+async def test_output_written_to_the_watched_bucket_does_not_loop(tmp_path: Path) -> None:
     port = free_port()
     target = WebhookTarget(f"http://127.0.0.1:{port}/events", TOKEN)
     with LocalStack(webhook=target) as stack:
