@@ -4,7 +4,7 @@ PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed-$(shell cat pyproject.toml requirements.lock | sha1sum | cut -c1-12)
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install system-deps run test lint fmt bench chaos stack clean
+.PHONY: install system-deps run test test-unit lint fmt bench chaos stack clean
 
 $(STAMP): pyproject.toml requirements.lock
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -29,9 +29,14 @@ install: $(STAMP) system-deps
 run: install
 	$(VENV)/bin/upscale run
 
-## The test suite (starts its own Redis, S3 and simulator on free ports).
+## The test suite: tests/unit (no services but a redis-server of its own) and tests/integration
+## (starts its own Redis, S3 and simulator on free ports).
 test: install
 	$(PY) -m pytest -q -p no:cacheprovider
+
+## The unit tests only: pure logic, the ledger on a redis-server of its own; no S3, no simulator.
+test-unit: install
+	$(PY) -m pytest -q -p no:cacheprovider tests/unit
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -1,5 +1,6 @@
 """Real faults against real processes, at default settings, judged by the simulator's bill and
-by S3 (never by the project's own word). Shared by `tests/test_faults.py` and `make chaos`.
+by S3 (never by the project's own word). Shared by `tests/integration/test_faults.py` and
+`make chaos`.
 
 A scenario: N distinct images, P `upscale worker` processes kept at P by a supervisor (a
 killed one is replaced, as systemd or Kubernetes would), one fault, then wait until every job

@@ -72,7 +72,7 @@ async def main_async() -> None:
             procs.stop()
             await redis.aclose()
         log = [c for c in sim_stats(stack)["log"] if c["path"] == CALL]
-    first_call = {}
+    first_call: dict[str, float] = {}
     for c in sorted(log, key=lambda c: c["t"]):
         first_call.setdefault(c["tag"], c["t"])
     waits = sorted(first_call[tag] - t0 for tag, t0 in enqueued.items() if tag in first_call)

@@ -8,18 +8,18 @@ import asyncio
 import pytest
 from redis.asyncio import Redis
 
-from worker.contract import JobSpec, S3Object
+from worker.contract import JobSpec, Lane, S3Object
 from worker.keys import QUEUES, Keys
 from worker.ledger import Fenced, Ledger, PaidOutput, PaidResult
 
 PRICE = 60_000  # micro-USD
 
 
-def _spec(n: int = 1, lane: str = "live") -> JobSpec:
+def _spec(n: int = 1, lane: Lane = "live") -> JobSpec:
     return JobSpec(
         source=S3Object.parse(f"s3://photos/img{n}.png"),
         dest=S3Object.parse(f"s3://photos-upscaled/img{n}@2x.png"),
-        lane=lane,  # type: ignore[arg-type]
+        lane=lane,
     )
 
 
@@ -30,7 +30,7 @@ async def _enqueued(r: Redis, n: int = 1) -> tuple[Ledger, str]:
 
 
 async def _h(r: Redis, job_id: str, field: str) -> str | None:
-    v = await r.hget(Keys.job(job_id), field)  # type: ignore[misc]
+    v = await r.hget(Keys.job(job_id), field)  # type: ignore[misc]  # redis-py's async stubs
     return v.decode() if v else None
 
 
@@ -153,7 +153,7 @@ async def test_heal_requeues_a_job_nothing_would_run(r: Redis) -> None:
 async def test_heal_returns_a_reservation_no_call_holds(r: Redis) -> None:
     ledger, job = await _enqueued(r)
     value = f"{PRICE}|{Keys.budget_reserved_day('2026-11-25')}||{job}"
-    await r.hset(Keys.budget_reserved, "slot-x", value)  # type: ignore[misc]
+    await r.hset(Keys.budget_reserved, "slot-x", value)  # type: ignore[misc]  # redis-py's async stubs
     await r.incrby(Keys.budget_reserved_total, PRICE)
     await r.incrby(Keys.budget_reserved_day("2026-11-25"), PRICE)
     _, returned = await ledger.heal(stale_ms=0, in_progress_ttl_ms=610_000, grace_ms=30_000)

@@ -6,14 +6,13 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote_plus
 
 import boto3
 import httpx
 import pytest
-from aiohttp import web
 from click.testing import CliRunner
 from moto.server import ThreadedMotoServer
 from pydantic import SecretStr
@@ -26,50 +25,11 @@ from producers.cli import main as cli
 from producers.lambda_handler import handle
 from producers.sqs import DEAD_LETTERS, SqsConsumer
 from producers.webhook import create_app
-from tests.conftest import Buckets, drain, png, put
+from tests.integration.conftest import Buckets, drain, put
+from tests.support import TOKEN, png, s3_event, serving
 from worker.contract import BULK_QUEUE_NAME, QUEUE_NAME, S3Object, job_id_for
 from worker.settings import Settings
 from worker.storage import make_s3_client
-
-TOKEN = "test-token-0123456789"
-
-
-def s3_event(bucket: str, key: str, etag: str = "abc", name: str = "ObjectCreated:Put") -> str:
-    """An S3 -> SQS notification as AWS sends it (form-encoded key)."""
-    return json.dumps(
-        {
-            "Records": [
-                {
-                    "eventVersion": "2.1",
-                    "eventSource": "aws:s3",
-                    "eventName": name,
-                    "eventTime": "2026-11-24T10:00:00.000Z",
-                    "s3": {
-                        "bucket": {"name": bucket, "arn": f"arn:aws:s3:::{bucket}"},
-                        "object": {
-                            "key": quote_plus(key),
-                            "size": 100,
-                            "eTag": etag,
-                            "sequencer": "0065A1B2C3D4E5F6",
-                        },
-                    },
-                }
-            ]
-        }
-    )
-
-
-@asynccontextmanager
-async def serving(app: web.Application, port: int = 0) -> AsyncIterator[str]:
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", port)
-    await site.start()
-    bound = runner.addresses[0][1]
-    try:
-        yield f"http://127.0.0.1:{bound}"
-    finally:
-        await runner.cleanup()
 
 
 @pytest.fixture
@@ -210,10 +170,10 @@ async def test_sqs_consumer_enqueues_deletes_and_dead_letters(
     stats = await consumer.run(until_empty=True)
     assert (stats.messages, stats.enqueued, stats.dead_lettered) == (4, 2, 1)
     assert _visible(sqs, url) == 0  # everything handled was deleted
-    (dead,) = await producer.redis.lrange(DEAD_LETTERS, 0, -1)  # type: ignore[misc]
+    (dead,) = await producer.redis.lrange(DEAD_LETTERS, 0, -1)  # type: ignore[misc]  # redis-py's async stubs
     entry = json.loads(dead)
     assert "not JSON" in entry["reason"] and entry["body"] == "this is not json"
-    keys = {(await producer.status(j)).source for j in await _all_jobs(producer)}  # type: ignore[union-attr]
+    keys = {(await producer.status(j)).source for j in await _all_jobs(producer)}  # type: ignore[union-attr]  # the job exists
     assert keys == {f"s3://{buckets.src}/a+b.png", f"s3://{buckets.src}/b c.png"}
 
 
@@ -298,7 +258,7 @@ async def test_lambda_handler_sqs_and_batch_operations(
     by_task = {r["taskId"]: r for r in out["results"]}
     assert by_task["t1"]["resultCode"] == "Succeeded" and "created" in by_task["t1"]["resultString"]
     assert by_task["t2"]["resultCode"] == "Succeeded" and "skipped" in by_task["t2"]["resultString"]
-    sources = {(await producer.status(j)).source for j in await _all_jobs(producer)}  # type: ignore[union-attr]
+    sources = {(await producer.status(j)).source for j in await _all_jobs(producer)}  # type: ignore[union-attr]  # the job exists
     assert sources == {f"s3://{buckets.src}/l 1.png", f"s3://{buckets.src}/dir/photo 2.png"}
 
 
@@ -340,7 +300,7 @@ async def test_backfill_resumes_from_checkpoint(
     assert stats.enqueued == 15 and stats.duplicates == 0
     assert stats.skipped == {"filtered": 1, "size": 1}
     assert await producer.redis.zcard(BULK_QUEUE_NAME) == 25
-    ck = await producer.redis.hgetall(checkpoint_key("bf"))  # type: ignore[misc]
+    ck = await producer.redis.hgetall(checkpoint_key("bf"))  # type: ignore[misc]  # redis-py's async stubs
     assert ck[b"done"] == b"1"
     summary = await producer.ledger.batch_summary("bf")
     assert summary["total"] == 25
@@ -379,7 +339,7 @@ def test_backfill_dry_run_cli_prints_count_and_cost(
 # -- recursion guard: a real SeaweedFS filer event loop ---------------------------------------
 
 
-async def test_output_written_to_the_watched_bucket_does_not_loop(tmp_path: Any) -> None:
+async def test_output_written_to_the_watched_bucket_does_not_loop(tmp_path: Path) -> None:
     port = free_port()
     target = WebhookTarget(f"http://127.0.0.1:{port}/events", TOKEN)
     with LocalStack(webhook=target) as stack:
@@ -431,7 +391,7 @@ async def _wait_for_job(redis: Redis) -> str:
 async def _wait_for_intake(redis: Redis, field: str) -> int:
     async with asyncio.timeout(20):
         while True:
-            v = await redis.hget("uq:intake", field)  # type: ignore[misc]
+            v = await redis.hget("uq:intake", field)  # type: ignore[misc]  # redis-py's async stubs
             if v:
                 return int(v)
             await asyncio.sleep(0.05)

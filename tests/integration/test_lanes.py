@@ -7,7 +7,8 @@ import json
 
 from infra.stack import LocalStack
 from producers.api import Producer
-from tests.conftest import FAST, Buckets, Sim, WorkerProcs, png, put, wait_state
+from tests.integration.conftest import FAST, Buckets, Sim, WorkerProcs, put, wait_state
+from tests.support import png
 from worker.contract import BULK_QUEUE_NAME, QUEUE_NAME
 
 

@@ -10,7 +10,8 @@ import pytest
 
 from infra.stack import LocalStack
 from producers.api import Producer
-from tests.conftest import FAST, Buckets, Sim, WorkerProcs, png, put, wait_state
+from tests.integration.conftest import FAST, Buckets, Sim, WorkerProcs, put, wait_state
+from tests.support import png
 from worker.keys import Keys
 
 pytestmark = pytest.mark.slow
@@ -80,7 +81,7 @@ async def test_402_pauses_every_process_and_canary_resumes(
     first_402 = min(c["t_end"] for c in stats["log"] if c["status"] == 402)
     after = [c for c in stats["log"] if c["t"] > first_402 and c["path"].startswith("/v1/")]
     assert len(after) <= 1
-    states = {(await producer.status(j)).state for j in ids}  # type: ignore[union-attr]
+    states = {(await producer.status(j)).state for j in ids}  # type: ignore[union-attr]  # the job exists
     assert "failed" not in states
     for j in ids:
         rec = await producer.status(j)

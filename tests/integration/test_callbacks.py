@@ -13,8 +13,8 @@ from pydantic import SecretStr
 
 from infra.stack import LocalStack
 from producers.api import Producer
-from tests.conftest import Buckets, drain, png, put
-from tests.test_producers import serving
+from tests.integration.conftest import Buckets, drain, put
+from tests.support import png, serving
 from worker.callbacks import verify
 from worker.settings import Settings
 
@@ -80,8 +80,10 @@ async def test_job_callback_is_signed_retried_and_recorded(
     doc = json.loads(body)
     assert doc["type"] == "job" and doc["job"]["job_id"] == job_id
     assert doc["job"]["state"] == "succeeded" and doc["job"]["cost_usd"] == pytest.approx(0.06)
-    rec = await producer.status(job_id)
-    assert rec is not None and rec.callback_state == "delivered" and rec.callback_attempts == 2
+    after = await producer.status(job_id)
+    assert (
+        after is not None and after.callback_state == "delivered" and after.callback_attempts == 2
+    )
 
 
 async def test_callback_host_not_allowed_is_refused(

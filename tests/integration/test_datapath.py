@@ -13,7 +13,8 @@ from PIL import Image
 
 from infra.stack import LocalStack
 from producers.api import Producer
-from tests.conftest import FAST, Buckets, Sim, WorkerProcs, drain, png, put, wait_state
+from tests.integration.conftest import FAST, Buckets, Sim, WorkerProcs, drain, put, wait_state
+from tests.support import png
 from worker.contract import STAGING_PREFIX, Keys
 from worker.settings import Settings
 
@@ -95,7 +96,7 @@ async def test_oversize_input_is_reencoded_or_fails_when_switched_off(
     await drain(settings.model_copy(update=small))
     rec = await wait_state(producer, job_id, "succeeded", "failed")
     assert rec.state == "succeeded", rec.error
-    note = await producer.redis.hget(Keys.job(job_id), "input_note")  # type: ignore[misc]
+    note = await producer.redis.hget(Keys.job(job_id), "input_note")  # type: ignore[misc]  # redis-py's async stubs
     assert note and b"re-encoded as JPEG" in note
     assert sim.stats()["billed_calls"] == 1
 

@@ -22,7 +22,7 @@ from worker.contract import STAGING_PREFIX
 from worker.metrics import fleet_metrics
 from worker.settings import Settings
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 KUBECTL = shutil.which("kubectl")
 TERRAFORM = shutil.which("terraform")
 LOCK = ROOT / "requirements.lock"
@@ -223,7 +223,7 @@ def test_images_are_pinned_never_latest(rendered: list[dict[str, Any]]) -> None:
 
 def test_service_accounts_carry_the_irsa_roles(rendered: list[dict[str, Any]]) -> None:
     accounts = {d["metadata"]["name"]: d for d in rendered if d["kind"] == "ServiceAccount"}
-    role = {
+    role: dict[str, str | None] = {
         name: (sa["metadata"].get("annotations") or {}).get(IRSA) for name, sa in accounts.items()
     }
     expected = {  # workload -> (service account, IAM role it assumes or None)
@@ -239,9 +239,9 @@ def test_service_accounts_carry_the_irsa_roles(rendered: list[dict[str, Any]]) -
         if arn is None:
             assert role[sa] is None
         else:
-            assert role[sa] is not None and role[sa].endswith(arn)
-    for sa in accounts.values():
-        assert sa["automountServiceAccountToken"] is False
+            assert (assumed := role[sa]) is not None and assumed.endswith(arn)
+    for account in accounts.values():
+        assert account["automountServiceAccountToken"] is False
 
 
 def test_worker_drains_on_rollout_and_is_probed(rendered: list[dict[str, Any]]) -> None:

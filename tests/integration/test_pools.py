@@ -6,7 +6,8 @@ import asyncio
 
 from infra.stack import LocalStack
 from producers.api import Producer
-from tests.conftest import FAST, Buckets, Sim, WorkerProcs, png, put, wait_state
+from tests.integration.conftest import FAST, Buckets, Sim, WorkerProcs, put, wait_state
+from tests.support import png
 
 POOL = [
     {"name": "key-a", "api_key_env": "SIM_KEY_A", "rpm": 20},

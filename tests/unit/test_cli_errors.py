@@ -2,33 +2,25 @@
 gateway, prints one line naming the variable (or service) and exits non-zero within 5 s.
 
 Most tests run `upscale` as a real process (a clean environment, a temp working directory)
-against closed ports or the real local stack.
+against closed ports: no service is needed. The checks against the real local stack (S3, gateway,
+not found, `.env`, dashboard and webhook errors) are `tests/integration/test_cli_errors.py`.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
-import redis as redis_sync
-import structlog
-from pydantic import SecretStr
-from redis.asyncio import Redis
 
-from infra.stack import LocalStack, free_port
-from producers.api import Producer
+from infra.stack import free_port
 from producers.events import parse_notification
-from tests.conftest import Buckets, Sim
-from tests.test_producers import TOKEN, s3_event, serving
+from tests.support import s3_event
 from worker.settings import Settings, env_var
 
 FAST_S = 5.0
@@ -85,28 +77,6 @@ def assert_one_line(r: Run, *needles: str) -> str:
         assert n in line, (n, line)
     assert r.elapsed < FAST_S, r
     return line
-
-
-@pytest.fixture
-def fresh_redis(stack: LocalStack) -> None:
-    r = redis_sync.Redis.from_url(stack.redis_url)
-    r.flushdb()
-    r.close()
-
-
-@pytest.fixture
-def closed_port() -> int:
-    return free_port()
-
-
-@pytest.fixture
-def silent_port() -> Iterator[int]:
-    """A port that accepts connections and never answers (a hung service)."""
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    s.listen(16)
-    yield s.getsockname()[1]
-    s.close()
 
 
 def unreachable_env(port: int, **extra: str) -> dict[str, str]:
@@ -233,111 +203,7 @@ def test_secret_values_are_not_echoed(tmp_path: Path) -> None:
     assert "hunter2" not in line
 
 
-# -- S3 ---------------------------------------------------------------------------------------
-def _stack_env(stack: LocalStack, **extra: str) -> dict[str, str]:
-    return clean_env(**{**stack.env(), **extra})
-
-
-def test_backfill_without_s3_credentials(stack: LocalStack, tmp_path: Path) -> None:
-    env = _stack_env(stack)
-    del env["UPSCALE_S3_ACCESS_KEY_ID"], env["UPSCALE_S3_SECRET_ACCESS_KEY"]
-    r = upscale("backfill", "s3://photos/", env=env, cwd=tmp_path)
-    assert_one_line(r, "UPSCALE_S3_ACCESS_KEY_ID", "UPSCALE_S3_SECRET_ACCESS_KEY", "credentials")
-    assert r.rc == 78
-
-
-def test_backfill_missing_bucket(stack: LocalStack, tmp_path: Path) -> None:
-    r = upscale("backfill", "s3://no-such-bucket-here/", env=_stack_env(stack), cwd=tmp_path)
-    assert_one_line(r, "no-such-bucket-here", "does not exist")
-    assert r.rc == 1
-
-
-def test_backfill_unreachable_s3(stack: LocalStack, closed_port: int, tmp_path: Path) -> None:
-    env = _stack_env(stack, UPSCALE_S3_ENDPOINT_URL=f"http://127.0.0.1:{closed_port}")
-    r = upscale("backfill", "s3://photos/", env=env, cwd=tmp_path)
-    assert_one_line(r, "UPSCALE_S3_ENDPOINT_URL", f"127.0.0.1:{closed_port}")
-    assert r.rc == 69
-
-
-# -- upscale health: gateway URL, key, model, never billed ---------------------------------------
-def test_health_passes_and_accepts_a_v1_base_url(
-    stack: LocalStack, sim: Sim, tmp_path: Path
-) -> None:
-    for url in (stack.simulator_url, stack.simulator_url + "/v1", stack.simulator_url + "/v1/"):
-        r = upscale(
-            "health", "--json", env=_stack_env(stack, UPSCALE_GATEWAY_URL=url), cwd=tmp_path
-        )
-        assert r.rc == 0, r
-        assert all(c["ok"] for c in json.loads(r.out).values())
-    assert sim.stats()["billed_calls"] == 0
-
-
-@pytest.mark.parametrize(
-    ("override", "needles"),
-    [
-        ({"UPSCALE_GATEWAY_URL": "closed"}, ["UPSCALE_GATEWAY_URL", "cannot reach the gateway"]),
-        ({"UPSCALE_GATEWAY_URL": "silent"}, ["UPSCALE_GATEWAY_URL", "no answer in time"]),
-        ({"UPSCALE_GATEWAY_URL": "sim/api"}, ["UPSCALE_GATEWAY_URL", "404"]),
-        ({"UPSCALE_API_KEY": "wrong-key"}, ["UPSCALE_API_KEY", "key invalid"]),
-        ({"UPSCALE_MODEL": "ideogram/no-such-model"}, ["UPSCALE_MODEL", "not offered"]),
-    ],
-)
-def test_health_fails_for_a_wrong_gateway(
-    override: dict[str, str],
-    needles: list[str],
-    stack: LocalStack,
-    sim: Sim,
-    closed_port: int,
-    silent_port: int,
-    tmp_path: Path,
-) -> None:
-    url = override.get("UPSCALE_GATEWAY_URL", "")
-    urls = {
-        "closed": f"http://127.0.0.1:{closed_port}",
-        "silent": f"http://127.0.0.1:{silent_port}",
-        "sim/api": stack.simulator_url + "/api",
-    }
-    env = _stack_env(stack, **{**override, **({"UPSCALE_GATEWAY_URL": urls[url]} if url else {})})
-    r = upscale("health", env=env, cwd=tmp_path)
-    assert r.rc == 1
-    assert_one_line(r, "unhealthy", "upstream:", *needles)
-    assert "FAIL upstream" in r.out and "ok   redis" in r.out
-    assert sim.stats()["billed_calls"] == 0
-
-
-def test_health_without_s3_credentials(stack: LocalStack, tmp_path: Path) -> None:
-    env = _stack_env(stack)
-    del env["UPSCALE_S3_ACCESS_KEY_ID"], env["UPSCALE_S3_SECRET_ACCESS_KEY"]
-    r = upscale("health", env=env, cwd=tmp_path)
-    assert_one_line(r, "s3:", "UPSCALE_S3_ACCESS_KEY_ID")
-
-
-# -- not found, already paused, --json everywhere -----------------------------------------------
-def test_not_found_exit_non_zero_and_pause_twice(
-    stack: LocalStack, fresh_redis: None, tmp_path: Path
-) -> None:
-    env = _stack_env(stack)
-    r = upscale("retry", "uq-nope", env=env, cwd=tmp_path)
-    assert_one_line(r, "no such job: uq-nope")
-    assert r.rc == 1
-    r = upscale("retry", "uq-nope", "--json", env=env, cwd=tmp_path)
-    assert r.rc == 1 and json.loads(r.out) == [{"job_id": "uq-nope", "outcome": None}]
-    assert json.loads(r.err)["error"] == "no such job: uq-nope"
-    r = upscale("status", "--batch", "nope", env=env, cwd=tmp_path)
-    assert_one_line(r, "no such batch: nope")
-    r = upscale("status", "uq-nope", "--json", env=env, cwd=tmp_path)
-    assert r.rc == 1 and json.loads(r.err)["error"] == "no such job: uq-nope"
-
-    first = upscale("pause", "--json", env=env, cwd=tmp_path)
-    assert first.rc == 0 and json.loads(first.out)["already"] is False
-    again = upscale("pause", env=env, cwd=tmp_path)
-    assert again.rc == 0 and "already paused" in again.out
-    r = upscale("resume", "--json", env=env, cwd=tmp_path)
-    assert r.rc == 0 and json.loads(r.out)["resumed"] is True
-    r = upscale("resume", "--json", env=env, cwd=tmp_path)
-    assert json.loads(r.out)["resumed"] is False
-
-
+# -- --json everywhere -----------------------------------------------------------------------
 def test_every_command_takes_json(tmp_path: Path) -> None:
     from producers.cli import main
 
@@ -348,14 +214,6 @@ def test_every_command_takes_json(tmp_path: Path) -> None:
 
 
 # -- .env and the AWS region ------------------------------------------------------------------
-def test_dotenv_is_honoured(stack: LocalStack, fresh_redis: None, tmp_path: Path) -> None:
-    lines = [f"{k}='{v}'" for k, v in stack.env().items()]
-    (tmp_path / ".env").write_text("\n".join(lines) + "\n")
-    r = upscale("status", "--json", env=clean_env(), cwd=tmp_path)
-    assert r.rc == 0, r
-    assert "queue_depth" in json.loads(r.out)
-
-
 def test_region_comes_from_boto3_unless_set(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
@@ -395,59 +253,7 @@ def test_settings_helpers(monkeypatch: pytest.MonkeyPatch) -> None:
     assert Settings(gateway_url="https://gw/api/v1").gateway_url == "https://gw/api"
 
 
-# -- dashboard, webhook, event batches ----------------------------------------------------------
-async def test_dashboard_bad_limit_is_400_and_errors_keep_the_traceback(
-    producer: Producer, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from producers.dashboard import create_app
-
-    async with serving(create_app(producer)) as url, httpx.AsyncClient(base_url=url) as c:
-        for bad in ("abc", "0", "-1", "100000"):
-            r = await c.get("/api/failures", params={"limit": bad})
-            assert r.status_code == 400 and "limit" in r.json()["error"], bad
-        assert (await c.get("/api/failures", params={"limit": "5"})).status_code == 200
-
-        async def broken() -> None:
-            raise RuntimeError("kaboom")
-
-        monkeypatch.setattr(producer, "fleet_status", broken)
-        with structlog.testing.capture_logs() as logs:
-            r = await c.get("/api/status")
-        assert r.status_code == 500 and r.json() == {"error": "internal error (logged)"}
-        (entry,) = [e for e in logs if e["event"] == "request failed"]
-        assert entry["exc_info"] is True and entry["path"] == "/api/status"
-
-
-async def test_webhook_type_errors_are_400_and_good_records_survive_bad_ones(
-    redis: Redis, settings: Settings, buckets: Buckets
-) -> None:
-    from producers.webhook import create_app
-
-    p = Producer(redis, settings.model_copy(update={"api_token": SecretStr(TOKEN)}))
-    headers = {"Authorization": f"Bearer {TOKEN}"}
-    async with (
-        serving(create_app(p)) as url,
-        httpx.AsyncClient(base_url=url, headers=headers) as c,
-    ):
-        for body in (
-            {"source": 123},
-            {"source": None},
-            {"jobs": [{"source": f"s3://{buckets.src}/a.png"}, {"source": ["x"]}]},
-            {"source": f"s3://{buckets.src}/a.png", "dest": 5},
-        ):
-            r = await c.post("/jobs", json=body)
-            assert r.status_code == 400 and "must be a string" in r.json()["error"], body
-        good = json.loads(s3_event(buckets.src, "good.png"))["Records"][0]
-        batch = {"Records": [good, {"eventName": "ObjectCreated:Put"}, "junk"]}
-        r = await c.post("/events", json=batch)
-        assert r.status_code == 200, r.text
-        out = r.json()
-        assert out["enqueued"] == 1 and len(out["rejected"]) == 2, out
-        assert "Records[1]" in out["rejected"][0]
-        r = await c.post("/events", json={"Records": ["junk"]})
-        assert r.status_code == 400  # nothing usable at all: still a malformed notification
-
-
+# -- event batches ---------------------------------------------------------------------------
 def test_parse_keeps_good_records_of_a_batch() -> None:
     good = json.loads(s3_event("photos", "a.png"))["Records"][0]
     parsed = parse_notification({"Records": [good, {"eventName": "x"}, good | {"s3": 1}]})

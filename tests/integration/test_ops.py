@@ -13,7 +13,8 @@ from pathlib import Path
 
 from infra.stack import LocalStack
 from producers.api import Producer
-from tests.conftest import FAST, Buckets, Sim, WorkerProcs, png, put, wait_state
+from tests.integration.conftest import FAST, Buckets, Sim, WorkerProcs, put, wait_state
+from tests.support import png
 from worker.contract import Keys
 
 
@@ -71,7 +72,7 @@ async def test_secrets_never_reach_logs_ledger_or_metadata(
     assert (await wait_state(producer, bad, "failed")).error
     logs = await asyncio.to_thread(Path(log_path).read_text, encoding="utf-8")
     assert '"job_id"' in logs and "upstream call failed" in logs  # it did log, as JSON
-    ledger = repr([await producer.redis.hgetall(Keys.job(j)) for j in (ok, bad)])
+    ledger = repr([await producer.redis.hgetall(Keys.job(j)) for j in (ok, bad)])  # type: ignore[misc]  # redis-py's async stubs
     s3 = stack.s3_client()
     meta = json.dumps(s3.head_object(Bucket=buckets.dest, Key="a@2x.png")["Metadata"])
     for where, text in (("logs", logs), ("ledger", ledger), ("S3 metadata", meta)):

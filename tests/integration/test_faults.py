@@ -15,8 +15,18 @@ import pytest
 
 from infra.stack import LocalStack, free_port
 from producers.api import Producer
-from tests.conftest import Buckets, Sim, WorkerProcs, drain, png, put, wait_state
-from tests.faults import Report, Run, in_flight, nothing, redis_restart, s3_down_20s, scenario
+from tests.faults import (
+    Fault,
+    Report,
+    Run,
+    in_flight,
+    nothing,
+    redis_restart,
+    s3_down_20s,
+    scenario,
+)
+from tests.integration.conftest import Buckets, Sim, WorkerProcs, drain, put, wait_state
+from tests.support import png
 from worker.keys import Keys
 from worker.settings import Settings
 from worker.storage import Storage
@@ -38,7 +48,7 @@ async def _run(
     buckets: Buckets,
     workers: WorkerProcs,
     name: str,
-    fault: Callable[[Run], object],
+    fault: Fault,
     *,
     jobs: int,
     procs: int = 2,
@@ -53,7 +63,7 @@ async def _run(
         start_worker=_starter(workers),
         jobs=jobs,
         procs=procs,
-        fault=fault,  # type: ignore[arg-type]
+        fault=fault,
         sim_config=sim_config,
         deadline_s=DEADLINE_S,
     )
@@ -153,7 +163,7 @@ async def test_an_outage_waits_and_never_pays_twice(
     buckets: Buckets,
     workers: WorkerProcs,
     name: str,
-    fault: Callable[[Run], object],
+    fault: Fault,
     latency: list[int],
 ) -> None:
     r = await _run(
@@ -209,7 +219,7 @@ async def test_an_unexpected_exception_is_an_attempt_not_a_loss(
         calls["n"] += 1
         if calls["n"] == 1:
             raise RuntimeError("something nobody expected")
-        return await real(self, *a, **kw)  # type: ignore[arg-type]
+        return await real(self, *a, **kw)  # type: ignore[arg-type]  # passes upload_stream's own arguments on
 
     monkeypatch.setattr(Storage, "upload_stream", flaky)
     put(stack, buckets.src, "x.png", png(20, 20))
@@ -251,7 +261,7 @@ async def test_sigterm_drain_never_reopens_picking_on_resume(
 async def _runs(producer: Producer, ids: list[str]) -> int:
     total = 0
     for j in ids:
-        total += int(await producer.redis.hget(Keys.job(j), "runs") or 0)  # type: ignore[misc]
+        total += int(await producer.redis.hget(Keys.job(j), "runs") or 0)  # type: ignore[misc]  # redis-py's async stubs
     return total
 
 

@@ -19,8 +19,8 @@ from infra.stack import LocalStack
 from producers.api import Producer
 from producers.cli import main as cli
 from producers.dashboard import create_app
-from tests.conftest import Buckets, Sim, drain, png, put, wait_state
-from tests.test_producers import serving
+from tests.integration.conftest import Buckets, Sim, drain, put, wait_state
+from tests.support import png, serving
 from worker.settings import Settings
 
 TOKEN = "dash-token-42"

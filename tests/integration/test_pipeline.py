@@ -11,13 +11,14 @@ from redis.asyncio import Redis
 
 from infra.stack import LocalStack
 from producers.api import Producer
-from tests.conftest import Buckets, Sim, drain, png, put, wait_state
+from tests.integration.conftest import Buckets, Sim, drain, put, wait_state
+from tests.support import png
 from worker.app import build_worker
 from worker.settings import Settings
 
 
 async def _enqueue(producer: Producer, buckets: Buckets, key: str, **kw: object) -> str:
-    r = await producer.enqueue(f"s3://{buckets.src}/{key}", batch="b1", **kw)  # type: ignore[arg-type]
+    r = await producer.enqueue(f"s3://{buckets.src}/{key}", batch="b1", **kw)
     assert r.outcome == "created"
     return r.job_id
 

@@ -1,0 +1,77 @@
+"""Helpers for unit and integration tests alike: generated images, S3 event bodies, a local
+aiohttp server. Nothing here starts or needs a service."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from urllib.parse import quote_plus
+
+from aiohttp import web
+from PIL import Image, ImageCms
+
+TOKEN = "test-token-0123456789"
+
+
+def png(
+    width: int = 64, height: int = 48, fmt: str = "PNG", color: tuple[int, int, int] = (200, 60, 30)
+) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (width, height), color).save(buf, fmt)
+    return buf.getvalue()
+
+
+def s3_event(bucket: str, key: str, etag: str = "abc", name: str = "ObjectCreated:Put") -> str:
+    """An S3 -> SQS notification as AWS sends it (form-encoded key)."""
+    return json.dumps(
+        {
+            "Records": [
+                {
+                    "eventVersion": "2.1",
+                    "eventSource": "aws:s3",
+                    "eventName": name,
+                    "eventTime": "2026-11-24T10:00:00.000Z",
+                    "s3": {
+                        "bucket": {"name": bucket, "arn": f"arn:aws:s3:::{bucket}"},
+                        "object": {
+                            "key": quote_plus(key),
+                            "size": 100,
+                            "eTag": etag,
+                            "sequencer": "0065A1B2C3D4E5F6",
+                        },
+                    },
+                }
+            ]
+        }
+    )
+
+
+@asynccontextmanager
+async def serving(app: web.Application, port: int = 0) -> AsyncIterator[str]:
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", port)
+    await site.start()
+    bound = runner.addresses[0][1]
+    try:
+        yield f"http://127.0.0.1:{bound}"
+    finally:
+        await runner.cleanup()
+
+
+# A camera-like JPEG (output format tests): EXIF tags and an sRGB ICC profile to keep or drop.
+SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+MAKE, ORIENTATION, EXIF_IFD, DATE_ORIGINAL = 0x010F, 0x0112, 0x8769, 0x9003
+
+
+def photo(w: int = 64, h: int = 48, fmt: str = "JPEG", orientation: int = 6) -> bytes:
+    """A camera-like source: EXIF (make, date, orientation) and an sRGB ICC profile."""
+    exif = Image.Exif()
+    exif[MAKE] = "UQCam"
+    exif[ORIENTATION] = orientation
+    exif.get_ifd(EXIF_IFD)[DATE_ORIGINAL] = "2024:05:06 07:08:09"
+    buf = io.BytesIO()
+    Image.new("RGB", (w, h), (180, 90, 40)).save(buf, fmt, exif=exif, icc_profile=SRGB)
+    return buf.getvalue()
