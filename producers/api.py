@@ -18,19 +18,22 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from worker.contract import (
+from worker.api import (
     QUEUES,
+    EnqueueResult,
+    Fleet,
+    JobRecord,
     JobSpec,
+    JobStore,
     Keys,
     Lane,
     S3Object,
+    Settings,
     UpscaleParams,
+    connect,
+    get_settings,
     render_destination,
 )
-from worker.flow import FlowControl
-from worker.ledger import EnqueueResult, JobRecord, Ledger
-from worker.redis_conn import connect
-from worker.settings import Settings, get_settings
 
 
 def build_spec(
@@ -84,11 +87,13 @@ def build_spec(
 
 
 class Producer:
+    """Enqueue, read and operate the fleet: everything the CLI, webhook and dashboard do."""
+
     def __init__(self, redis: Redis, settings: Settings | None = None) -> None:
         self.redis = redis
         self.settings = settings or get_settings()
-        self.ledger = Ledger(redis)
-        self.flow = FlowControl(redis, self.settings)
+        self.ledger = JobStore(redis)
+        self.flow = Fleet(redis, self.settings)
 
     @classmethod
     @asynccontextmanager
@@ -111,7 +116,7 @@ class Producer:
         self, specs: Iterable[JobSpec], *, requeue_failed: bool = False
     ) -> list[EnqueueResult]:
         """Bulk enqueue, pipelined (one round trip per 1,000 jobs), still deduplicated."""
-        return await self.ledger.enqueue(list(specs), requeue_failed=requeue_failed)
+        return await self.ledger.enqueue(specs, requeue_failed=requeue_failed)
 
     async def retry(self, job_id: str) -> EnqueueResult | None:
         """Re-enqueue a failed job from its ledger record (attempts reset)."""
@@ -155,17 +160,33 @@ class Producer:
 
     async def wait_for_batch(self, batch: str, timeout: float | None = None) -> dict[str, Any]:
         """Await a batch where every job is final (woken by the ledger's batch events)."""
-        async with self.redis.pubsub() as ps:
-            await ps.subscribe(Keys.batch_final_channel(batch))
-            async with asyncio.timeout(timeout):
-                while True:
-                    summary = await self.ledger.batch_summary(batch)
-                    final = sum(
-                        summary["states"].get(s, 0) for s in ("succeeded", "failed", "skipped")
-                    )
-                    if summary["total"] and final >= summary["total"]:
-                        return summary
-                    await ps.get_message(ignore_subscribe_messages=True, timeout=5.0)
+        return await self.ledger.wait_batch_final(batch, timeout)
+
+    async def batch_summary(self, batch: str) -> dict[str, Any]:
+        """A batch's total, jobs per state and spend (`total` 0: no such batch)."""
+        return await self.ledger.batch_summary(batch)
+
+    async def recent_batches(self) -> list[dict[str, Any]]:
+        return await self.ledger.recent_batches()
+
+    async def recent_failures(self, limit: int) -> list[JobRecord]:
+        return await self.ledger.recent_failures(limit)
+
+    async def spend(self) -> dict[str, Any]:
+        """Spend today and in total (`today_usd`, `total_usd`, `day`)."""
+        return await self.ledger.spend()
+
+    async def pause(self, detail: str) -> dict[str, Any] | None:
+        """Pause the fleet (an operator's pause) unless a pause is in force: that one is
+        returned (the snapshot's `pause`), and left as it is."""
+        current: dict[str, Any] | None = (await self.flow.snapshot()).get("pause")
+        if not current:
+            await self.flow.pause("manual", detail)
+        return current
+
+    async def resume(self) -> bool:
+        """Lift a pause. Returns whether one was in force."""
+        return await self.flow.resume()
 
     async def lanes(self) -> dict[str, dict[str, float]]:
         """Per lane: queue depth (incl. running and deferred), calls in the last minute, and the

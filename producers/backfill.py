@@ -19,16 +19,16 @@ from typing import Any
 from redis.asyncio import Redis
 
 from producers.api import build_spec
-from worker.contract import (
-    BULK_QUEUE_NAME,
+from worker.api import (
+    QUEUES,
     JobSpec,
+    JobStore,
     Keys,
     S3Object,
+    Settings,
     render_destination,
     usd_to_micros,
 )
-from worker.ledger import Ledger
-from worker.settings import Settings
 
 
 @dataclass
@@ -110,7 +110,7 @@ class Backfill:
         self.settings = settings
         self.s3 = s3
         self.plan = plan
-        self.ledger = Ledger(redis)
+        self.ledger = JobStore(redis)
         self.on_progress = on_progress or (lambda _s: None)
         src = S3Object.parse(plan.source) if plan.source.count("/") > 2 else None
         self.bucket = src.bucket if src else plan.source[5:].rstrip("/")
@@ -226,7 +226,7 @@ class Backfill:
         limit = self.plan.max_queue or max(1000, (self.settings.rpm_ceiling or 600) * 10)
         # Polling is right here: the queue drains at the upstream's pace (jobs/s), so a 1 s
         # look costs nothing and needs no event plumbing from every worker.
-        while int(await self.redis.zcard(BULK_QUEUE_NAME)) + n > limit:  # noqa: ASYNC110
+        while int(await self.redis.zcard(QUEUES["bulk"])) + n > limit:  # noqa: ASYNC110
             await asyncio.sleep(1.0)
 
     async def _list(self, start_after: str) -> AsyncIterator[dict[str, Any]]:

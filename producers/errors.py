@@ -23,9 +23,16 @@ from pydantic_settings import SettingsError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeout
 
-from worker.logs import redact, register_secret
-from worker.redis_conn import RedisUnavailable, reason, where
-from worker.settings import Settings, env_var, get_settings
+from worker.api import (
+    RedisUnavailable,
+    Settings,
+    env_var,
+    get_settings,
+    redact,
+    redis_reason,
+    redis_where,
+    register_secret,
+)
 
 EXIT_FAILED = 1  # the command ran and the answer is "no": unhealthy, no such job or batch
 EXIT_USAGE = 2  # a bad argument (click's own code)
@@ -81,7 +88,7 @@ def explain(exc: BaseException) -> Problem:
         return s3
     if isinstance(exc, RedisConnectionError | RedisTimeout):  # Redis went away mid-command
         var = env_var("redis_url")
-        return Problem(f"lost Redis: {reason(exc)}; is it up? ({var})", EXIT_UNAVAILABLE, var)
+        return Problem(f"lost Redis: {redis_reason(exc)}; is it up? ({var})", EXIT_UNAVAILABLE, var)
     if isinstance(exc, ValidationError):  # a request (job, URI) rather than a setting
         return Problem(_validation_text(exc), EXIT_USAGE)
     if isinstance(exc, ValueError):
@@ -119,7 +126,7 @@ def _shown_value(field: str, value: Any) -> str:
     if secret or not isinstance(value, str) or len(value) > 120:
         return ""
     if "://" in value:
-        value = where(value)  # never a password in a URL
+        value = redis_where(value)  # never a password in a URL
     return f"={value!r}"
 
 
@@ -159,7 +166,7 @@ def _s3_problem(exc: BaseException) -> Problem | None:
     or object as `what: ...`)."""
     from botocore import exceptions as bx  # here: boto is slow to import, most commands skip it
 
-    from worker.storage import AccessDenied, SourceMissing, StorageError
+    from worker.api import AccessDenied, SourceMissing, StorageError
 
     subject = ""
     if isinstance(exc, StorageError):

@@ -14,7 +14,7 @@ import posixpath
 import re
 from dataclasses import dataclass
 
-from worker.contract import STAGING_PREFIX, S3Object
+from worker.api import STAGING_PREFIX, S3Object
 
 META_JOB_ID = "upscale-job-id"
 

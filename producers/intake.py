@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from producers.api import Producer, build_spec
 from producers.events import MalformedEvent, ObjectEvent, parse_notification
 from producers.guard import RecursionGuard
-from worker.contract import JobSpec, Keys
+from worker.api import JobSpec, Keys
 
 log = structlog.get_logger("producers.intake")
 

@@ -1,8 +1,10 @@
-"""Run an aiohttp app built around a Producer until the process is stopped."""
+"""What the webhook and the dashboard share: the bearer-token check, the error middleware, and
+running an aiohttp app built around a Producer until the process is stopped."""
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import signal
 from collections.abc import Awaitable, Callable
 
@@ -11,10 +13,19 @@ from aiohttp import web
 from redis.exceptions import RedisError
 
 from producers.api import Producer
-from worker.redis_conn import connect
-from worker.settings import Settings
+from worker.api import Settings, connect
 
 log = structlog.get_logger("producers.serving")
+
+
+def bearer_matches(authorization: str, token: str) -> bool:
+    """Whether an `Authorization` header value is `Bearer <token>`: the scheme in any case
+    (RFC 9110 makes it case-insensitive), the token compared in constant time. An empty
+    `token` (none configured) matches nothing."""
+    scheme, _, given = authorization.strip().partition(" ")
+    if not token or scheme.lower() != "bearer":
+        return False
+    return hmac.compare_digest(given.strip().encode(), token.encode())
 
 
 @web.middleware

@@ -20,7 +20,7 @@ import structlog
 from producers.api import Producer
 from producers.events import MalformedEvent
 from producers.intake import enqueue_notification
-from worker.contract import Keys
+from worker.api import Keys
 
 log = structlog.get_logger("producers.sqs")
 DEAD_LETTERS = Keys.dead_letters

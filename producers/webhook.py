@@ -11,7 +11,6 @@ Every endpoint but /healthz needs `Authorization: Bearer <UPSCALE_API_TOKEN>`.
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import Awaitable, Callable
 
 import structlog
@@ -21,8 +20,8 @@ from pydantic import ValidationError
 from producers.api import Producer, build_spec
 from producers.events import MalformedEvent
 from producers.intake import enqueue_notification
-from producers.serving import errors_middleware, serve_app
-from worker.settings import Settings
+from producers.serving import bearer_matches, errors_middleware, serve_app
+from worker.api import Settings
 
 log = structlog.get_logger("producers.webhook")
 PRODUCER: web.AppKey[Producer] = web.AppKey("producer", Producer)
@@ -47,11 +46,7 @@ async def auth(
     token = request.app[PRODUCER].settings.api_token.get_secret_value()
     if not token:
         return _error(503, "the endpoint is disabled: set UPSCALE_API_TOKEN")
-    given = request.headers.get("Authorization", "")
-    scheme, _, value = given.partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(
-        value.strip().encode(), token.encode()
-    ):
+    if not bearer_matches(request.headers.get("Authorization", ""), token):
         return _error(401, "missing or invalid bearer token")
     return await handler(request)
 
@@ -112,7 +107,7 @@ async def get_job(request: web.Request) -> web.Response:
 
 
 async def get_batch(request: web.Request) -> web.Response:
-    summary = await request.app[PRODUCER].ledger.batch_summary(request.match_info["batch"])
+    summary = await request.app[PRODUCER].batch_summary(request.match_info["batch"])
     if not summary["total"]:
         return _error(404, "no such batch")
     return web.json_response(summary)

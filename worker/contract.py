@@ -1,7 +1,7 @@
 """The job contract: payload schema, job-id derivation and Redis key names.
 
-Producers import this module; everything that crosses the producer/worker boundary is defined
-here (key names re-exported from `worker.keys`) so both sides always agree.
+Everything that crosses the producer/worker boundary is defined here (key names re-exported
+from `worker.keys`) so both sides always agree; producers reach it through `worker.api`.
 """
 
 from __future__ import annotations

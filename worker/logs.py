@@ -153,7 +153,3 @@ def configure_logging(fmt: str = "auto", level: str = "INFO", *, force: bool = F
     root.setLevel(logging.getLevelNamesMapping().get(level.upper(), logging.INFO))
     for noisy in ("botocore", "boto3", "urllib3", "httpx", "httpcore", "aiohttp.access"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
-def get_logger(name: str | None = None) -> Any:
-    return structlog.get_logger(name)

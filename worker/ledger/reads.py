@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from redis.asyncio import Redis
 
 from worker.contract import JobState, micros_to_usd
 from worker.keys import QUEUES, Keys
 from worker.ledger.records import JobRecord
+
+T = TypeVar("T")
 
 
 def text(v: Any) -> str:
@@ -28,20 +31,42 @@ class LedgerReads:
             return None
         return JobRecord.from_hash(job_id, {text(k): text(v) for k, v in h.items()})
 
-    async def wait_final(self, job_id: str, timeout: float | None = None) -> JobRecord:
-        """Wait for a job to reach a final state: subscribe first, then look, so no event
-        slips between the two. Raises TimeoutError, KeyError for an unknown job."""
+    async def _wait_on(
+        self, channel: str, look: Callable[[], Awaitable[T | None]], timeout: float | None
+    ) -> T:
+        """Until `look()` finds something: subscribe first, then look, so no event slips
+        between the two; look again on each event, and every few seconds in case Redis
+        restarted (a lost event)."""
         async with self.redis.pubsub() as ps:
-            await ps.subscribe(Keys.final_channel(job_id))
+            await ps.subscribe(channel)
             async with asyncio.timeout(timeout):
                 while True:
-                    rec = await self.get(job_id)
-                    if rec is None:
-                        raise KeyError(f"no such job: {job_id}")
-                    if rec.final:
-                        return rec
-                    # Wake on the event; re-check every few seconds in case Redis restarted.
+                    found = await look()
+                    if found is not None:
+                        return found
                     await ps.get_message(ignore_subscribe_messages=True, timeout=5.0)
+
+    async def wait_final(self, job_id: str, timeout: float | None = None) -> JobRecord:
+        """Wait for a job to reach a final state. Raises TimeoutError, KeyError for an unknown
+        job."""
+
+        async def look() -> JobRecord | None:
+            rec = await self.get(job_id)
+            if rec is None:
+                raise KeyError(f"no such job: {job_id}")
+            return rec if rec.final else None
+
+        return await self._wait_on(Keys.final_channel(job_id), look, timeout)
+
+    async def wait_batch_final(self, batch: str, timeout: float | None = None) -> dict[str, Any]:
+        """Wait for a batch where every job is final (woken by the ledger's batch events)."""
+
+        async def look() -> dict[str, Any] | None:
+            summary = await self.batch_summary(batch)
+            final = sum(n for s, n in summary["states"].items() if JobState(s).final)
+            return summary if summary["total"] and final >= summary["total"] else None
+
+        return await self._wait_on(Keys.batch_final_channel(batch), look, timeout)
 
     async def batch_summary(self, batch: str) -> dict[str, Any]:
         h = await self.redis.hgetall(Keys.batch(batch))  # type: ignore[misc]  # redis-py's async stubs

@@ -1,0 +1,177 @@
+"""Fleet commands: `status` (a job, a batch or the fleet), `spend`, `pause`, `resume`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import Any
+
+import click
+from rich.table import Table
+
+from producers.api import Producer
+from producers.cli.common import JSON_HELP, console, echo_json, main, with_producer
+from producers.errors import CommandError
+
+
+# -- status -----------------------------------------------------------------------------------
+@main.command(help="Show a job, a batch, or (with no argument) the whole fleet.")
+@click.argument("job_id", required=False)
+@click.option("--batch", help="Show one batch's progress and spend.")
+@click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
+@click.option("--watch", is_flag=True, help="Keep the view on screen, updating (Ctrl-C stops).")
+@click.option("--interval", default=1.0, show_default=True, help="Seconds between updates.")
+def status(
+    job_id: str | None, batch: str | None, as_json: bool, watch: bool, interval: float
+) -> None:
+    async def go(p: Producer) -> dict[str, Any]:
+        if job_id:
+            rec = await p.status(job_id)
+            if rec is None:
+                raise CommandError(f"no such job: {job_id}")
+            return rec.model_dump()
+        if batch:
+            summary = await p.batch_summary(batch)
+            if not summary["total"]:
+                raise CommandError(f"no such batch: {batch}")
+            return summary
+        return await p.fleet_status()
+
+    if watch and not job_id:
+        return _watch(batch, interval)
+    data = with_producer(go)
+    if as_json:
+        echo_json(data)
+    elif job_id:
+        _print_record(data)
+    elif batch:
+        for line in _batch_lines(data):
+            console.print(line)
+    else:
+        _print_fleet(data)
+
+
+def _fmt_states(states: dict[str, int]) -> str:
+    order = ["queued", "running", "waiting", "succeeded", "failed", "skipped"]
+    return "  ".join(f"{k}={states.get(k, 0)}" for k in order if states.get(k, 0)) or "no jobs"
+
+
+def _print_record(d: dict[str, Any]) -> None:
+    t = Table(show_header=False, box=None)
+    for k, v in d.items():
+        if v in (None, "", [], {}):
+            continue
+        t.add_row(f"[dim]{k}[/]", str(v))
+    console.print(t)
+
+
+def _fleet_lines(d: dict[str, Any]) -> list[str]:
+    lines = [f"jobs: {_fmt_states(d['states'])}   queue depth: {d['queue_depth']}"]
+    for lane, v in d["lanes"].items():
+        lines.append(
+            f"  {lane:<4} depth {v['depth']:>7}  calls/min {v['calls_last_minute']:>5}  "
+            f"oldest ready {v['oldest_age_s']:.0f}s"
+        )
+    pause = d.get("pause")
+    if pause:
+        lines.append(
+            f"[bold red]PAUSED[/] reason={pause.get('reason')} {pause.get('detail', '')} "
+            "- run `upscale resume` once fixed (e.g. after a top-up)"
+        )
+    else:
+        lines.append("[green]running[/] (not paused)")
+    lines.append(
+        f"in flight: {d['inflight']}  calls last minute: {d['calls_last_minute']}  "
+        f"circuit: {d['circuit']}  cooldown: {d['cooldown_s']:.1f}s"
+    )
+    sp = d["spend"]
+    lines.append(f"spend: today ${sp['today_usd']:.2f}  total ${sp['total_usd']:.2f}")
+    return lines
+
+
+def _batch_lines(d: dict[str, Any]) -> list[str]:
+    return [
+        f"batch [bold]{d['batch']}[/]: {d['total']} job(s), spend ${d['spend_usd']:.2f}",
+        "  " + _fmt_states(d["states"]),
+    ]
+
+
+def _print_fleet(d: dict[str, Any]) -> None:
+    for line in _fleet_lines(d):
+        console.print(line)
+
+
+def _watch(batch: str | None, interval: float) -> None:
+    """Redraw the fleet (or a batch) in place until Ctrl-C."""
+    from rich.console import Group
+    from rich.live import Live
+    from rich.text import Text
+
+    async def go(p: Producer) -> None:
+        with Live(console=console, auto_refresh=False) as live:
+            while True:
+                if batch:
+                    lines = _batch_lines(await p.batch_summary(batch))
+                else:
+                    lines = _fleet_lines(await p.fleet_status())
+                stamp = time.strftime("%H:%M:%S")
+                live.update(
+                    Group(*(Text.from_markup(x) for x in [f"[dim]{stamp}[/]", *lines])),
+                    refresh=True,
+                )
+                await asyncio.sleep(interval)
+
+    with contextlib.suppress(KeyboardInterrupt):
+        with_producer(go)
+
+
+@main.command(help="Show spend: total, today, and per batch.")
+@click.option("--batch", multiple=True, help="Also show these batches.")
+@click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
+def spend(batch: tuple[str, ...], as_json: bool) -> None:
+    async def go(p: Producer) -> dict[str, Any]:
+        out = await p.spend()
+        out["batches"] = {b: (await p.batch_summary(b))["spend_usd"] for b in batch}
+        return out
+
+    d = with_producer(go)
+    if as_json:
+        echo_json(d)
+        return
+    console.print(f"today ({d['day']}): ${d['today_usd']:.2f}   total: ${d['total_usd']:.2f}")
+    for b, usd in d["batches"].items():
+        console.print(f"  batch {b}: ${usd:.2f}")
+
+
+# -- flow control -----------------------------------------------------------------------------
+@main.command(help="Pause every worker: no new upstream call starts; jobs wait, nothing fails.")
+@click.option("--detail", default="paused by an operator")
+@click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
+def pause(detail: str, as_json: bool) -> None:
+    async def go(p: Producer) -> dict[str, Any] | None:
+        return await p.pause(detail)
+
+    already = with_producer(go)
+    if as_json:
+        echo_json({"paused": True, "already": bool(already), "pause": already})
+    elif already:
+        console.print(
+            f"already paused (reason={already.get('reason')} {already.get('detail', '')}); "
+            "`upscale resume` lifts it"
+        )
+    else:
+        console.print("paused: workers start no new upstream call; `upscale resume` lifts it")
+
+
+@main.command(help="Lift a pause (after a top-up, a key fix, or a manual pause).")
+@click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
+def resume(as_json: bool) -> None:
+    async def go(p: Producer) -> bool:
+        return await p.resume()
+
+    was = with_producer(go)
+    if as_json:
+        echo_json({"resumed": was, "was_paused": was})
+    else:
+        console.print("resumed: workers pick jobs again" if was else "was not paused")

@@ -1,0 +1,205 @@
+"""Job commands: `enqueue`, `backfill`, `retry`."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import click
+
+from producers.api import Producer, build_spec
+from producers.cli.common import JSON_HELP, console, echo_json, err_console, main, with_producer
+from producers.errors import CommandError
+from worker.api import get_settings
+
+
+# -- enqueue ----------------------------------------------------------------------------------
+@main.command(help="Enqueue upscale jobs for one or more s3://bucket/key objects.")
+@click.argument("sources", nargs=-1, required=True)
+@click.option("--dest", help="Destination s3://bucket/key, or a prefix ending in '/'.")
+@click.option(
+    "--dest-template", help="Template, e.g. 's3://{bucket}-upscaled/{key_stem}@2x.{ext}'."
+)
+@click.option("--prompt", help="Optional prompt guiding the enhancement.")
+@click.option("--resemblance", type=click.IntRange(1, 100))
+@click.option("--detail", type=click.IntRange(1, 100))
+@click.option("--magic-prompt", type=click.Choice(["AUTO", "ON", "OFF"]))
+@click.option("--seed", type=click.IntRange(0, 2_147_483_647))
+@click.option("--batch", help="Batch id (spend and progress are tracked per batch).")
+@click.option("--lane", type=click.Choice(["live", "bulk"]), default="live", show_default=True)
+@click.option("--version-id", help="Source object version (single source only).")
+@click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
+def enqueue(sources: tuple[str, ...], as_json: bool, **opts: Any) -> None:
+    if len(sources) > 1 and (
+        opts.get("version_id") or (opts.get("dest") and not opts["dest"].endswith("/"))
+    ):
+        raise click.UsageError("--version-id and a single --dest apply to one source only")
+
+    async def go(p: Producer) -> list[dict[str, Any]]:
+        specs = [build_spec(src, settings=p.settings, **opts) for src in sources]
+        results = await p.enqueue_specs(specs)
+        return [
+            {
+                "job_id": r.job_id,
+                "outcome": r.outcome,
+                "state": r.state,
+                "source": s.source.uri,
+                "dest": s.dest.uri,
+            }
+            for r, s in zip(results, specs, strict=True)
+        ]
+
+    rows = with_producer(go)
+    if as_json:
+        echo_json(rows)
+        return
+    for row in rows:
+        console.print(
+            f"[bold]{row['job_id']}[/]  {row['outcome']:<9} {row['source']} -> {row['dest']}"
+        )
+    counts = Counter(r["outcome"] for r in rows)
+    console.print(f"{len(rows)} job(s): " + ", ".join(f"{n} {k}" for k, n in counts.items()))
+
+
+# -- backfill ---------------------------------------------------------------------------------
+@main.command(help="Enqueue every matching object under s3://bucket/prefix (the bulk lane).")
+@click.argument("source")
+@click.option("--dest", help="Destination prefix (ending in '/') or template.")
+@click.option(
+    "--include", multiple=True, help="Glob on key or basename, e.g. '*.png' (repeatable)."
+)
+@click.option("--exclude", multiple=True, help="Glob to leave out (repeatable).")
+@click.option("--min-size", type=int, default=1, show_default=True, help="Bytes.")
+@click.option("--max-size", type=int, help="Bytes (default: the upstream's input cap).")
+@click.option("--since", type=click.DateTime(), help="Only objects modified at/after (UTC).")
+@click.option("--until", type=click.DateTime(), help="Only objects modified before (UTC).")
+@click.option("--budget", type=float, help="Spend cap in USD for this backfill.")
+@click.option(
+    "--batch-callback", help="URL told (signed POST) once every job of the backfill is final."
+)
+@click.option("--batch", help="Batch id (default: derived from the source). Same id = resume.")
+@click.option("--prompt")
+@click.option("--resemblance", type=click.IntRange(1, 100))
+@click.option("--detail", type=click.IntRange(1, 100))
+@click.option("--max-queue", type=int, help="Back-pressure: keep at most this many jobs queued.")
+@click.option("--restart", is_flag=True, help="Ignore the checkpoint and list from the start.")
+@click.option(
+    "--dry-run", is_flag=True, help="Count images and estimate the cost; enqueue nothing."
+)
+@click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
+def backfill(source: str, as_json: bool, **o: Any) -> None:
+    from datetime import UTC, datetime
+
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from producers.backfill import Backfill, BackfillPlan, BackfillStats, Filters, stats_dict
+    from worker.api import SourceMissing, check_bucket, make_s3_client
+
+    if not source.startswith("s3://"):
+        raise click.UsageError("SOURCE must be s3://bucket[/prefix]")
+    settings = get_settings()
+
+    def utc(d: datetime | None) -> datetime | None:
+        return d.replace(tzinfo=UTC) if d else None
+
+    batch = (
+        o["batch"]
+        or "backfill-"
+        + "".join(c if c.isalnum() or c in "-._" else "-" for c in source[5:]).strip("-")[:80]
+    )
+    params = {k: o[k] for k in ("prompt", "resemblance", "detail") if o[k] is not None}
+    plan = BackfillPlan(
+        source=source,
+        batch=batch,
+        dest=o["dest"],
+        filters=Filters(
+            include=list(o["include"]),
+            exclude=list(o["exclude"]),
+            min_size=o["min_size"],
+            max_size=o["max_size"] or settings.max_input_bytes,
+            since=utc(o["since"]),
+            until=utc(o["until"]),
+        ),
+        params=params,
+        budget_usd=o["budget"],
+        dry_run=o["dry_run"],
+        max_queue=o["max_queue"],
+        restart=o["restart"],
+    )
+
+    async def go(p: Producer) -> BackfillStats:
+        # One quick request first: credentials, endpoint and bucket, before any progress bar.
+        bucket = source[5:].split("/")[0]
+        try:
+            await check_bucket(settings, bucket)
+        except SourceMissing:
+            where = settings.s3_endpoint_url or "AWS"
+            raise CommandError(f"bucket {bucket} does not exist (S3 at {where})") from None
+        with Progress(
+            SpinnerColumn(),
+            TextColumn("{task.description}"),
+            TimeElapsedColumn(),
+            console=err_console,
+            transient=as_json,
+        ) as bar:
+            task = bar.add_task("listing", total=None)
+
+            def show(st: BackfillStats) -> None:
+                rate = st.listed / st.elapsed if st.elapsed else 0
+                bar.update(
+                    task,
+                    description=f"listed {st.listed:,}  matched {st.matched:,}  enqueued {st.enqueued:,}  dup {st.duplicates:,}  ({rate:,.0f} keys/s)",
+                )
+
+            if o["batch_callback"] and not plan.dry_run:
+                await p.set_batch_callback(batch, o["batch_callback"])
+            return await Backfill(p.redis, settings, make_s3_client(settings), plan, show).run()
+
+    st = with_producer(go)
+    d = stats_dict(st)
+    d["batch"] = batch
+    d["estimated_cost_usd"] = round(st.matched * settings.price_usd, 2)
+    if as_json:
+        echo_json(d)
+        return
+    verb = "would enqueue" if plan.dry_run else "enqueued"
+    console.print(
+        f"{'[dry run] ' if plan.dry_run else ''}batch [bold]{batch}[/]: listed {st.listed:,} objects, "
+        f"{st.matched:,} match ({st.bytes / 1e6:,.1f} MB); {verb} {st.matched if plan.dry_run else st.enqueued:,}"
+        f"{'' if plan.dry_run else f', {st.duplicates:,} already queued/done'}; estimated cost ${d['estimated_cost_usd']:,.2f} "
+        f"in {st.elapsed:.1f}s"
+    )
+    if st.skipped:
+        console.print("  skipped: " + ", ".join(f"{n:,} {k}" for k, n in st.skipped.items()))
+    if st.resumed_from:
+        console.print(f"  resumed after checkpoint key {st.resumed_from!r}")
+    if st.budget_stop:
+        console.print(
+            f"  stopped at the ${plan.budget_usd:,.2f} budget; re-run with a larger --budget to continue"
+        )
+    if not plan.dry_run:
+        console.print(f"  follow it: upscale status --batch {batch}")
+
+
+# -- retry ------------------------------------------------------------------------------------
+@main.command(help="Re-enqueue failed jobs (attempts reset). Exits 1 if a job does not exist.")
+@click.argument("job_ids", nargs=-1, required=True)
+@click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
+def retry(job_ids: tuple[str, ...], as_json: bool) -> None:
+    async def go(p: Producer) -> list[dict[str, Any]]:
+        out = []
+        for j in job_ids:
+            r = await p.retry(j)
+            out.append({"job_id": j, "outcome": None if r is None else r.outcome})
+        return out
+
+    rows = with_producer(go)
+    missing = [r["job_id"] for r in rows if r["outcome"] is None]
+    if as_json:
+        echo_json(rows)
+    else:
+        for r in rows:
+            if r["outcome"] is not None:
+                console.print(f"{r['job_id']}: {r['outcome']}")
+    if missing:
+        raise CommandError(f"no such job: {', '.join(missing)}")

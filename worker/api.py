@@ -1,0 +1,209 @@
+"""The worker's public API: everything producers and operator tools (`producers/`) may use.
+
+`producers/` imports nothing else of the worker package (`tests/unit/test_public_api.py` keeps
+it so), so the rest of `worker/` may change shape without producers noticing. The job contract
+is defined in `worker.contract`, which is not a second public module: the names producers need
+are re-exported here. Everything here is re-exported or a thin wrapper over worker parts.
+
+- the job contract: `JobSpec`, `S3Object`, `UpscaleParams`, `Lane`, `job_id_for`,
+  `render_destination`, `usd_to_micros`, `STAGING_PREFIX`, the key names (`Keys`, `QUEUES`);
+- jobs: `JobStore` (deduplicating enqueue and ledger reads), `EnqueueResult`, `JobRecord`,
+  `JobState`;
+- the fleet: `Fleet` (pause, resume, flow-control snapshot), `PauseInfo`, `fleet_metrics`;
+- settings, Redis and logs: `Settings`, `get_settings`, `env_var`, `connect`,
+  `RedisUnavailable`, `redis_where`, `redis_reason`, `configure_logging`, `redact`,
+  `register_secret`;
+- S3: `make_s3_client`, `check_bucket` and the errors the CLI turns into one line
+  (`StorageError`, `SourceMissing`, `AccessDenied`);
+- processes: `run_worker_process`, `check_health` (`Check`).
+
+Heavy modules (boto3, the arq app, which reads settings at import) load on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+from redis.asyncio import Redis
+
+from worker.contract import (
+    QUEUES,
+    STAGING_PREFIX,
+    JobSpec,
+    JobState,
+    Keys,
+    Lane,
+    S3Object,
+    UpscaleParams,
+    job_id_for,
+    render_destination,
+    usd_to_micros,
+)
+from worker.flow import FlowControl, PauseInfo
+from worker.flow.control import PauseReason
+from worker.ledger import EnqueueResult, JobRecord, Ledger
+from worker.ledger.reads import LedgerReads
+from worker.logs import configure_logging, redact, register_secret
+from worker.metrics import fleet_metrics
+from worker.redis_conn import RedisUnavailable, connect
+from worker.redis_conn import reason as redis_reason
+from worker.redis_conn import where as redis_where
+from worker.settings import Settings, env_var, get_settings
+
+if TYPE_CHECKING:
+    from worker.health import Check
+    from worker.storage import AccessDenied, SourceMissing, StorageError
+
+__all__ = [
+    "QUEUES",
+    "STAGING_PREFIX",
+    "AccessDenied",
+    "Check",
+    "EnqueueResult",
+    "Fleet",
+    "JobRecord",
+    "JobSpec",
+    "JobState",
+    "JobStore",
+    "Keys",
+    "Lane",
+    "PauseInfo",
+    "RedisUnavailable",
+    "S3Object",
+    "Settings",
+    "SourceMissing",
+    "StorageError",
+    "UpscaleParams",
+    "check_bucket",
+    "check_health",
+    "configure_logging",
+    "connect",
+    "env_var",
+    "fleet_metrics",
+    "get_settings",
+    "job_id_for",
+    "make_s3_client",
+    "redact",
+    "redis_reason",
+    "redis_where",
+    "register_secret",
+    "render_destination",
+    "run_worker_process",
+    "usd_to_micros",
+]
+
+# boto3 (under storage and health) is slow to import and most commands never touch S3.
+_LAZY = {
+    "AccessDenied": "worker.storage",
+    "SourceMissing": "worker.storage",
+    "StorageError": "worker.storage",
+    "Check": "worker.health",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+class JobStore(LedgerReads):
+    """The ledger as producers see it: deduplicating enqueue plus every read (job records,
+    batches, spend, per-minute series, waits). The worker's transitions are not part of it."""
+
+    def __init__(self, redis: Redis) -> None:
+        super().__init__(redis)
+        self._ledger = Ledger(redis)
+
+    async def enqueue(
+        self, specs: Iterable[JobSpec], *, requeue_failed: bool = False
+    ) -> list[EnqueueResult]:
+        """Enqueue, pipelined, deduplicated by job id (`created`, `duplicate` or `requeued`)."""
+        return await self._ledger.enqueue(list(specs), requeue_failed=requeue_failed)
+
+
+class Fleet:
+    """Fleet-wide flow control as an operator sees it: pause, resume, and its state."""
+
+    def __init__(self, redis: Redis, settings: Settings) -> None:
+        self._flow = FlowControl(redis, settings)
+
+    async def pause(self, reason: PauseReason = "manual", detail: str = "") -> None:
+        """Stop every upstream call fleet-wide; jobs wait, nothing fails."""
+        await self._flow.pause(reason, detail)
+
+    async def resume(self) -> bool:
+        """Lift a pause. Returns whether one was in force."""
+        return await self._flow.resume()
+
+    async def pause_info(self) -> PauseInfo | None:
+        """The pause in force (reason, detail, since), or None."""
+        return await self._flow.pause_info()
+
+    async def snapshot(self) -> dict[str, Any]:
+        """Pause, cooldown, circuit, in-flight calls and calls in the last minute."""
+        return await self._flow.snapshot()
+
+
+def make_s3_client(settings: Settings, *, fail_fast: bool = False) -> Any:
+    """A boto3 S3 client for `settings` (`fail_fast`: short timeouts, no retries)."""
+    from worker import storage
+
+    return storage.make_s3_client(settings, fail_fast=fail_fast)
+
+
+async def check_bucket(settings: Settings, bucket: str) -> None:
+    """One quick HEAD of `bucket`: raises `SourceMissing` if it does not exist, another
+    `StorageError` if S3 or the credentials are wrong."""
+    from worker.storage import Storage
+
+    await Storage(settings, make_s3_client(settings, fail_fast=True)).head_bucket(bucket)
+
+
+def run_worker_process(*, burst: bool = False) -> None:
+    """Run this process as a worker (both lanes) until SIGTERM/SIGINT; `burst`: until the
+    queues are empty."""
+    from worker.app import main  # reads settings at import: only when a worker is wanted
+
+    main(burst=burst)
+
+
+async def check_health(
+    settings: Settings, explain: Callable[[BaseException], str]
+) -> dict[str, Check]:
+    """Redis, S3 and the upstream (URL, key, model; never a billed call), all at once, each
+    with a short timeout. `explain(exc) -> str` words a failure."""
+    import asyncio
+
+    import httpx
+
+    from worker.health import CHECK_TIMEOUT_S, check_redis, check_s3, check_upstream
+    from worker.storage import Storage
+    from worker.upstream import make_upstream
+
+    async def redis_check() -> Check:
+        try:
+            redis = await connect(settings, fail_fast=True)
+        except Exception as e:
+            return False, explain(e)
+        try:
+            return await check_redis(redis, explain)
+        finally:
+            await redis.aclose()
+
+    storage = Storage(settings, make_s3_client(settings, fail_fast=True))
+    client = httpx.AsyncClient(
+        timeout=httpx.Timeout(CHECK_TIMEOUT_S, connect=2), follow_redirects=False
+    )
+    upstream = make_upstream(settings, client)
+    try:
+        checks = await asyncio.gather(
+            redis_check(),
+            check_s3(storage, settings.health_bucket, explain),
+            check_upstream(upstream),
+        )
+    finally:
+        await upstream.aclose()
+    return dict(zip(("redis", "s3", "upstream"), checks, strict=True))
