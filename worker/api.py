@@ -9,7 +9,8 @@ are re-exported here. Everything here is re-exported or a thin wrapper over work
   `render_destination`, `usd_to_micros`, `STAGING_PREFIX`, the key names (`Keys`, `QUEUES`);
 - jobs: `JobStore` (deduplicating enqueue and ledger reads), `EnqueueResult`, `JobRecord`,
   `JobState`;
-- the fleet: `Fleet` (pause, resume, flow-control snapshot), `PauseInfo`, `fleet_metrics`;
+- the fleet: `Fleet` (pause, resume, flow-control status), `FlowStatus`, `UpstreamStatus`
+  (one key of the pool), `PauseInfo`, `UnknownUpstream`, `fleet_metrics`;
 - settings, Redis and logs: `Settings`, `get_settings`, `env_var`, `connect`,
   `RedisUnavailable`, `redis_where`, `redis_reason`, `configure_logging`, `redact`,
   `register_secret`;
@@ -42,7 +43,8 @@ from worker.contract import (
     usd_to_micros,
 )
 from worker.flow import FlowControl, PauseInfo
-from worker.flow.control import PauseReason
+from worker.flow.control import PauseReason, UnknownUpstream
+from worker.flow.status import FlowStatus, UpstreamStatus
 from worker.ledger import EnqueueResult, JobRecord, Ledger
 from worker.ledger.reads import LedgerReads
 from worker.logs import configure_logging, redact, register_secret
@@ -63,6 +65,7 @@ __all__ = [
     "Check",
     "EnqueueResult",
     "Fleet",
+    "FlowStatus",
     "JobRecord",
     "JobSpec",
     "JobState",
@@ -75,7 +78,9 @@ __all__ = [
     "Settings",
     "SourceMissing",
     "StorageError",
+    "UnknownUpstream",
     "UpscaleParams",
+    "UpstreamStatus",
     "check_bucket",
     "check_health",
     "configure_logging",
@@ -125,25 +130,35 @@ class JobStore(LedgerReads):
 
 
 class Fleet:
-    """Fleet-wide flow control as an operator sees it: pause, resume, and its state."""
+    """Fleet-wide flow control as an operator sees it: pause, resume, and its state (the
+    fleet's and each upstream key's, by name)."""
 
     def __init__(self, redis: Redis, settings: Settings) -> None:
         self._flow = FlowControl(redis, settings)
 
-    async def pause(self, reason: PauseReason = "manual", detail: str = "") -> None:
-        """Stop every upstream call fleet-wide; jobs wait, nothing fails."""
-        await self._flow.pause(reason, detail)
+    async def pause(
+        self, reason: PauseReason = "manual", detail: str = "", *, upstream: str = ""
+    ) -> None:
+        """Stop every upstream call fleet-wide (or on one key of the pool, by name); jobs
+        wait, nothing fails. An unknown key name raises `UnknownUpstream`."""
+        await self._flow.pause(reason, detail, upstream=upstream)
 
-    async def resume(self) -> bool:
-        """Lift a pause. Returns whether one was in force."""
-        return await self._flow.resume()
+    async def resume(self, *, upstream: str = "") -> bool:
+        """Lift the fleet's pause and every key's (or one key's). Returns whether one was in
+        force."""
+        return await self._flow.resume(upstream=upstream)
 
     async def pause_info(self) -> PauseInfo | None:
-        """The pause in force (reason, detail, since), or None."""
+        """Why nothing can start (the fleet paused, or every key paused), or None."""
         return await self._flow.pause_info()
 
+    async def status(self) -> FlowStatus:
+        """The fleet's pause and every upstream key's state (`FlowStatus.upstreams`)."""
+        return await self._flow.status()
+
     async def snapshot(self) -> dict[str, Any]:
-        """Pause, cooldown, circuit, in-flight calls and calls in the last minute."""
+        """`status()` as plain data: the fleet summary (pause, cooldown, circuit, in flight,
+        calls in the last minute) and `upstreams`, one entry per key."""
         return await self._flow.snapshot()
 
 

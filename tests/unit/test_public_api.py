@@ -93,4 +93,4 @@ def test_exported_members() -> None:
 
 def test_unknown_members_raise_attribute_error() -> None:
     with pytest.raises(AttributeError):
-        _ = worker.api.Ledger_nope  # type: ignore[attr-defined]
+        _ = worker.api.Ledger_nope

@@ -1,5 +1,7 @@
-"""Fleet-wide flow control (pause, budget, concurrency, rate, cooldown, circuit) in Redis."""
+"""Fleet-wide flow control (pause, budget, concurrency, rate, cooldown, circuit) in Redis, per
+upstream key of the pool."""
 
-from worker.flow.control import Admitted, Denied, FlowControl, Gate, PauseInfo
+from worker.flow.control import Admitted, Denied, FlowControl, Gate
+from worker.flow.status import FlowStatus, PauseInfo, UpstreamStatus
 
-__all__ = ["Admitted", "Denied", "FlowControl", "Gate", "PauseInfo"]
+__all__ = ["Admitted", "Denied", "FlowControl", "FlowStatus", "Gate", "PauseInfo", "UpstreamStatus"]
