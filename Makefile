@@ -52,6 +52,7 @@ bench: install
 	$(PY) -m tests.bench.flow
 	$(PY) -m tests.bench.pacing
 	$(PY) -m tests.bench.lanes
+	$(PY) -m tests.bench.pools
 	$(PY) -m tests.bench.backfill $${BENCH_BACKFILL_KEYS:-100000}
 
 ## Real faults (worker SIGKILLs, Redis SIGKILL + AOF restart, S3 down, dropped answers) on
