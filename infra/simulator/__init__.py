@@ -10,8 +10,9 @@ from typing import Any
 
 from aiohttp import web
 
-from infra.simulator.app import STATE, create_app
+from infra.simulator.app import create_app
 from infra.simulator.config import SimConfig
+from infra.simulator.protocol import STATE
 
 __all__ = ["RunningSimulator", "SimConfig", "create_app", "run_simulator"]
 

@@ -1,10 +1,10 @@
-"""Simulator state: per-key rolling rate windows, the wallet, counters, stored results."""
+"""Simulator state: per-key rate windows (`ratelimit.py`), counters, the bill, async jobs, stored
+results and the call log."""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import math
 import secrets
 import time
 from collections import Counter, deque
@@ -64,59 +64,7 @@ class SimState:
         self.answers.clear()
         self.answering.clear()
 
-    # -- rate limit: a 60 s rolling window plus a burst window, per key ------------------
-    def rate_check(self, key: str) -> tuple[bool, float, int, int]:
-        """(allowed, retry_after_s, limit, remaining). Admitted requests are recorded."""
-        rpm = self.config.api_keys.get(key, 0)
-        now = time.monotonic()
-        w = self.windows.setdefault(key, deque())
-        while w and w[0] <= now - 60:
-            w.popleft()
-        factor = self.config.burst_factor
-        burst_max = max(1, math.floor(rpm * (factor or 0) * self.config.burst_window_s / 60))
-        in_burst = [t for t in w if t > now - self.config.burst_window_s]
-        if len(w) >= rpm:
-            return False, w[len(w) - rpm] + 60 - now, rpm, 0
-        if factor is not None and len(in_burst) >= burst_max:
-            return (
-                False,
-                in_burst[len(in_burst) - burst_max] + self.config.burst_window_s - now,
-                rpm,
-                0,
-            )
-        w.append(now)
-        return True, 0.0, rpm, rpm - len(w)
-
-    def reset_in(self, key: str) -> float:
-        w = self.windows.get(key)
-        return max(0.0, w[0] + 60 - time.monotonic()) if w else 0.0
-
-    # -- wallet: held when a call starts (concurrent calls cannot overdraw), billed on completion
-    def wallet(self, key: str) -> float | None:
-        cfg = self.config
-        return cfg.wallets_usd.get(key, cfg.wallet_usd)
-
-    def set_wallet(self, key: str, usd: float | None) -> None:
-        if key in self.config.wallets_usd:
-            self.config.wallets_usd[key] = usd
-        else:
-            self.config.wallet_usd = usd
-
-    def hold(self, n: int, key: str = "") -> bool:
-        w = self.wallet(key)
-        cost = self.config.price_usd * n
-        if w is not None:
-            if w + 1e-9 < cost:
-                return False
-            self.set_wallet(key, round(w - cost, 6))
-        return True
-
-    def release(self, n: int, key: str = "") -> None:
-        """A failed generation is not billed: give the hold back."""
-        w = self.wallet(key)
-        if w is not None:
-            self.set_wallet(key, round(w + self.config.price_usd * n, 6))
-
+    # -- the bill (wallet holds: `wallet.py`) --------------------------------------------------
     def bill(self, n: int, image_sha: str = "", idem: str = "", key: str = "") -> None:
         self.billed_calls += 1
         self.billed_usd = round(self.billed_usd + self.config.price_usd * n, 6)

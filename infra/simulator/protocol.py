@@ -1,0 +1,55 @@
+"""What every route shares: the app's state, how a caller presents its key, and the error body
+(an object or, with `error_body_style="string"`, a bare string, as some gateways answer)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from infra.simulator.state import SimState
+
+STATE: web.AppKey[SimState] = web.AppKey("state", SimState)
+GATEWAY, IDEOGRAM = 1, 2  # the routes: Route 1 (OpenAI-compatible), Route 2 (Ideogram direct)
+ERROR_TYPES = {
+    400: "invalid_request", 401: "authentication_error", 402: "insufficient_credits",
+    403: "scope_exceeded", 404: "not_found", 413: "payload_too_large", 422: "safety_check_failed",
+    429: "rate_limit_error", 500: "server_error", 503: "service_unavailable",
+}  # fmt: skip
+
+
+class ApiError(Exception):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        headers: dict[str, str] | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status, self.message = status, message
+        self.headers = headers or {}
+        self.extra = extra or {}
+
+
+def error_response(state: SimState, err: ApiError) -> web.Response:
+    kind = ERROR_TYPES.get(err.status, "error")
+    if state.config.error_body_style == "string":
+        body: dict[str, Any] = {"error": err.message}
+    else:
+        body = {"error": {"type": kind, "message": err.message, "code": kind}}
+    body.update(err.extra)
+    return web.json_response(body, status=err.status, headers=err.headers)
+
+
+def reject(route: int, reason: str) -> dict[str, Any]:
+    """Ideogram names why it refused (`reject_reason`); the gateway does not."""
+    return {"reject_reason": reason} if route == IDEOGRAM else {}
+
+
+def api_key(request: web.Request, route: int) -> str:
+    if route == IDEOGRAM:
+        return request.headers.get("Api-Key", "")
+    scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+    return value.strip() if scheme.lower() == "bearer" else ""
