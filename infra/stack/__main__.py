@@ -1,0 +1,32 @@
+"""`python -m infra.stack`: start the local stack, print its environment as `export K=V` lines,
+and run until Ctrl-C (or SIGTERM)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import time
+
+from infra.stack.local import LocalStack
+
+
+def main() -> None:
+    t0 = time.monotonic()
+    with LocalStack() as stack:
+        for k, v in stack.env().items():
+            print(f"export {k}={json.dumps(v) if v.startswith('[') else v}")
+        print(
+            f"# local stack up in {time.monotonic() - t0:.1f}s (dir {stack.dir}); Ctrl-C stops it",
+            file=sys.stderr,
+            flush=True,
+        )
+        stop = signal.sigwait if hasattr(signal, "sigwait") else None
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        if stop:
+            stop({signal.SIGINT, signal.SIGTERM})
+    print("# local stack stopped", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
