@@ -2,7 +2,7 @@
 simulator) started on free ports; each test gets a flushed Redis, fresh buckets and a reset
 simulator, so tests stay isolated. Unit tests (`tests/unit/`) never see these fixtures, so they
 never start the stack. The helpers here (`Sim`, `Buckets`, `put`, `drain`, `wait_state`,
-`WorkerProcs`, `FAST`) are imported by the integration tests."""
+`job_ids`, `WorkerProcs`, `FAST`) are imported by the integration tests."""
 
 from __future__ import annotations
 
@@ -148,6 +148,11 @@ def buckets(stack: LocalStack) -> Buckets:
 def put(stack: LocalStack, bucket: str, key: str, data: bytes) -> str:
     r = stack.s3_client().put_object(Bucket=bucket, Key=key, Body=data)
     return str(r["ETag"]).strip('"')
+
+
+async def job_ids(redis: Redis) -> list[str]:
+    """The id of every job in the ledger."""
+    return [k.decode().removeprefix(Keys.job("")) async for k in redis.scan_iter(Keys.job("*"))]
 
 
 async def drain(settings: Settings, *, timeout: float = 60, until_paused: bool = False) -> None:

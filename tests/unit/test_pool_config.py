@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from worker.keys import PREFIX
 from worker.settings import Settings
 from worker.upstream.pool import PoolConfigError, load_pool
 
@@ -47,7 +48,10 @@ def test_entries_inherit_and_override(monkeypatch: pytest.MonkeyPatch) -> None:
         50_000,
     )
     assert byok.settings.api_key_value == "ig-secret" and byok.settings.rpm_ceiling == 600
-    assert gw.keys.inflight == "uq:up:gw:inflight" and byok.keys.rate_bulk == "uq:up:byok:rate-bulk"
+    assert (
+        gw.keys.inflight == PREFIX + "up:gw:inflight"
+        and byok.keys.rate_bulk == PREFIX + "up:byok:rate-bulk"
+    )
 
 
 def test_a_file_holds_the_pool(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
