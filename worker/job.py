@@ -30,10 +30,9 @@ from worker.contract import (
     prompt_hash,
     s3_key_quote,
 )
-from worker.flow import Admitted, Denied
-from worker.flow.control import upstream_of
+from worker.flow import PICKUP_LEAD_S, TIMED_DENIALS, Admitted, Denied
 from worker.images import ImageInfo, prepare, validate
-from worker.keys import Keys
+from worker.keys import Keys, upstream_of
 from worker.ledger import Fenced, PaidOutput, PaidResult, StartResult
 from worker.ledger.transitions import FinalState
 from worker.outcomes import JobFailed, JobSkipped, JobWaits, outcome_for
@@ -56,6 +55,7 @@ META_JOB_ID = "upscale-job-id"
 INLINE_WAIT_MAX_S = 3.0
 INLINE_WAIT_TOTAL_S = 60.0
 QUEUED_RECHECK_S = 0.5  # behind others in line: ask again this often, or when a slot frees
+
 DOWNLOAD_TRIES = 3
 OUTAGE_WAIT_S = 5.0
 # An upstream 400 that says it could not get the reference image (URL mode).
@@ -180,7 +180,7 @@ class UpscaleJob:
         log.info("attempt failed; backing off", error_class=o.error_class, retry_in_s=delay)
         raise Retry()
 
-    async def _tell_flow(self, upstream: str, exc: ue.UpstreamError) -> None:
+    async def _tell_flow(self, upstream: str, slot: str, exc: ue.UpstreamError) -> None:
         """Feed a call's failure into the fleet's flow control while its slot is still held, so
         no other call slips in before the pause / cooldown is in force."""
         o = outcome_for(exc, pause_poll_s=self.s.pause_poll_s, outage_wait_s=OUTAGE_WAIT_S)
@@ -191,7 +191,7 @@ class UpscaleJob:
             if o.effect == "pause" and isinstance(exc, ue.PauseError):
                 await flow.report_paused(upstream, exc.pause_reason, exc.describe())  # type: ignore[arg-type]  # PauseReason values
             elif o.effect == "cooldown" and isinstance(exc, ue.RateLimited):
-                learned = await flow.observe(upstream, exc.rate, 429)
+                learned = await flow.observe(upstream, exc.rate, 429, slot=slot)
                 await flow.report_rate_limited(upstream, exc.retry_after, ease=not learned)
             elif o.effect == "server_error":
                 await flow.report_server_error(upstream)
@@ -342,10 +342,13 @@ class UpscaleJob:
                 if decision.reason in ("concurrency", "queued", "lane", "circuit_half_open"):
                     await waker.wait(min(decision.wait_s, QUEUED_RECHECK_S))
                     continue
-                if decision.reason == "rate" and decision.wait_s <= INLINE_WAIT_MAX_S:
-                    await asyncio.sleep(decision.wait_s)  # the window frees a slot then
+                if decision.reason in TIMED_DENIALS and decision.wait_s <= INLINE_WAIT_MAX_S:
+                    await asyncio.sleep(decision.wait_s)  # room comes back then
                     continue
-            raise JobWaits(decision.reason, decision.wait_s, f"waiting: {decision.reason}")
+            wait_s = decision.wait_s
+            if decision.reason in TIMED_DENIALS:
+                wait_s = max(0.0, wait_s - PICKUP_LEAD_S)
+            raise JobWaits(decision.reason, wait_s, f"waiting: {decision.reason}")
 
     async def _call(self, image: ImageInput, admitted: Admitted) -> PaidResult:
         ledger, flow = self.rt.ledger, self.rt.flow
@@ -369,12 +372,12 @@ class UpscaleJob:
                 result = await self.rt.upstream(admitted.upstream).submit(req)
             except ue.OutcomeUnknown as err:
                 metrics.UPSTREAM_CALLS.labels("unknown").inc()
-                await self._tell_flow(admitted.upstream, err)
+                await self._tell_flow(admitted.upstream, admitted.token, err)
                 await ledger.call_unknown(self.job_id, admitted.token)
                 raise
             except ue.UpstreamError as err:
                 metrics.UPSTREAM_CALLS.labels(str(err.status or "error")).inc()
-                await self._tell_flow(admitted.upstream, err)
+                await self._tell_flow(admitted.upstream, admitted.token, err)
                 await ledger.call_refused(self.job_id, admitted.token, err.request_id)
                 log.warning(
                     "upstream call failed",
@@ -401,7 +404,7 @@ class UpscaleJob:
         paid = await self._save_paid(result, t0)
         try:
             status = 202 if result.pending_id else 200
-            await flow.observe(admitted.upstream, result.rate, status, ok_token=admitted.token)
+            await flow.observe(admitted.upstream, result.rate, status, slot=admitted.token)
         except Exception as e:  # the money is saved; flow state catches up on the next call
             log.warning("could not report call outcome", error=type(e).__name__)
         await self._drop_staged()

@@ -137,6 +137,12 @@ class Keys:
         return f"{PREFIX}budget:reserved:batch:{batch}"
 
 
+def upstream_of(slot: str) -> str:
+    """The pool member a slot token was admitted on (`<name>/<hex>`; `_keys.lua`:
+    `slot_upstream`)."""
+    return slot.partition("/")[0] if "/" in slot else ""
+
+
 @dataclass(frozen=True)
 class UpstreamKeys:
     """One upstream key's own window, cooldown, circuit, pause and budget (`uq:up:<name>:`).

@@ -187,7 +187,9 @@ class Settings(BaseSettings):
         default=600.0, gt=0, description="How long a burst cap learned from a 429 holds."
     )
     rate_window_margin_s: float = Field(
-        default=1.0, description="Added to the 60 s window: absorbs network jitter."
+        default=0.5,
+        description="Added to every window we count over (60 s, the burst window): the "
+        "network jitter between our send time and the upstream's arrival time.",
     )
     max_inflight: int | None = Field(
         default=None,

@@ -158,7 +158,15 @@ async def _ours_final(producer: Producer) -> int:
     return sum(counts.get(s, 0) for s in ("succeeded", "failed", "skipped"))
 
 
-async def run_naive(stack: LocalStack, keys: list[str], bucket: str, stop_at: int = 0) -> float:
+async def run_naive(
+    stack: LocalStack,
+    keys: list[str],
+    bucket: str,
+    stop_at: int = 0,
+    marks: dict[str, float] | None = None,
+) -> float:
+    """Wall time from starting the processes to `stop_at` (all) jobs done; `marks["done_at"]`
+    gets that moment as a Unix time (to set against the simulator's log)."""
     redis = Redis.from_url(stack.redis_url)
     await redis.flushdb()
     pool: ArqRedis = await create_pool(RedisSettings.from_dsn(stack.redis_url))
@@ -175,6 +183,8 @@ async def run_naive(stack: LocalStack, keys: list[str], bucket: str, stop_at: in
 
     try:
         await _wait(done, stop_at or len(keys), "naive", redis)
+        if marks is not None:
+            marks["done_at"] = time.time()
     finally:
         procs.stop()
         await pool.aclose()

@@ -7,7 +7,9 @@ worker does), 4 processes each. Scenarios, judged from the simulator's log:
 - no limit, latency 0.1-0.4 s, 40 jobs; no limit, no latency, 600 jobs (`UPSCALE_RATE_RPM=auto`:
   the tier comes from the upstream's headers), with our per-job overhead (job time less the
   upstream call and the wait for admission, median) from the ledger.
-The optimum is the earliest schedule the upstream's rules allow (greedy), plus a mean call.
+The optimum is the earliest schedule the upstream's rules allow (greedy), plus a mean call,
+counted from the first call: so both sides are timed from their first upstream call to their
+last job done (a running fleet's pace); the processes' start-up is shown on its own.
 """
 
 from __future__ import annotations
@@ -83,7 +85,13 @@ def configure_sim(stack: LocalStack, sc: dict[str, Any]) -> None:
     )
 
 
-async def run_ours(stack: LocalStack, sc: dict[str, Any], bucket: str, keys: list[str]) -> float:
+async def run_ours(
+    stack: LocalStack,
+    sc: dict[str, Any],
+    bucket: str,
+    keys: list[str],
+    marks: dict[str, float] | None = None,
+) -> float:
     os.environ.update(stack.env())
     redis = Redis.from_url(stack.redis_url)
     await redis.flushdb()
@@ -107,6 +115,8 @@ async def run_ours(stack: LocalStack, sc: dict[str, Any], bucket: str, keys: lis
                 break
             await asyncio.sleep(0.05)
         wall = time.monotonic() - t0
+        if marks is not None:
+            marks["done_at"] = time.time()
         overheads = []
         for spec in specs:
             rec = await producer.status(spec.job_id)
@@ -120,20 +130,22 @@ async def run_ours(stack: LocalStack, sc: dict[str, Any], bucket: str, keys: lis
     return wall
 
 
-def figures(stack: LocalStack, sc: dict[str, Any], wall: float) -> dict[str, str]:
-    log = [c for c in sim_stats(stack)["log"] if c["path"] == CALL]
+def figures(stack: LocalStack, sc: dict[str, Any], wall: float, done_at: float) -> dict[str, str]:
+    stats = sim_stats(stack)
+    log = [c for c in stats["log"] if c["path"] == CALL]
     n429 = sum(1 for c in log if c["status"] == 429)
     opt = optimum_s(sc["jobs"], sc["rpm"], sc["burst"], sc["latency"])
-    stats = sim_stats(stack)
+    busy = done_at - min(c["t"] for c in log)  # first upstream call -> last job done
     done = int(stats["billed_calls"])  # images actually produced (failed jobs produce none)
     out = {
-        "wall": f"{wall:.1f} s",
+        "start-up": f"{wall - busy:.1f} s",
+        "first call -> all done": f"{busy:.1f} s",
         "429s": str(n429),
         "upscaled": f"{done}/{sc['jobs']}",
-        "jobs/s": f"{done / wall:.1f}",
+        "jobs/s": f"{done / busy:.1f}",
     }
     if sc["rpm"]:
-        out["vs optimum"] = f"{wall / opt:.2f}x (optimum {opt:.0f} s)"
+        out["vs optimum"] = f"{busy / opt:.2f}x (optimum {opt:.1f} s)"
     return out
 
 
@@ -142,7 +154,8 @@ async def main_async() -> None:
     for col in (
         "scenario",
         "side",
-        "wall",
+        "start-up",
+        "first call -> all done",
         "vs optimum",
         "429s",
         "upscaled",
@@ -158,18 +171,20 @@ async def main_async() -> None:
             for side in ("ours", "naive"):
                 console.print(f"{sc['name']}: {side}…")
                 configure_sim(stack, sc)
+                marks: dict[str, float] = {}
                 if side == "ours":
-                    wall = await run_ours(stack, sc, bucket, keys)
+                    wall = await run_ours(stack, sc, bucket, keys, marks)
                 else:
-                    wall = await run_naive(stack, keys, bucket)
-                results[side] = figures(stack, sc, wall)
+                    wall = await run_naive(stack, keys, bucket, marks=marks)
+                results[side] = figures(stack, sc, wall, marks["done_at"])
             ratio = float(results["ours"]["jobs/s"]) / float(results["naive"]["jobs/s"])
             for side in ("ours", "naive"):
                 r = results[side]
                 table.add_row(
                     sc["name"] if side == "ours" else "",
                     side,
-                    r["wall"],
+                    r["start-up"],
+                    r["first call -> all done"],
                     r.get("vs optimum", "-"),
                     r["429s"],
                     r["upscaled"],

@@ -1,7 +1,24 @@
 """Fleet-wide flow control (pause, budget, concurrency, rate, cooldown, circuit) in Redis, per
 upstream key of the pool."""
 
-from worker.flow.control import Admitted, Denied, FlowControl, Gate
+from worker.flow.control import (
+    PICKUP_LEAD_S,
+    TIMED_DENIALS,
+    Admitted,
+    Denied,
+    FlowControl,
+    Gate,
+)
 from worker.flow.status import FlowStatus, PauseInfo, UpstreamStatus
 
-__all__ = ["Admitted", "Denied", "FlowControl", "FlowStatus", "Gate", "PauseInfo", "UpstreamStatus"]
+__all__ = [
+    "PICKUP_LEAD_S",
+    "TIMED_DENIALS",
+    "Admitted",
+    "Denied",
+    "FlowControl",
+    "FlowStatus",
+    "Gate",
+    "PauseInfo",
+    "UpstreamStatus",
+]

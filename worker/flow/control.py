@@ -30,7 +30,7 @@ from worker.flow.status import (
     PauseInfo,
     read_status,
 )
-from worker.keys import PREFIX, Keys
+from worker.keys import PREFIX, Keys, upstream_of
 from worker.lua import register
 from worker.redis_conn import REDIS_DOWN
 from worker.settings import Settings
@@ -74,6 +74,14 @@ DenyReason = Literal[
 ]
 
 
+# Denials that end at a known moment (the window frees a slot, a cooldown or an open circuit
+# ends). A job waits a short one out; a longer one hands the job back to be picked up this
+# much before that moment (and workers pick again this much before a cooldown ends), so the
+# pick-up and its checks overlap the wait.
+TIMED_DENIALS: frozenset[str] = frozenset({"rate", "cooldown", "circuit_open"})
+PICKUP_LEAD_S = 1.0
+
+
 @dataclass(frozen=True)
 class Admitted:
     token: str  # the slot: `<upstream key name>/<hex>`
@@ -89,11 +97,6 @@ class Denied:
 
 class UnknownUpstream(ValueError):
     """An operator named a key the pool does not have."""
-
-
-def upstream_of(slot: str) -> str:
-    """The pool member a slot token was admitted on (`<name>/<hex>`)."""
-    return slot.partition("/")[0] if "/" in slot else ""
 
 
 def _s(v: Any) -> str:
@@ -280,12 +283,11 @@ class FlowControl:
     async def report_server_error(self, upstream: str) -> str:
         return await self._report_outcome(upstream, "server_error")
 
-    async def observe(
-        self, upstream: str, rate: RateInfo, status: int, *, ok_token: str = ""
-    ) -> bool:
-        """Keep the fleet's view of a key's limit current (`x-ratelimit-*` on every answer);
-        with `ok_token`, also settle a successful call's flow state (close the circuit, lift a
-        pause its canary proved over). Returns True when a 429 taught a burst cap."""
+    async def observe(self, upstream: str, rate: RateInfo, status: int, *, slot: str = "") -> bool:
+        """Keep the fleet's view of a key's limit current (`x-ratelimit-*` on every answer).
+        With the call's `slot`: a success also settles the call's flow state (close the
+        circuit, lift a pause its canary proved over); a 429 takes the refused call out of the
+        rate windows. Returns True when a 429 taught a burst cap."""
         m = self.member(upstream)
         ms, k = m.settings, m.keys
         ceiling = ms.rpm_ceiling
@@ -298,7 +300,7 @@ class FlowControl:
             )
             self._limit_logged.add(m.name)
         reply = await self._observe(
-            keys=[k.said, k.rate, k.rate_429, k.pause, k.circuit, k.canary],
+            keys=[k.said, k.rate, k.rate_429, k.pause, k.circuit, k.canary, k.rate_bulk],
             args=[
                 PREFIX,
                 rate.limit if rate.limit is not None else -1,
@@ -309,7 +311,7 @@ class FlowControl:
                 int(ms.burst_learn_s * 1000),
                 self._window_ms,
                 uuid.uuid4().hex,
-                ok_token,
+                slot,
             ],
         )
         if _s(reply) == "resumed":

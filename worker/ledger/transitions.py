@@ -23,6 +23,7 @@ from worker.keys import (
     QUEUES,
     Keys,
     queue_for,
+    upstream_of,
 )
 from worker.ledger.reads import LedgerReads, text
 from worker.ledger.records import (
@@ -225,8 +226,11 @@ class Ledger(LedgerReads):
 
     # -- the call journal ---------------------------------------------------------------
     async def call_begin(self, job_id: str, token: str, slot: str, est_micros: int) -> CallJournal:
+        up = Keys.up(upstream_of(slot))
         reply = await self._run(
-            "call_begin", [Keys.job(job_id), Keys.call(job_id)], [job_id, token, slot, est_micros]
+            "call_begin",
+            [Keys.job(job_id), Keys.call(job_id), up.rate, up.rate_bulk],
+            [job_id, token, slot, est_micros],
         )
         if text(reply[0]) == "fenced":
             raise Fenced(job_id)

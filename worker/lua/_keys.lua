@@ -4,6 +4,8 @@ local function k_job(id) return PFX .. 'job:' .. id end
 local function k_paid(id) return PFX .. 'paid:' .. id end
 local function k_call(id) return PFX .. 'call:' .. id end
 local function k_batch(b) return PFX .. 'batch:' .. b end
+-- The fleet's flow keys (`Keys.waiting_line` = flow:line, `Keys.wake` = flow:wake, ...).
+local function k_flow(name) return PFX .. 'flow:' .. name end
 local FINAL = {succeeded = true, failed = true, skipped = true}
 -- One upstream key's flow state (mirrors worker/keys.py `UpstreamKeys`: suffixes with '-').
 local function k_up(name, suffix) return PFX .. 'up:' .. name .. ':' .. suffix end

@@ -36,11 +36,13 @@ local function add_spend(job_id, micros, field, now, slot)
   end
 end
 
--- free_slot(token): the call is over; wake the jobs waiting for room (`flow:wake`).
+-- free_slot(token): the call is over; wake the jobs waiting in line for room (`flow:wake`),
+-- if any: with nobody waiting, every process would wake for nothing on every call.
 local function free_slot(token)
   local up = slot_upstream(token)
-  if up and redis.call('ZREM', k_up(up, 'inflight'), token) == 1 then
-    redis.call('PUBLISH', PFX .. 'flow:wake', '1')
+  if up and redis.call('ZREM', k_up(up, 'inflight'), token) == 1
+      and redis.call('EXISTS', k_flow('line')) == 1 then
+    redis.call('PUBLISH', k_flow('wake'), '1')
   end
 end
 

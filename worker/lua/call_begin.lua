@@ -2,7 +2,10 @@
 -- `<job id>:<n>`; a call whose outcome is unknown is asked again under the same key, so an
 -- upstream that honours `Idempotency-Key` answers it without billing twice (on the same
 -- upstream key: admission prefers the key of an unknown call).
--- KEYS: 1 ledger, 2 call journal
+-- The call's entries in its key's rate windows (taken at admission, before the source was
+-- read) are re-stamped with the time it leaves: the upstream counts from when a request
+-- arrives, so the fleet's window tracks the upstream's within network jitter, not read time.
+-- KEYS: 1 ledger, 2 call journal, 3 the key's rate window (zset), 4 its bulk rate window
 -- ARGV: 1 prefix, 2 job id, 3 run token, 4 slot token (from admission), 5 estimated micros
 -- Returns {'ok', call number, idempotency key} | {'fenced'}.
 --- @include "_ledger"
@@ -29,4 +32,6 @@ if prev ~= 'unknown' or not idem or not same_key then idem = job_id .. ':' .. n 
 redis.call('HSET', KEYS[2], 'n', n, 'idem', idem, 'token', slot, 'state', 'sent',
   'est', ARGV[5], 'sent_at', now)
 if prev ~= 'unknown' then redis.call('HSET', KEYS[2], 'possible', 0) end
+redis.call('ZADD', KEYS[3], 'XX', now, slot)
+redis.call('ZADD', KEYS[4], 'XX', now, slot)
 return {'ok', n, idem}

@@ -5,13 +5,14 @@
 -- On a 429 the headers describe the rolling window while Retry-After (the fleet's cooldown)
 -- says when to come back, so a 429's `remaining` is not kept.
 -- An answer with a result also settles the call's flow state (as `report` 'ok' would): one
--- round trip per call.
--- KEYS: 1 the upstream's word (hash), 2 rate window (zset of call start times),
---       3 recent 429s (zset), 4 pause, 5 circuit, 6 canary
+-- round trip per call. A call refused with 429 was not run, so it leaves our rate windows
+-- (where the upstream does count refusals, its `remaining` on the next answer says so).
+-- KEYS: 1 the upstream's word (hash), 2 rate window (zset of call send times),
+--       3 recent 429s (zset), 4 pause, 5 circuit, 6 canary, 7 bulk rate window (zset)
 -- ARGV: 1 prefix, 2 limit (-1 unknown), 3 remaining (-1 unknown), 4 reset ms (-1 unknown),
 --       5 HTTP status, 6 burst window ms, 7 how long a learned burst cap holds (ms),
---       8 our rolling window ms, 9 a unique id for this answer, 10 the slot token of a
---       successful call ('' otherwise)
+--       8 our rolling window ms, 9 a unique id for this answer, 10 the call's slot token
+--       ('' when not known)
 -- Returns 'burst' when a burst cap was learned from this 429, 'resumed' when a canary lifted
 -- the pause, else 'ok'.
 --- @include "_now"
@@ -33,7 +34,7 @@ local up = KEYS[1]
 if limit > 0 and tonumber(redis.call('HGET', up, 'limit') or '0') ~= limit then
   redis.call('HSET', up, 'limit', limit)
   -- jobs waiting for the limit to be known (`auto`) can go now
-  redis.call('PUBLISH', PFX .. 'flow:wake', 'limit')
+  redis.call('PUBLISH', k_flow('wake'), 'limit')
 end
 local status = tonumber(ARGV[5])
 if remaining >= 0 and reset_ms >= 0 and status ~= 429 then
@@ -48,11 +49,16 @@ if remaining >= 0 and reset_ms >= 0 and status ~= 429 then
 end
 redis.call('HSET', up, 'seen', now)
 redis.call('PEXPIRE', up, 3600000)
-if ARGV[10] ~= '' and call_ok(KEYS[4], KEYS[5], KEYS[6], ARGV[10]) == 'resumed' then
+local slot = ARGV[10]
+if slot ~= '' and status < 300 and call_ok(KEYS[4], KEYS[5], KEYS[6], slot) == 'resumed' then
   return 'resumed'
 end
 if status == 429 then
   local burst_ms = tonumber(ARGV[6])
+  if slot ~= '' then
+    redis.call('ZREM', KEYS[2], slot)
+    redis.call('ZREM', KEYS[7], slot)
+  end
   redis.call('ZADD', KEYS[3], now, ARGV[9])
   redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - burst_ms)
   redis.call('PEXPIRE', KEYS[3], burst_ms + 1000)
@@ -60,10 +66,11 @@ if status == 429 then
   local in_window = redis.call('ZCARD', KEYS[2])
   local window_room = (remaining > 0) or (limit > 0 and in_window < limit)
   if window_room then
-    -- what got through: the calls started in the burst window less those refused in it (an
+    -- what got through: the calls sent in the burst window that were not refused (an
     -- estimate that only falls as more 429s of the same round come back)
     local in_burst = redis.call('ZCOUNT', KEYS[2], now - burst_ms, '+inf')
-    local cap = math.max(1, in_burst - redis.call('ZCARD', KEYS[3]))
+    if slot == '' then in_burst = in_burst - redis.call('ZCARD', KEYS[3]) end
+    local cap = math.max(1, in_burst)
     local cur = tonumber(redis.call('HGET', up, 'burst_cap') or '0')
     local until_ms = tonumber(redis.call('HGET', up, 'burst_until') or '0')
     if now >= until_ms or cur <= 0 or cap < cur then
