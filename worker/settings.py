@@ -63,11 +63,18 @@ class Settings(BaseSettings):
         enable_decoding=False,
     )
 
-    # --- where things are ---------------------------------------------------------------
+    # --- redis --------------------------------------------------------------------------
     redis_url: str = Field(
         default="redis://127.0.0.1:6379/0",
         validation_alias=AliasChoices("REDIS_URL", "UPSCALE_REDIS_URL"),
     )
+    redis_sentinels: list[str] = Field(
+        default_factory=list,
+        description='Sentinel "host:port" list; the primary is found by name (TLS: rediss://).',
+    )
+    redis_sentinel_master: str = "mymaster"
+
+    # --- s3 -----------------------------------------------------------------------------
     s3_endpoint_url: str | None = Field(
         default=None, description="S3 endpoint; unset means AWS (boto3's own resolution)."
     )
@@ -79,6 +86,8 @@ class Settings(BaseSettings):
     s3_secret_access_key: SecretStr | None = None
     s3_addressing_style: Literal["auto", "path", "virtual"] = "auto"
     s3_max_pool_connections: int = Field(default=32, ge=1)
+    presign_ttl_s: int = Field(default=3600, ge=1)
+    upload_part_bytes: int = Field(default=8 * 1024 * 1024, ge=1)
 
     # --- upstream -----------------------------------------------------------------------
     route: Route = "gateway"
@@ -93,24 +102,10 @@ class Settings(BaseSettings):
     image_field: str = "image"
     response_format: ResponseFormat = "url"
     price_usd: float = Field(default=0.06, ge=0, description="Billed per output image.")
-    max_input_bytes: int = Field(
-        default=10 * 1024 * 1024, ge=1, description="The upstream's input cap (docs: 10 or 25 MB)."
-    )
-    max_source_bytes: int = Field(
-        default=200 * 1024 * 1024, ge=1, description="Largest source object read (to re-encode it)."
-    )
-    convert_inputs: bool = Field(
-        default=True, description="Convert TIFF/BMP/GIF/... to PNG (else such inputs fail)."
-    )
-    reencode_oversize: bool = Field(
-        default=True, description="Re-encode inputs over max_input_bytes to fit (else fail)."
-    )
-    presign_ttl_s: int = Field(default=3600, ge=1)
     result_hosts: list[str] = Field(
         default_factory=list,
         description="Hosts result URLs may be downloaded from; empty = the upstream's own host.",
     )
-    max_result_bytes: int = Field(default=512 * 1024 * 1024, ge=1)
     connect_timeout_s: float = Field(default=10.0, gt=0)
     read_timeout_s: float = Field(default=120.0, gt=0)
     async_poll_interval_s: float = Field(default=3.0, ge=3.0)
@@ -121,54 +116,7 @@ class Settings(BaseSettings):
         "one. Unset: one key named `default` from the settings above.",
     )
 
-    # --- jobs ---------------------------------------------------------------------------
-    dest_template: str = DEFAULT_DEST_TEMPLATE
-    output_format: OutputFormat = Field(
-        default="source",
-        description="source (keep its format), upstream (its bytes as they are), or a fixed "
-        "png/jpeg/webp/avif. Producers use it too: it decides the destination's extension.",
-    )
-    output_quality: int = Field(
-        default=92, ge=1, le=100, description="Quality of lossy outputs (JPEG, WebP, AVIF)."
-    )
-    max_attempts: int = Field(default=5, ge=1, description="Real failures before a job fails.")
-    backoff_base_s: float = 2.0
-    backoff_max_s: float = 300.0
-    job_timeout_s: int = Field(default=600, ge=1)
-    max_jobs: int = Field(default=16, ge=1, description="Concurrent jobs per worker process.")
-    upload_part_bytes: int = Field(default=8 * 1024 * 1024, ge=1)
-
     # --- flow control (global, in Redis) ------------------------------------------------
-    callback_secret: SecretStr = Field(
-        default=SecretStr(""), description="HMAC-SHA256 key that signs completion notices."
-    )
-    callback_hosts: list[str] = Field(
-        default_factory=list,
-        description="Hosts callbacks may be sent to (`.example.com` = any subdomain).",
-    )
-    callback_allow_http: bool = False
-    callback_max_tries: int = Field(default=6, ge=1)
-    callback_backoff_s: float = 2.0
-    redis_sentinels: list[str] = Field(
-        default_factory=list,
-        description='Sentinel "host:port" list; the primary is found by name (TLS: rediss://).',
-    )
-    redis_sentinel_master: str = "mymaster"
-    metrics_port: int | None = Field(
-        default=None, description="Worker HTTP port: /metrics, /healthz, /readyz (unset = off)."
-    )
-    health_bucket: str | None = Field(
-        default=None, description="A bucket readiness checks can HEAD (S3 reachable + allowed)."
-    )
-    bulk_floor: float = Field(
-        default=0.1,
-        ge=0,
-        le=1,
-        description="Share of the rate the bulk lane keeps while live work waits.",
-    )
-    bulk_max_jobs: int | None = Field(
-        default=None, ge=1, description="Concurrent bulk jobs per process (default: max_jobs)."
-    )
     rate_rpm: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
         default=600,
         description="The key's requests per minute: the start and the ceiling (`auto`: the "
@@ -198,12 +146,6 @@ class Settings(BaseSettings):
     lease_s: int = Field(
         default=20, ge=3, description="In-flight slot lease; renewed while its call runs."
     )
-    run_lease_s: int = Field(
-        default=20,
-        ge=3,
-        le=300,
-        description="A job run's lease, renewed by a heartbeat; expired runs are reclaimed.",
-    )
     pause_poll_s: float = Field(default=2.0, gt=0)
     canary_interval_s: float = Field(
         default=0.0, description="Auto-resume probe interval while paused by 402; 0 = manual only."
@@ -213,6 +155,62 @@ class Settings(BaseSettings):
     budget_total_usd: float | None = None
     budget_daily_usd: float | None = None
     budget_batch_usd: float | None = None
+    bulk_floor: float = Field(
+        default=0.1,
+        ge=0,
+        le=1,
+        description="Share of the rate the bulk lane keeps while live work waits.",
+    )
+
+    # --- jobs and the data path ---------------------------------------------------------
+    dest_template: str = DEFAULT_DEST_TEMPLATE
+    output_format: OutputFormat = Field(
+        default="source",
+        description="source (keep its format), upstream (its bytes as they are), or a fixed "
+        "png/jpeg/webp/avif. Producers use it too: it decides the destination's extension.",
+    )
+    output_quality: int = Field(
+        default=92, ge=1, le=100, description="Quality of lossy outputs (JPEG, WebP, AVIF)."
+    )
+    max_attempts: int = Field(default=5, ge=1, description="Real failures before a job fails.")
+    backoff_base_s: float = 2.0
+    backoff_max_s: float = 300.0
+    job_timeout_s: int = Field(default=600, ge=1)
+    run_lease_s: int = Field(
+        default=20,
+        ge=3,
+        le=300,
+        description="A job run's lease, renewed by a heartbeat; expired runs are reclaimed.",
+    )
+    max_jobs: int = Field(default=16, ge=1, description="Concurrent jobs per worker process.")
+    bulk_max_jobs: int | None = Field(
+        default=None, ge=1, description="Concurrent bulk jobs per process (default: max_jobs)."
+    )
+    max_input_bytes: int = Field(
+        default=10 * 1024 * 1024, ge=1, description="The upstream's input cap (docs: 10 or 25 MB)."
+    )
+    max_source_bytes: int = Field(
+        default=200 * 1024 * 1024, ge=1, description="Largest source object read (to re-encode it)."
+    )
+    convert_inputs: bool = Field(
+        default=True, description="Convert TIFF/BMP/GIF/... to PNG (else such inputs fail)."
+    )
+    reencode_oversize: bool = Field(
+        default=True, description="Re-encode inputs over max_input_bytes to fit (else fail)."
+    )
+    max_result_bytes: int = Field(default=512 * 1024 * 1024, ge=1)
+
+    # --- callbacks ----------------------------------------------------------------------
+    callback_secret: SecretStr = Field(
+        default=SecretStr(""), description="HMAC-SHA256 key that signs completion notices."
+    )
+    callback_hosts: list[str] = Field(
+        default_factory=list,
+        description="Hosts callbacks may be sent to (`.example.com` = any subdomain).",
+    )
+    callback_allow_http: bool = False
+    callback_max_tries: int = Field(default=6, ge=1)
+    callback_backoff_s: float = 2.0
 
     # --- producers ----------------------------------------------------------------------
     api_token: SecretStr = Field(
@@ -227,6 +225,12 @@ class Settings(BaseSettings):
     # --- ops ----------------------------------------------------------------------------
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: str = "INFO"
+    metrics_port: int | None = Field(
+        default=None, description="Worker HTTP port: /metrics, /healthz, /readyz (unset = off)."
+    )
+    health_bucket: str | None = Field(
+        default=None, description="A bucket readiness checks can HEAD (S3 reachable + allowed)."
+    )
 
     @field_validator("*", mode="before")
     @classmethod
