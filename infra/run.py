@@ -57,7 +57,7 @@ def sample_images(n: int) -> Iterator[tuple[str, bytes, str]]:
 
 
 async def run_batch(settings: Settings, n_images: int) -> int:
-    s3 = make_s3_client(settings)
+    s3 = make_s3_client(settings.s3)
     for bucket in (INPUT_BUCKET, f"{INPUT_BUCKET}-upscaled"):
         with contextlib.suppress(
             s3.exceptions.BucketAlreadyOwnedByYou, s3.exceptions.BucketAlreadyExists

@@ -332,28 +332,6 @@ class Settings(BaseSettings):
             raise ValueError(f"expected one of {', '.join(_LEVELS)}")
         return v.upper()
 
-    @property
-    def inflight_cap(self) -> int:
-        if self.max_inflight is not None:
-            return self.max_inflight
-        return 10 if self.route == "ideogram" else 64
-
-    @property
-    def rpm_ceiling(self) -> int:
-        """The configured tier (0 = `auto`: whatever the upstream's headers say)."""
-        return 0 if self.rate_rpm == "auto" else self.rate_rpm
-
-    @property
-    def api_key_value(self) -> str:
-        return self.api_key.get_secret_value()
-
-    def allowed_result_hosts(self) -> set[str]:
-        hosts = {h.lower() for h in self.result_hosts}
-        if not hosts:
-            base = self.gateway_url if self.route == "gateway" else self.ideogram_url
-            hosts.add((urlsplit(base).hostname or "").lower())
-        return hosts
-
     # --- the sections: what each component takes ---------------------------------------
     @property
     def redis(self) -> RedisSettings:

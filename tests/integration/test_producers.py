@@ -277,7 +277,7 @@ async def test_backfill_resumes_from_checkpoint(
     stack: LocalStack, producer: Producer, settings: Settings, buckets: Buckets
 ) -> None:
     _fill(stack, buckets.src, 25)
-    s3 = make_s3_client(settings)
+    s3 = make_s3_client(settings.s3)
     plan = BackfillPlan(
         source=f"s3://{buckets.src}/set/",
         batch="bf",
@@ -361,7 +361,7 @@ async def test_output_written_to_the_watched_bucket_does_not_loop(tmp_path: Path
                     os.environ.pop(k, None)
                 else:
                     os.environ[k] = v
-        redis = Redis.from_url(settings.redis_url)
+        redis = Redis.from_url(settings.redis.url)
         producer = Producer(redis, settings)
         s3 = stack.s3_client()
         s3.create_bucket(Bucket="watched")

@@ -248,7 +248,7 @@ def test_worker_drains_on_rollout_and_is_probed(rendered: list[dict[str, Any]]) 
     deployment = _kind(rendered, "Deployment", "upscale-worker")
     assert "replicas" not in deployment["spec"]  # KEDA owns the count; an apply must not reset it
     pod = deployment["spec"]["template"]["spec"]
-    assert pod["terminationGracePeriodSeconds"] > Settings().job_timeout_s
+    assert pod["terminationGracePeriodSeconds"] > Settings().jobs.job_timeout_s
     (c,) = pod["containers"]
     assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
@@ -362,7 +362,7 @@ def test_compose_builds_once_has_no_default_token_and_a_durable_redis() -> None:
     args = services["redis"]["command"]
     opts = dict(zip(args[1::2], args[2::2], strict=True))
     assert {f"--{k}": v for k, v in DURABLE.items()}.items() <= opts.items()
-    assert int(services["worker"]["stop_grace_period"].rstrip("s")) > Settings().job_timeout_s
+    assert int(services["worker"]["stop_grace_period"].rstrip("s")) > Settings().jobs.job_timeout_s
     minio_env = services["minio"]["environment"]
     assert minio_env["MINIO_NOTIFY_WEBHOOK_ENDPOINT_UPSCALE"] == "http://webhook:8080/events"
     # One build; every other service of ours runs the image it tags.
