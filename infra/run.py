@@ -175,8 +175,8 @@ def main(images: int = 6) -> int:
             f"stack up in {time.monotonic() - t0:.1f}s: redis {stack.redis_url}, S3 {stack.s3_endpoint}, upstream {stack.simulator_url}"
         )
         os.environ.update(stack.env())
-        get_settings.cache_clear()
-        code = asyncio.run(run_batch(get_settings(), images))
+        # Read now, with the stack's environment (whatever the CLI read before it started).
+        code = asyncio.run(run_batch(Settings(), images))
     console.print("local stack stopped")
     return code
 

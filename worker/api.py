@@ -20,7 +20,7 @@ are re-exported here. Everything here is re-exported or a thin wrapper over work
   (`StorageError`, `SourceMissing`, `AccessDenied`);
 - processes: `run_worker_process`, `check_health` (`Check`).
 
-Heavy modules (boto3, the arq app, which reads settings at import) load on first use.
+Heavy modules (boto3, the arq app) load on first use.
 """
 
 from __future__ import annotations
@@ -202,7 +202,7 @@ async def check_bucket(settings: S3Settings, bucket: str) -> None:
 def run_worker_process(*, burst: bool = False) -> None:
     """Run this process as a worker (both lanes) until SIGTERM/SIGINT; `burst`: until the
     queues are empty."""
-    from worker.app import main  # reads settings at import: only when a worker is wanted
+    from worker.app import main  # arq and the job: only when a worker is wanted
 
     main(burst=burst)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import signal
 import time
 from collections.abc import Sequence
@@ -23,7 +24,7 @@ from worker.callbacks import NOTIFY_FUNCTION, notify
 from worker.contract import ARQ_FUNCTION, JobSpec
 from worker.health import serve_health
 from worker.job import UpscaleJob
-from worker.keys import BULK_QUEUE_NAME, QUEUE_NAME, QUEUES, queue_for
+from worker.keys import QUEUE_NAME, QUEUES, queue_for
 from worker.ledger import record_invalid_payload
 from worker.lifecycle import Lifecycle
 from worker.logs import configure_logging
@@ -218,29 +219,42 @@ def worker_options(settings: Settings, lane: str = "live") -> dict[str, Any]:
     }
 
 
-class WorkerSettings:
-    """For `arq worker.app.WorkerSettings` (live lane) and `arq worker.app.BulkWorkerSettings`.
+# arq reads a settings class's attributes (`WorkerSettings.__dict__`). The class is built when
+# first asked for (`arq worker.app.WorkerSettings` imports this module, then gets the
+# attribute), so importing this module reads no settings.
+_ARQ_LANES = {"WorkerSettings": "live", "BulkWorkerSettings": "bulk"}
+_ARQ_OPTIONS = (
+    "functions",
+    "queue_name",
+    "redis_settings",
+    "on_startup",
+    "on_shutdown",
+    "max_jobs",
+    "job_timeout",
+    "job_completion_wait",
+    "max_tries",
+    "job_serializer",
+    "job_deserializer",
+)
+
+
+@functools.cache
+def arq_settings(name: str) -> type:
+    """`WorkerSettings` (live lane) or `BulkWorkerSettings`, for `arq worker.app.<name>`.
 
     `upscale worker` is the better way: one process serves both lanes. Both ways get the same
     lifecycle (heartbeat, reclaim, heal) and stop picking while nothing can be admitted.
     """
-
-    _s = get_settings()
-    functions = worker_options(_s)["functions"]
-    queue_name = QUEUE_NAME
-    redis_settings = settings_for(_s.redis)
-    on_startup = startup
-    on_shutdown = shutdown
-    max_jobs = _s.jobs.max_jobs
-    job_timeout = _s.jobs.job_timeout_s
-    job_completion_wait = _s.jobs.job_timeout_s
-    max_tries = ARQ_MAX_TRIES
-    job_serializer = serialize
-    job_deserializer = deserialize
+    options = worker_options(get_settings(), _ARQ_LANES[name])
+    attrs = {k: options[k] for k in _ARQ_OPTIONS}
+    return type(name, (), {"__doc__": arq_settings.__doc__, "__module__": __name__, **attrs})
 
 
-class BulkWorkerSettings(WorkerSettings):
-    queue_name = BULK_QUEUE_NAME
+def __getattr__(name: str) -> type:
+    """`WorkerSettings` / `BulkWorkerSettings`, read from the settings on first use."""
+    if name in _ARQ_LANES:
+        return arq_settings(name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class LaneWorkers:
