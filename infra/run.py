@@ -57,7 +57,7 @@ def sample_images(n: int) -> Iterator[tuple[str, bytes, str]]:
 
 
 async def run_batch(settings: Settings, n_images: int) -> int:
-    s3 = make_s3_client(settings)
+    s3 = make_s3_client(settings.s3)
     for bucket in (INPUT_BUCKET, f"{INPUT_BUCKET}-upscaled"):
         with contextlib.suppress(
             s3.exceptions.BucketAlreadyOwnedByYou, s3.exceptions.BucketAlreadyExists
@@ -175,8 +175,8 @@ def main(images: int = 6) -> int:
             f"stack up in {time.monotonic() - t0:.1f}s: redis {stack.redis_url}, S3 {stack.s3_endpoint}, upstream {stack.simulator_url}"
         )
         os.environ.update(stack.env())
-        get_settings.cache_clear()
-        code = asyncio.run(run_batch(get_settings(), images))
+        # Read now, with the stack's environment (whatever the CLI read before it started).
+        code = asyncio.run(run_batch(Settings(), images))
     console.print("local stack stopped")
     return code
 

@@ -67,7 +67,9 @@ def build_spec(
         if (dst.bucket, dst.key) == (src.bucket, src.key):
             raise ValueError(f"destination {dest!r} would overwrite the source")
     else:
-        dst = render_destination(dest or dest_template or s.dest_template, src, s.output_format)
+        dst = render_destination(
+            dest or dest_template or s.jobs.dest_template, src, s.jobs.output_format
+        )
     return JobSpec(
         source=src,
         dest=dst,
@@ -78,7 +80,7 @@ def build_spec(
             magic_prompt=magic_prompt,
             seed=seed,
         ),
-        model=model or s.model,
+        model=model or s.upstream.model,
         batch=batch,
         lane=lane,
         tags=tags or {},
@@ -102,7 +104,7 @@ class Producer:
     ) -> AsyncIterator[Producer]:
         """`fail_fast`: raise `RedisUnavailable` within seconds instead of retrying ~30 s."""
         s = settings or get_settings()
-        redis = await connect(s, fail_fast=fail_fast)
+        redis = await connect(s.redis, fail_fast=fail_fast)
         try:
             yield cls(redis, s)
         finally:
@@ -131,7 +133,7 @@ class Producer:
         and jobs finished per minute over the last hour (for `status`, the dashboard, metrics)."""
         flow = await self.flow.snapshot()
         lanes = await self.lanes()
-        s = self.settings
+        s = self.settings.flow
         spend = await self.ledger.spend()
         budgets = {
             "total_usd": s.budget_total_usd,

@@ -119,7 +119,7 @@ class Backfill:
         self.guard_prefix = self._destination_prefix()
 
     def _destination_prefix(self) -> str | None:
-        template = self.plan.dest or self.settings.dest_template
+        template = self.plan.dest or self.settings.jobs.dest_template
         probe = render_destination(template, S3Object(bucket=self.bucket, key="probe.png"))
         if probe.bucket != self.bucket:
             return None
@@ -147,7 +147,7 @@ class Backfill:
             await self.redis.hset(  # type: ignore[misc]
                 Keys.batch(self.plan.batch), "budget_micros", str(budget_micros)
             )
-        price = usd_to_micros(self.settings.price_usd)
+        price = usd_to_micros(self.settings.upstream.price_usd)
         pending: list[JobSpec] = []
         async for obj in self._list(start_after):
             stats.listed += 1
@@ -223,7 +223,7 @@ class Backfill:
         self.on_progress(stats)
 
     async def _wait_for_room(self, n: int) -> None:
-        limit = self.plan.max_queue or max(1000, (self.settings.rpm_ceiling or 600) * 10)
+        limit = self.plan.max_queue or max(1000, (self.settings.flow.rpm_ceiling or 600) * 10)
         # Polling is right here: the queue drains at the upstream's pace (jobs/s), so a 1 s
         # look costs nothing and needs no event plumbing from every worker.
         while int(await self.redis.zcard(QUEUES["bulk"])) + n > limit:  # noqa: ASYNC110

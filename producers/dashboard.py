@@ -39,7 +39,7 @@ async def writes_need_token(
 ) -> web.StreamResponse:
     if request.method in ("GET", "HEAD"):
         return await handler(request)
-    token = request.app[PRODUCER].settings.api_token.get_secret_value()
+    token = request.app[PRODUCER].settings.producers.api_token.get_secret_value()
     if not bearer_matches(request.headers.get("Authorization", ""), token):
         return web.json_response({"error": "read-only: a valid bearer token is needed"}, status=401)
     return await handler(request)

@@ -252,9 +252,8 @@ def _register_secrets() -> None:
         s = get_settings()
     except Exception:  # the settings themselves are what is wrong
         return
-    for secret in (s.api_key, s.callback_secret, s.api_token, s.s3_secret_access_key):
-        if secret is not None:
-            register_secret(secret.get_secret_value())
+    for secret in s.secrets():
+        register_secret(secret)
 
 
 class Group(click.Group):

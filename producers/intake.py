@@ -36,7 +36,7 @@ class IntakeReport:
 
 def guard_for(producer: Producer) -> RecursionGuard:
     s = producer.settings
-    return RecursionGuard(s.dest_template, tuple(s.guard_prefixes))
+    return RecursionGuard(s.jobs.dest_template, s.producers.guard_prefixes)
 
 
 def specs_for(
@@ -65,7 +65,7 @@ async def enqueue_notification(
     """Parse, guard, enqueue. Raises `MalformedEvent` for a body no parser understands (or
     whose every record is broken); broken records next to good ones are `rejected`."""
     parsed = parse_notification(
-        body, eventbridge_keys_encoded=producer.settings.eventbridge_keys_encoded
+        body, eventbridge_keys_encoded=producer.settings.producers.eventbridge_keys_encoded
     )
     report = IntakeReport(ignored=list(parsed.ignored), rejected=list(parsed.rejected))
     specs = specs_for(parsed.created, guard_for(producer), producer, report)

@@ -52,7 +52,7 @@ async def serve_app(
     host: str,
     port: int,
 ) -> None:
-    redis = await connect(settings, fail_fast=True)  # no Redis at start-up: say so and exit
+    redis = await connect(settings.redis, fail_fast=True)  # no Redis at start-up: say so and exit
     runner = web.AppRunner(factory(Producer(redis, settings)), access_log=None)
     await runner.setup()
     await web.TCPSite(runner, host, port).start()

@@ -43,7 +43,7 @@ async def auth(
 ) -> web.StreamResponse:
     if request.path == "/healthz":
         return await handler(request)
-    token = request.app[PRODUCER].settings.api_token.get_secret_value()
+    token = request.app[PRODUCER].settings.producers.api_token.get_secret_value()
     if not token:
         return _error(503, "the endpoint is disabled: set UPSCALE_API_TOKEN")
     if not bearer_matches(request.headers.get("Authorization", ""), token):

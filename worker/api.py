@@ -11,14 +11,16 @@ are re-exported here. Everything here is re-exported or a thin wrapper over work
   `JobState`;
 - the fleet: `Fleet` (pause, resume, flow-control status), `FlowStatus`, `UpstreamStatus`
   (one key of the pool), `PauseInfo`, `UnknownUpstream`, `fleet_metrics`;
-- settings, Redis and logs: `Settings`, `get_settings`, `env_var`, `connect`,
+- settings, Redis and logs: `Settings` (parsed from the environment) and its sections
+  (`RedisSettings`, `S3Settings`, `UpstreamSettings`, `FlowSettings`, `JobsSettings`,
+  `CallbackSettings`, `ProducerSettings`, `OpsSettings`), `get_settings`, `env_var`, `connect`,
   `RedisUnavailable`, `redis_where`, `redis_reason`, `configure_logging`, `redact`,
   `register_secret`;
 - S3: `make_s3_client`, `check_bucket` and the errors the CLI turns into one line
   (`StorageError`, `SourceMissing`, `AccessDenied`);
 - processes: `run_worker_process`, `check_health` (`Check`).
 
-Heavy modules (boto3, the arq app, which reads settings at import) load on first use.
+Heavy modules (boto3, the arq app) load on first use.
 """
 
 from __future__ import annotations
@@ -52,7 +54,19 @@ from worker.metrics import fleet_metrics
 from worker.redis_conn import RedisUnavailable, connect
 from worker.redis_conn import reason as redis_reason
 from worker.redis_conn import where as redis_where
-from worker.settings import Settings, env_var, get_settings
+from worker.settings import (
+    CallbackSettings,
+    FlowSettings,
+    JobsSettings,
+    OpsSettings,
+    ProducerSettings,
+    RedisSettings,
+    S3Settings,
+    Settings,
+    UpstreamSettings,
+    env_var,
+    get_settings,
+)
 
 if TYPE_CHECKING:
     from worker.health import Check
@@ -62,24 +76,32 @@ __all__ = [
     "QUEUES",
     "STAGING_PREFIX",
     "AccessDenied",
+    "CallbackSettings",
     "Check",
     "EnqueueResult",
     "Fleet",
+    "FlowSettings",
     "FlowStatus",
     "JobRecord",
     "JobSpec",
     "JobState",
     "JobStore",
+    "JobsSettings",
     "Keys",
     "Lane",
+    "OpsSettings",
     "PauseInfo",
+    "ProducerSettings",
+    "RedisSettings",
     "RedisUnavailable",
     "S3Object",
+    "S3Settings",
     "Settings",
     "SourceMissing",
     "StorageError",
     "UnknownUpstream",
     "UpscaleParams",
+    "UpstreamSettings",
     "UpstreamStatus",
     "check_bucket",
     "check_health",
@@ -162,14 +184,14 @@ class Fleet:
         return await self._flow.snapshot()
 
 
-def make_s3_client(settings: Settings, *, fail_fast: bool = False) -> Any:
+def make_s3_client(settings: S3Settings, *, fail_fast: bool = False) -> Any:
     """A boto3 S3 client for `settings` (`fail_fast`: short timeouts, no retries)."""
     from worker import storage
 
     return storage.make_s3_client(settings, fail_fast=fail_fast)
 
 
-async def check_bucket(settings: Settings, bucket: str) -> None:
+async def check_bucket(settings: S3Settings, bucket: str) -> None:
     """One quick HEAD of `bucket`: raises `SourceMissing` if it does not exist, another
     `StorageError` if S3 or the credentials are wrong."""
     from worker.storage import Storage
@@ -180,7 +202,7 @@ async def check_bucket(settings: Settings, bucket: str) -> None:
 def run_worker_process(*, burst: bool = False) -> None:
     """Run this process as a worker (both lanes) until SIGTERM/SIGINT; `burst`: until the
     queues are empty."""
-    from worker.app import main  # reads settings at import: only when a worker is wanted
+    from worker.app import main  # arq and the job: only when a worker is wanted
 
     main(burst=burst)
 
@@ -200,7 +222,7 @@ async def check_health(
 
     async def redis_check() -> Check:
         try:
-            redis = await connect(settings, fail_fast=True)
+            redis = await connect(settings.redis, fail_fast=True)
         except Exception as e:
             return False, explain(e)
         try:
@@ -208,15 +230,15 @@ async def check_health(
         finally:
             await redis.aclose()
 
-    storage = Storage(settings, make_s3_client(settings, fail_fast=True))
+    storage = Storage(settings.s3, make_s3_client(settings.s3, fail_fast=True))
     client = httpx.AsyncClient(
         timeout=httpx.Timeout(CHECK_TIMEOUT_S, connect=2), follow_redirects=False
     )
-    upstream = make_upstream(settings, client)
+    upstream = make_upstream(settings.upstream, client)
     try:
         checks = await asyncio.gather(
             redis_check(),
-            check_s3(storage, settings.health_bucket, explain),
+            check_s3(storage, settings.ops.health_bucket, explain),
             check_upstream(upstream),
         )
     finally:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import signal
 import time
 from collections.abc import Sequence
@@ -25,14 +26,7 @@ from worker.contract import ARQ_FUNCTION, JobSpec
 from worker.flow import PICKUP_LEAD_S, TIMED_DENIALS, Gate
 from worker.health import serve_health
 from worker.job import UpscaleJob
-from worker.keys import (
-    ARQ_IN_PROGRESS_PREFIX,
-    BULK_QUEUE_NAME,
-    PREFIX,
-    QUEUE_NAME,
-    QUEUES,
-    queue_for,
-)
+from worker.keys import ARQ_IN_PROGRESS_PREFIX, PREFIX, QUEUE_NAME, QUEUES, queue_for
 from worker.ledger import record_invalid_payload
 from worker.ledger.reads import text
 from worker.lifecycle import Lifecycle
@@ -144,9 +138,9 @@ async def _process_runtime(ctx: dict[str, Any]) -> Runtime:
     async with _RUNTIME_LOCK:
         if "runtime" not in ctx:
             settings: Settings = ctx.get("settings") or get_settings()
-            configure_logging(settings.log_format, settings.log_level)
+            configure_logging(settings.ops.log_format, settings.ops.log_level)
             # Its own connection: in burst mode one lane's worker closes its pool first.
-            ctx["runtime"] = create_runtime(settings, await connect(settings))
+            ctx["runtime"] = create_runtime(settings, await connect(settings.redis))
         rt: Runtime = ctx["runtime"]
         return rt
 
@@ -161,8 +155,8 @@ async def startup(ctx: dict[str, Any]) -> None:
     rt = await _process_runtime(ctx)
     if "tasks" not in ctx:
         ctx["tasks"] = _background(rt, [worker] if worker else [])
-        if rt.settings.metrics_port:
-            ctx["health_server"] = await serve_health(rt, rt.settings.metrics_port)
+        if rt.settings.ops.metrics_port:
+            ctx["health_server"] = await serve_health(rt, rt.settings.ops.metrics_port)
         log.info("worker started", queues=[worker.queue_name] if worker else [QUEUE_NAME])
 
 
@@ -195,7 +189,7 @@ async def _teardown(ctx: dict[str, Any]) -> None:
 
 
 def _background(rt: Runtime, workers: Sequence[Worker]) -> list[asyncio.Task[None]]:
-    in_progress_ms = int((rt.settings.job_timeout_s + 10) * 1000)  # arq's in-progress TTL
+    in_progress_ms = int((rt.settings.jobs.job_timeout_s + 10) * 1000)  # arq's in-progress TTL
     return [
         asyncio.create_task(Lifecycle(rt, in_progress_ttl_ms=in_progress_ms).run()),
         asyncio.create_task(_watch_gate(rt, workers)),
@@ -223,7 +217,7 @@ async def _watch_gate(rt: Runtime, workers: Sequence[Worker]) -> None:
                 await rt.ledger.sample_depth(minute)  # the dashboard's depth-over-the-hour chart
                 sampled_minute = minute
             gate = await rt.flow.gate()
-            wait_s = rt.settings.pause_poll_s
+            wait_s = rt.settings.flow.pause_poll_s
             if gate.state == "closed" and gate.reason in TIMED_DENIALS:
                 # it reopens at a known moment: pick again just before it (jobs wait out the
                 # rest in line) instead of up to a poll interval after it
@@ -244,32 +238,31 @@ async def _watch_gate(rt: Runtime, workers: Sequence[Worker]) -> None:
             log.warning("gate watch: redis unavailable", error=type(e).__name__)
         except Exception:
             log.exception("gate watch failed")
-            wait_s = rt.settings.pause_poll_s
+            wait_s = rt.settings.flow.pause_poll_s
         await asyncio.sleep(wait_s)
 
 
 def worker_options(settings: Settings, lane: str = "live") -> dict[str, Any]:
-    max_jobs = settings.max_jobs if lane == "live" else settings.bulk_max_jobs or settings.max_jobs
+    jobs = settings.jobs
+    max_jobs = jobs.lane_max_jobs(lane)
     return {
         "functions": [
-            func(
-                upscale, name=ARQ_FUNCTION, max_tries=ARQ_MAX_TRIES, timeout=settings.job_timeout_s
-            ),
+            func(upscale, name=ARQ_FUNCTION, max_tries=ARQ_MAX_TRIES, timeout=jobs.job_timeout_s),
             func(
                 notify,
                 name=NOTIFY_FUNCTION,
                 max_tries=ARQ_MAX_TRIES,
-                timeout=min(60, settings.job_timeout_s),
+                timeout=min(60, jobs.job_timeout_s),
             ),
         ],
         "queue_name": queue_for(lane),
-        "redis_settings": settings_for(settings),
+        "redis_settings": settings_for(settings.redis),
         "on_startup": startup,
         "on_shutdown": shutdown,
         "max_jobs": max_jobs,
-        "job_timeout": settings.job_timeout_s,
+        "job_timeout": jobs.job_timeout_s,
         # A deploy drains: running (paid) calls finish before the process exits.
-        "job_completion_wait": settings.job_timeout_s,
+        "job_completion_wait": jobs.job_timeout_s,
         "keep_result": 60,
         "max_tries": ARQ_MAX_TRIES,
         "poll_delay": 0.2,
@@ -282,29 +275,42 @@ def worker_options(settings: Settings, lane: str = "live") -> dict[str, Any]:
     }
 
 
-class WorkerSettings:
-    """For `arq worker.app.WorkerSettings` (live lane) and `arq worker.app.BulkWorkerSettings`.
+# arq reads a settings class's attributes (`WorkerSettings.__dict__`). The class is built when
+# first asked for (`arq worker.app.WorkerSettings` imports this module, then gets the
+# attribute), so importing this module reads no settings.
+_ARQ_LANES = {"WorkerSettings": "live", "BulkWorkerSettings": "bulk"}
+_ARQ_OPTIONS = (
+    "functions",
+    "queue_name",
+    "redis_settings",
+    "on_startup",
+    "on_shutdown",
+    "max_jobs",
+    "job_timeout",
+    "job_completion_wait",
+    "max_tries",
+    "job_serializer",
+    "job_deserializer",
+)
+
+
+@functools.cache
+def arq_settings(name: str) -> type:
+    """`WorkerSettings` (live lane) or `BulkWorkerSettings`, for `arq worker.app.<name>`.
 
     `upscale worker` is the better way: one process serves both lanes. Both ways get the same
     lifecycle (heartbeat, reclaim, heal) and stop picking while nothing can be admitted.
     """
-
-    _s = get_settings()
-    functions = worker_options(_s)["functions"]
-    queue_name = QUEUE_NAME
-    redis_settings = settings_for(_s)
-    on_startup = startup
-    on_shutdown = shutdown
-    max_jobs = _s.max_jobs
-    job_timeout = _s.job_timeout_s
-    job_completion_wait = _s.job_timeout_s
-    max_tries = ARQ_MAX_TRIES
-    job_serializer = serialize
-    job_deserializer = deserialize
+    options = worker_options(get_settings(), _ARQ_LANES[name])
+    attrs = {k: options[k] for k in _ARQ_OPTIONS}
+    return type(name, (), {"__doc__": arq_settings.__doc__, "__module__": __name__, **attrs})
 
 
-class BulkWorkerSettings(WorkerSettings):
-    queue_name = BULK_QUEUE_NAME
+def __getattr__(name: str) -> type:
+    """`WorkerSettings` / `BulkWorkerSettings`, read from the settings on first use."""
+    if name in _ARQ_LANES:
+        return arq_settings(name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class LaneWorkers:
@@ -332,13 +338,13 @@ class LaneWorkers:
         """Serve both lanes; if one lane's worker dies, drain the other and exit non-zero."""
         rt = await _process_runtime(self.ctx)
         self.ctx["tasks"] = _background(rt, self.workers)
-        if self.settings.metrics_port:
-            self.ctx["health_server"] = await serve_health(rt, self.settings.metrics_port)
+        if self.settings.ops.metrics_port:
+            self.ctx["health_server"] = await serve_health(rt, self.settings.ops.metrics_port)
         log.info(
             "worker started",
             queues=[w.queue_name for w in self.workers],
-            route=self.settings.route,
-            max_jobs=self.settings.max_jobs,
+            route=self.settings.upstream.route,
+            max_jobs=self.settings.jobs.max_jobs,
         )
         tasks = [asyncio.create_task(w.async_run()) for w in self.workers]
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
@@ -375,6 +381,6 @@ async def run_worker(settings: Settings, *, burst: bool = False) -> None:
 
 def main(burst: bool = False) -> None:
     settings = get_settings()
-    configure_logging(settings.log_format, settings.log_level)
+    configure_logging(settings.ops.log_format, settings.ops.log_level)
     signal.signal(signal.SIGINT, signal.default_int_handler)
     asyncio.run(run_worker(settings, burst=burst))

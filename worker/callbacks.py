@@ -23,7 +23,7 @@ from arq import ArqRedis, Retry
 
 from worker.contract import QUEUE_NAME, Keys
 from worker.runtime import Runtime
-from worker.settings import Settings
+from worker.settings import CallbackSettings
 
 log = structlog.get_logger("worker.callbacks")
 NOTIFY_FUNCTION = "notify"
@@ -47,14 +47,14 @@ def verify(
     return hmac.compare_digest(sign(secret, int(timestamp), body), signature)
 
 
-def check_url(url: str, settings: Settings) -> None:
+def check_url(url: str, settings: CallbackSettings) -> None:
     parts = urlsplit(url)
     if parts.scheme not in ("https", "http") or not parts.hostname:
         raise CallbackRefused(f"callback URL must be http(s)://host/...: {url!r}")
-    if parts.scheme == "http" and not settings.callback_allow_http:
+    if parts.scheme == "http" and not settings.allow_http:
         raise CallbackRefused("callback URL must use https (UPSCALE_CALLBACK_ALLOW_HTTP=false)")
     host = parts.hostname.lower()
-    allowed = [h.lower() for h in settings.callback_hosts]
+    allowed = [h.lower() for h in settings.hosts]
     ok = any(host == h or (h.startswith(".") and host.endswith(h)) for h in allowed)
     if not ok:
         raise CallbackRefused(
@@ -82,7 +82,7 @@ async def queue_batch_notice_if_done(redis: ArqRedis, batch: str) -> None:
 async def notify(ctx: dict[str, Any], kind: str, ident: str) -> str:
     """arq job: deliver one notice (kind `job` or `batch`), retrying with backoff."""
     rt: Runtime = ctx["runtime"]
-    s = rt.settings
+    s = rt.settings.callbacks
     if kind == "job":
         rec = await rt.ledger.get(ident)
         url = (rec.payload or {}).get("callback_url") if rec else None
@@ -107,7 +107,7 @@ async def notify(ctx: dict[str, Any], kind: str, ident: str) -> str:
     headers = {
         "Content-Type": "application/json",
         "X-Upscale-Timestamp": str(ts),
-        "X-Upscale-Signature": sign(s.callback_secret.get_secret_value(), ts, body),
+        "X-Upscale-Signature": sign(s.secret.get_secret_value(), ts, body),
         "X-Upscale-Delivery": f"{kind}:{ident}:{tries}",
     }
     try:
@@ -119,12 +119,12 @@ async def notify(ctx: dict[str, Any], kind: str, ident: str) -> str:
         await _record(rt, ledger_key, "delivered", "")
         log.info("callback delivered", kind=kind, id=ident, tries=tries)
         return "delivered"
-    if tries >= s.callback_max_tries:
+    if tries >= s.max_tries:
         await _record(rt, ledger_key, "failed", f"{error} after {tries} tries")
         log.warning("callback failed", kind=kind, id=ident, error=error, tries=tries)
         return "failed"
     await _record(rt, ledger_key, "retrying", error)
-    delay = random.uniform(0, min(300.0, s.callback_backoff_s * 2**tries))
+    delay = random.uniform(0, min(300.0, s.backoff_s * 2**tries))
     raise Retry(defer=delay)
 
 

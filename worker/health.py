@@ -66,7 +66,7 @@ async def run_checks(
 ) -> dict[str, Check]:
     checks: dict[str, Any] = {
         "redis": check_redis(rt.redis, explain),
-        "s3": check_s3(rt.storage, rt.settings.health_bucket, explain),
+        "s3": check_s3(rt.storage, rt.settings.ops.health_bucket, explain),
     }
     if upstream:
         for name, up in rt.upstreams.items():

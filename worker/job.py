@@ -79,7 +79,7 @@ class UpscaleJob:
 
     # -- the run ------------------------------------------------------------------------
     async def run(self) -> dict[str, Any]:
-        st = await self.rt.ledger.start(self.job_id, self.token, self.s.run_lease_s * 1000)
+        st = await self.rt.ledger.start(self.job_id, self.token, self.s.jobs.run_lease_s * 1000)
         if st.outcome == "final":
             return {"state": st.state, "note": "already final"}
         if st.outcome == "busy":  # another live run holds the lease: leave it alone
@@ -99,7 +99,7 @@ class UpscaleJob:
         try:
             try:
                 # Beat arq's own timeout (which would end the job without a ledger update).
-                limit = self.s.job_timeout_s
+                limit = self.s.jobs.job_timeout_s
                 async with asyncio.timeout(max(1.0, limit - min(5.0, limit * 0.1))):
                     out = await self._steps(st)
             except asyncio.CancelledError:
@@ -149,7 +149,7 @@ class UpscaleJob:
     # -- outcomes -----------------------------------------------------------------------
     async def _settle(self, exc: Exception) -> dict[str, Any]:
         """Apply the outcome table's row for `exc`. Raises `Retry` for wait / attempt."""
-        o = outcome_for(exc, pause_poll_s=self.s.pause_poll_s, outage_wait_s=OUTAGE_WAIT_S)
+        o = outcome_for(exc, pause_poll_s=self.s.flow.pause_poll_s, outage_wait_s=OUTAGE_WAIT_S)
         if o.action == "attempt" and not isinstance(exc, ue.UpstreamError | TimeoutError):
             log.error("unexpected error; counted as a failed attempt", exc_info=exc)
         ledger = self.rt.ledger
@@ -169,9 +169,9 @@ class UpscaleJob:
             self.token,
             o.error_class,
             o.message,
-            max_attempts=self.s.max_attempts,
-            backoff_base_s=self.s.backoff_base_s,
-            backoff_max_s=self.s.backoff_max_s,
+            max_attempts=self.s.jobs.max_attempts,
+            backoff_base_s=self.s.jobs.backoff_base_s,
+            backoff_max_s=self.s.jobs.backoff_max_s,
         )
         if failed:
             log.warning("job failed", error_class=o.error_class, error=o.message, attempts=attempts)
@@ -183,7 +183,7 @@ class UpscaleJob:
     async def _tell_flow(self, upstream: str, slot: str, exc: ue.UpstreamError) -> None:
         """Feed a call's failure into the fleet's flow control while its slot is still held, so
         no other call slips in before the pause / cooldown is in force."""
-        o = outcome_for(exc, pause_poll_s=self.s.pause_poll_s, outage_wait_s=OUTAGE_WAIT_S)
+        o = outcome_for(exc, pause_poll_s=self.s.flow.pause_poll_s, outage_wait_s=OUTAGE_WAIT_S)
         flow = self.rt.flow
         try:
             if exc.rate.known and not isinstance(exc, ue.RateLimited):
@@ -254,7 +254,11 @@ class UpscaleJob:
     async def _read_source(self, upstream: str) -> ImageInput:
         t0 = time.monotonic()
         src, storage = self.spec.source, self.rt.storage
-        cap = self.s.max_source_bytes if self.s.reencode_oversize else self.s.max_input_bytes
+        cap = (
+            self.s.jobs.max_source_bytes
+            if self.s.jobs.reencode_oversize
+            else self.s.jobs.max_input_bytes
+        )
 
         def check(head: Head) -> None:
             if META_JOB_ID in head.metadata:
@@ -270,7 +274,7 @@ class UpscaleJob:
                 raise JobFailed(
                     "InputTooLarge",
                     f"source is {head.size:,} bytes, over the {cap:,}-byte limit"
-                    + ("" if self.s.reencode_oversize else " (re-encoding to fit is off)"),
+                    + ("" if self.s.jobs.reencode_oversize else " (re-encoding to fit is off)"),
                 )
             if head.size == 0:
                 raise JobFailed("InvalidImage", "source object is empty (0 bytes)")
@@ -284,9 +288,9 @@ class UpscaleJob:
                 prepare,
                 data,
                 info,
-                max_bytes=self.s.max_input_bytes,
-                convert=self.s.convert_inputs,
-                reencode=self.s.reencode_oversize,
+                max_bytes=self.s.jobs.max_input_bytes,
+                convert=self.s.jobs.convert_inputs,
+                reencode=self.s.jobs.reencode_oversize,
             )
         except SourceMissing as e:
             raise JobFailed("SourceMissing", f"source {src.uri} does not exist ({e})") from None
@@ -453,7 +457,7 @@ class UpscaleJob:
         if status >= 500:
             raise JobWaits("storage", OUTAGE_WAIT_S, f"S3 answered HTTP {status}")
         if status < 300:
-            endpoint = self.s.s3_endpoint_url or "S3"
+            endpoint = self.s.s3.endpoint_url or "S3"
             raise JobFailed(
                 "SourceUnreachable",
                 f"the upstream could not fetch the source from {endpoint} ({err.describe()}), "
@@ -466,8 +470,8 @@ class UpscaleJob:
         """Poll until the upstream job ends (at most every `async_poll_interval_s`). A failed
         poll is not a failed job: polling goes on while the upstream keeps the job."""
         pending = str(paid.pending_id)
-        interval = self.s.async_poll_interval_s
-        deadline = self.started + self.s.job_timeout_s * 0.8
+        interval = self.s.upstream.async_poll_interval_s
+        deadline = self.started + self.s.jobs.job_timeout_s * 0.8
         errors = 0
         while True:
             await asyncio.sleep(interval * min(2**errors, 8))
@@ -511,9 +515,9 @@ class UpscaleJob:
                     source=self.spec.source,
                     source_format=self.source_format,
                     chunks=self._chunks(out),
-                    output_format=self.s.output_format,
-                    quality=self.s.output_quality,
-                    max_source_bytes=self.s.max_source_bytes,
+                    output_format=self.s.jobs.output_format,
+                    quality=self.s.jobs.output_quality,
+                    max_source_bytes=self.s.jobs.max_source_bytes,
                     describe=self._describer(paid, out, info),
                 )
                 break
@@ -587,7 +591,7 @@ class UpscaleJob:
                 self.rt.downloads,
                 out.url,
                 allowed_hosts=self.rt.result_hosts,
-                max_bytes=self.s.max_result_bytes,
+                max_bytes=self.s.jobs.max_result_bytes,
             )
         return stream_b64(out.b64 or "")
 

@@ -31,8 +31,8 @@ IN_PROGRESS_GRACE_MS = 10_000  # arq's in-progress key without a run, for longer
 class Lifecycle:
     def __init__(self, rt: Runtime, *, in_progress_ttl_ms: int) -> None:
         self.rt = rt
-        self.lease_ms = rt.settings.run_lease_s * 1000
-        self.tick_s = max(0.5, rt.settings.run_lease_s / 4)
+        self.lease_ms = rt.settings.jobs.run_lease_s * 1000
+        self.tick_s = max(0.5, rt.settings.jobs.run_lease_s / 4)
         self.in_progress_ttl_ms = in_progress_ttl_ms
         self._connected_since: float | None = None
         self._last_heal = 0.0

@@ -5,18 +5,19 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import structlog
-from arq.connections import ArqRedis, RedisSettings, create_pool
+from arq.connections import ArqRedis, create_pool
+from arq.connections import RedisSettings as ArqRedisSettings
 from redis.exceptions import AuthenticationError, RedisError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from worker.keys import QUEUE_NAME
-from worker.settings import Settings
+from worker.settings import RedisSettings
 
 T = TypeVar("T")
 _log = structlog.get_logger("worker.redis")
@@ -31,14 +32,16 @@ def deserialize(data: bytes) -> Any:
     return json.loads(data)
 
 
-def redis_settings(url: str, sentinels: list[str] | None = None, master: str = "") -> RedisSettings:
+def redis_settings(
+    url: str, sentinels: Sequence[str] | None = None, master: str = ""
+) -> ArqRedisSettings:
     """arq settings from a URL (`redis://`, or `rediss://` for TLS), or via Redis Sentinel.
 
     With `sentinels` (["host:port", ...]) the URL supplies only the database and password and
     the primary named `master` is discovered through Sentinel (Redis Cluster is not supported:
     arq and our Lua scripts use multi-key operations on one primary).
     """
-    rs = RedisSettings.from_dsn(url)
+    rs = ArqRedisSettings.from_dsn(url)
     if sentinels:
         rs.host = [(h, int(p)) for h, _, p in (s.rpartition(":") for s in sentinels)]
         rs.sentinel = True
@@ -62,26 +65,26 @@ class RedisUnavailable(Exception):
         self.where, self.reason, self.auth = where, reason, auth
 
 
-def where(target: str | Settings) -> str:
+def where(target: str | RedisSettings) -> str:
     """Where Redis is, for messages: never the password."""
-    if isinstance(target, Settings):
-        if target.redis_sentinels:
-            sentinels = ",".join(target.redis_sentinels)
-            return f"Sentinel {sentinels} (master {target.redis_sentinel_master})"
-        target = target.redis_url
+    if isinstance(target, RedisSettings):
+        if target.sentinels:
+            sentinels = ",".join(target.sentinels)
+            return f"Sentinel {sentinels} (master {target.sentinel_master})"
+        target = target.url
     u = urlsplit(target)
     return u._replace(netloc=u.netloc.rpartition("@")[2]).geturl() if "@" in u.netloc else target
 
 
-def settings_for(s: Settings) -> RedisSettings:
-    return redis_settings(s.redis_url, s.redis_sentinels, s.redis_sentinel_master)
+def settings_for(s: RedisSettings) -> ArqRedisSettings:
+    return redis_settings(s.url, s.sentinels, s.sentinel_master)
 
 
-async def connect(target: str | Settings, *, fail_fast: bool = False) -> ArqRedis:
+async def connect(target: str | RedisSettings, *, fail_fast: bool = False) -> ArqRedis:
     """A connection pool (pinged). By default the first connection is retried for ~30 s (a
     worker rides out a Redis restart); `fail_fast` tries once, for a few seconds, and raises
     `RedisUnavailable` (for commands a person is waiting on)."""
-    rs = settings_for(target) if isinstance(target, Settings) else redis_settings(target)
+    rs = settings_for(target) if isinstance(target, RedisSettings) else redis_settings(target)
     if fail_fast:
         rs.conn_retries = 0
         rs.conn_timeout = FAIL_FAST_CONNECT_S  # type: ignore[assignment]  # a float works

@@ -36,7 +36,7 @@ class Runtime:
     @cached_property
     def result_hosts(self) -> set[str]:
         """Hosts paid results may be downloaded from: every pool member's."""
-        return set().union(*(m.settings.allowed_result_hosts() for m in self.flow.pool))
+        return set().union(*(m.upstream.allowed_result_hosts() for m in self.flow.pool))
 
     def upstream(self, name: str) -> Upstream:
         """The client of pool member `name` (a slot from before pools: the first)."""
@@ -50,21 +50,20 @@ class Runtime:
 
 def create_runtime(settings: Settings, redis: Redis) -> Runtime:
     flow = FlowControl(redis, settings)
+    up = settings.upstream
     for m in flow.pool:
-        register_secret(m.settings.api_key_value)
-    if settings.callback_secret.get_secret_value():
-        register_secret(settings.callback_secret.get_secret_value())
-    if settings.s3_secret_access_key:
-        register_secret(settings.s3_secret_access_key.get_secret_value())
+        register_secret(m.upstream.api_key_value)
+    for secret in settings.secrets():
+        register_secret(secret)
     return Runtime(
         settings=settings,
         redis=redis,
         ledger=Ledger(redis),
         flow=flow,
-        storage=Storage(settings),
-        upstreams={m.name: make_upstream(m.settings) for m in flow.pool},
+        storage=Storage(settings.s3),
+        upstreams={m.name: make_upstream(m.upstream) for m in flow.pool},
         downloads=httpx.AsyncClient(
-            timeout=httpx.Timeout(settings.read_timeout_s, connect=settings.connect_timeout_s),
+            timeout=httpx.Timeout(up.read_timeout_s, connect=up.connect_timeout_s),
             follow_redirects=False,
         ),
     )

@@ -17,7 +17,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from worker.contract import S3Object
-from worker.settings import Settings
+from worker.settings import S3Settings
 
 _NOT_FOUND = {"404", "NoSuchKey", "NotFound", "NoSuchVersion", "NoSuchBucket"}
 _DENIED = {"403", "AccessDenied", "Forbidden", "AllAccessDisabled", "InvalidObjectState"}
@@ -55,28 +55,28 @@ class StorageUnavailable(StorageError):
     """S3 is down, throttling or unreachable: wait and retry, never a failed try."""
 
 
-def make_s3_client(settings: Settings, *, fail_fast: bool = False) -> Any:
+def make_s3_client(settings: S3Settings, *, fail_fast: bool = False) -> Any:
     """An S3 client. The region is `UPSCALE_S3_REGION` when set, else `AWS_REGION` (which
     other AWS SDKs read and botocore does not), else boto3's own chain (`AWS_DEFAULT_REGION`,
     the profile's region). `fail_fast`: one short attempt, for checks a person waits on."""
     kwargs: dict[str, Any] = {
         "config": Config(
-            s3={"addressing_style": settings.s3_addressing_style},
+            s3={"addressing_style": settings.addressing_style},
             signature_version="s3v4",
             retries={"max_attempts": 1 if fail_fast else 3, "mode": "standard"},
-            max_pool_connections=settings.s3_max_pool_connections,
+            max_pool_connections=settings.max_pool_connections,
             connect_timeout=2 if fail_fast else 5,
             read_timeout=4 if fail_fast else 60,
         ),
     }
-    region = settings.s3_region or os.environ.get("AWS_REGION")
+    region = settings.region or os.environ.get("AWS_REGION")
     if region:
         kwargs["region_name"] = region
-    if settings.s3_endpoint_url:
-        kwargs["endpoint_url"] = settings.s3_endpoint_url
-    if settings.s3_access_key_id and settings.s3_secret_access_key:
-        kwargs["aws_access_key_id"] = settings.s3_access_key_id
-        kwargs["aws_secret_access_key"] = settings.s3_secret_access_key.get_secret_value()
+    if settings.endpoint_url:
+        kwargs["endpoint_url"] = settings.endpoint_url
+    if settings.access_key_id and settings.secret_access_key:
+        kwargs["aws_access_key_id"] = settings.access_key_id
+        kwargs["aws_secret_access_key"] = settings.secret_access_key.get_secret_value()
     return boto3.session.Session().client("s3", **kwargs)
 
 
@@ -125,7 +125,7 @@ def _head(r: dict[str, Any]) -> Head:
 
 
 class Storage:
-    def __init__(self, settings: Settings, client: Any | None = None) -> None:
+    def __init__(self, settings: S3Settings, client: Any | None = None) -> None:
         self.settings = settings
         self.s3 = client or make_s3_client(settings)
 

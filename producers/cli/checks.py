@@ -16,7 +16,7 @@ from worker.api import check_health, get_settings, register_secret
 @click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
 def health(as_json: bool) -> None:
     settings = get_settings()
-    register_secret(settings.api_key_value)
+    register_secret(settings.upstream.api_key_value)
     # All three at once, each with a short timeout: the answer comes within ~5 s.
     results = asyncio.run(check_health(settings, describe))
     failed = {name: detail for name, (good, detail) in results.items() if not good}

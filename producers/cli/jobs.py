@@ -116,7 +116,7 @@ def backfill(source: str, as_json: bool, **o: Any) -> None:
             include=list(o["include"]),
             exclude=list(o["exclude"]),
             min_size=o["min_size"],
-            max_size=o["max_size"] or settings.max_input_bytes,
+            max_size=o["max_size"] or settings.jobs.max_input_bytes,
             since=utc(o["since"]),
             until=utc(o["until"]),
         ),
@@ -131,9 +131,9 @@ def backfill(source: str, as_json: bool, **o: Any) -> None:
         # One quick request first: credentials, endpoint and bucket, before any progress bar.
         bucket = source[5:].split("/")[0]
         try:
-            await check_bucket(settings, bucket)
+            await check_bucket(settings.s3, bucket)
         except SourceMissing:
-            where = settings.s3_endpoint_url or "AWS"
+            where = settings.s3.endpoint_url or "AWS"
             raise CommandError(f"bucket {bucket} does not exist (S3 at {where})") from None
         with Progress(
             SpinnerColumn(),
@@ -153,12 +153,12 @@ def backfill(source: str, as_json: bool, **o: Any) -> None:
 
             if o["batch_callback"] and not plan.dry_run:
                 await p.set_batch_callback(batch, o["batch_callback"])
-            return await Backfill(p.redis, settings, make_s3_client(settings), plan, show).run()
+            return await Backfill(p.redis, settings, make_s3_client(settings.s3), plan, show).run()
 
     st = with_producer(go)
     d = stats_dict(st)
     d["batch"] = batch
-    d["estimated_cost_usd"] = round(st.matched * settings.price_usd, 2)
+    d["estimated_cost_usd"] = round(st.matched * settings.upstream.price_usd, 2)
     if as_json:
         echo_json(d)
         return

@@ -52,7 +52,7 @@ async def _wait_for_redis(settings: Settings, seconds: float) -> None:
     deadline = time.monotonic() + seconds
     while True:
         try:
-            redis = await connect(settings, fail_fast=True)
+            redis = await connect(settings.redis, fail_fast=True)
         except RedisUnavailable as e:
             if e.auth or time.monotonic() + 1 > deadline:
                 raise
@@ -89,7 +89,7 @@ def _serve_http(
     as_json: bool,
 ) -> None:
     settings = json_logs(as_json)
-    configure_logging(settings.log_format, settings.log_level)
+    configure_logging(settings.ops.log_format, settings.ops.log_level)
     # Once serving, SIGINT/SIGTERM stop it cleanly; a Ctrl-C before that is no error either.
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve(settings, host, port))
@@ -119,9 +119,9 @@ def sqs(
     from producers.sqs import SqsConsumer
 
     s = json_logs(as_json)
-    configure_logging(s.log_format, s.log_level)
+    configure_logging(s.ops.log_format, s.ops.log_level)
     # The region as for S3: UPSCALE_S3_REGION, AWS_REGION, then boto3's chain (the profile).
-    region = s.s3_region or os.environ.get("AWS_REGION")
+    region = s.s3.region or os.environ.get("AWS_REGION")
     client = boto3.client("sqs", region_name=region, endpoint_url=endpoint_url)
 
     async def go(p: Producer) -> Any:

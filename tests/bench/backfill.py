@@ -52,7 +52,7 @@ async def run_backfill(stack: LocalStack, bucket: str) -> tuple[BackfillStats, l
 
     os.environ.update(stack.env())
     settings = Settings()
-    redis = Redis.from_url(settings.redis_url)
+    redis = Redis.from_url(settings.redis.url)
     samples: list[float] = []
 
     def tick(st: BackfillStats) -> None:
@@ -68,7 +68,7 @@ async def run_backfill(stack: LocalStack, bucket: str) -> tuple[BackfillStats, l
         filters=Filters(include=["*.png"]),
         max_queue=10_000_000,  # measure listing + enqueue, not the back-pressure wait
     )
-    stats = await Backfill(redis, settings, make_s3_client(settings), plan, tick).run()
+    stats = await Backfill(redis, settings, make_s3_client(settings.s3), plan, tick).run()
     await redis.aclose()
     return stats, samples
 

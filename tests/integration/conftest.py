@@ -118,7 +118,7 @@ def stack_env(stack: LocalStack, monkeypatch: pytest.MonkeyPatch) -> Iterator[No
 
 @pytest.fixture
 async def redis(settings: Settings) -> AsyncIterator[Redis]:
-    r: Redis = Redis.from_url(settings.redis_url)
+    r: Redis = Redis.from_url(settings.redis.url)
     await r.flushdb()
     yield r
     await r.aclose()
@@ -164,7 +164,7 @@ async def drain(settings: Settings, *, timeout: float = 60, until_paused: bool =
         if not until_paused:
             await asyncio.wait_for(task, timeout)
             return
-        r: Redis = Redis.from_url(settings.redis_url)
+        r: Redis = Redis.from_url(settings.redis.url)
         try:
             async with asyncio.timeout(timeout):
                 while not (

@@ -32,7 +32,7 @@ async def test_backfill_resumes_from_checkpoint(
     stack: LocalStack, producer: Producer, settings: Settings, buckets: Buckets
 ) -> None:
     _fill(stack, buckets.src, 25)
-    s3 = make_s3_client(settings)
+    s3 = make_s3_client(settings.s3)
     plan = BackfillPlan(
         source=f"s3://{buckets.src}/set/",
         batch="bf",

@@ -183,7 +183,7 @@ def _describe(img: ImageInfo) -> tuple[str, dict[str, str]]:
 async def test_store_fallbacks(
     stack: LocalStack, settings: Settings, buckets: Buckets, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    storage = Storage(settings)
+    storage = Storage(settings.s3)
     result = png(120, 90)
     common: dict[str, Any] = {"quality": 90, "max_source_bytes": 10**7, "describe": _describe}
 

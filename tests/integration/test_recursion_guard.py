@@ -39,7 +39,7 @@ async def test_output_written_to_the_watched_bucket_does_not_loop(tmp_path: Path
                     os.environ.pop(k, None)
                 else:
                     os.environ[k] = v
-        redis = Redis.from_url(settings.redis_url)
+        redis = Redis.from_url(settings.redis.url)
         producer = Producer(redis, settings)
         s3 = stack.s3_client()
         s3.create_bucket(Bucket="watched")

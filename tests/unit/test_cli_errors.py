@@ -235,11 +235,11 @@ def test_region_comes_from_boto3_unless_set(
     _aws_from_dotenv()  # what the CLI does first: AWS_* from .env reach boto3 too
     assert os.environ["AWS_REGION"] == "eu-west-2"
     s = Settings()
-    assert make_s3_client(s).meta.region_name == "eu-west-2"
-    url = Storage(s).presign_get(S3Object.parse("s3://photos/a.png"))
+    assert make_s3_client(s.s3).meta.region_name == "eu-west-2"
+    url = Storage(s.s3).presign_get(S3Object.parse("s3://photos/a.png"))
     assert "eu-west-2" in url
     monkeypatch.setenv("UPSCALE_S3_REGION", "ap-south-1")
-    assert make_s3_client(Settings()).meta.region_name == "ap-south-1"
+    assert make_s3_client(Settings().s3).meta.region_name == "ap-south-1"
 
 
 def test_settings_helpers(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -21,7 +21,7 @@ POOL = [
 def test_no_pool_is_one_key_named_default(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("UPSCALE_UPSTREAMS", raising=False)
     (m,) = load_pool(Settings(api_key="k", rate_rpm=120))
-    assert (m.name, m.settings.rpm_ceiling, m.settings.inflight_cap, m.budget_micros) == (
+    assert (m.name, m.flow.rpm_ceiling, m.flow.inflight_cap, m.budget_micros) == (
         "default",
         120,
         64,
@@ -34,20 +34,20 @@ def test_entries_inherit_and_override(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GW_KEY", "gw-secret")
     monkeypatch.setenv("IDEOGRAM_KEY", "ig-secret")
     gw, byok = load_pool(Settings(rate_rpm=600, price_usd=0.06))
-    assert (gw.settings.route, gw.settings.rpm_ceiling, gw.settings.inflight_cap) == (
+    assert (gw.upstream.route, gw.flow.rpm_ceiling, gw.flow.inflight_cap) == (
         "gateway",
         60,
         64,
     )
-    assert gw.settings.api_key_value == "gw-secret" and gw.budget_micros == 5_000_000
+    assert gw.upstream.api_key_value == "gw-secret" and gw.budget_micros == 5_000_000
     assert gw.price_micros == 60_000
     # another route: that route's in-flight default (10) and its own URL setting
-    assert (byok.settings.route, byok.settings.inflight_cap, byok.price_micros) == (
+    assert (byok.upstream.route, byok.flow.inflight_cap, byok.price_micros) == (
         "ideogram",
         10,
         50_000,
     )
-    assert byok.settings.api_key_value == "ig-secret" and byok.settings.rpm_ceiling == 600
+    assert byok.upstream.api_key_value == "ig-secret" and byok.flow.rpm_ceiling == 600
     assert (
         gw.keys.inflight == PREFIX + "up:gw:inflight"
         and byok.keys.rate_bulk == PREFIX + "up:byok:rate-bulk"

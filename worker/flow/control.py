@@ -126,7 +126,7 @@ class FlowControl:
         self._report = register(redis, "report")
         self._gate = register(redis, "gate")
         self._observe = register(redis, "observe")
-        self._window_ms = int((60 + settings.rate_window_margin_s) * 1000)
+        self._window_ms = int((60 + settings.flow.rate_window_margin_s) * 1000)
         self._limit_logged: set[str] = set()
 
     def member(self, name: str) -> Member:
@@ -156,7 +156,7 @@ class FlowControl:
     ) -> Admitted | Denied:
         """One slot on the first key of the pool with room now (`prefer` first: the key an
         unknown call went to, so it is asked again where its idempotency key means something)."""
-        s = self.settings
+        s = self.settings.flow
         token = uuid.uuid4().hex
         spent, reserved = self._budget_keys(batch)
         order = sorted(self.pool, key=lambda m: m.name != prefer) if prefer else self.pool
@@ -188,7 +188,7 @@ class FlowControl:
             len(order),
         ]
         for m in order:
-            ms = m.settings
+            ms = m.flow
             keys += m.keys.admission()
             args += [
                 m.name,
@@ -216,12 +216,12 @@ class FlowControl:
         inflight = self.member(upstream_of(token)).keys.inflight
 
         async def renew() -> None:
-            interval = max(1.0, self.settings.lease_s / 4)
+            interval = max(1.0, self.settings.flow.lease_s / 4)
             while True:
                 await asyncio.sleep(interval)
                 try:
                     await self._renew(
-                        keys=[inflight], args=[PREFIX, token, self.settings.lease_s * 1000]
+                        keys=[inflight], args=[PREFIX, token, self.settings.flow.lease_s * 1000]
                     )
                 except REDIS_DOWN as e:  # keep trying: one failed renewal is not a lost slot
                     log.warning("slot renewal failed", error=type(e).__name__)
@@ -244,7 +244,7 @@ class FlowControl:
         detail: str = "",
         ease_ms: int = 0,
     ) -> str:
-        s = self.settings
+        s = self.settings.flow
         k = self.member(upstream).keys if upstream in self.members else Keys.up(upstream)
         reply = await self._report(
             keys=[k.pause, k.cooldown, k.circuit, k.canary],
@@ -289,7 +289,7 @@ class FlowControl:
         circuit, lift a pause its canary proved over); a 429 takes the refused call out of the
         rate windows. Returns True when a 429 taught a burst cap."""
         m = self.member(upstream)
-        ms, k = m.settings, m.keys
+        ms, k = m.flow, m.keys
         ceiling = ms.rpm_ceiling
         if rate.limit and ceiling and rate.limit < ceiling and m.name not in self._limit_logged:
             log.warning(
@@ -362,7 +362,7 @@ class FlowControl:
 
     async def gate(self) -> Gate:
         """Can any call be admitted now, on any key? (pause, cooldown, open circuit, budgets)"""
-        s = self.settings
+        s = self.settings.flow
         day = _today()
         keys = [
             Keys.pause,
@@ -394,10 +394,10 @@ class FlowControl:
         return {
             m.name: MemberFacts(
                 order=i,
-                route=m.settings.route,
-                rpm=m.settings.rpm_ceiling,
-                inflight_cap=m.settings.inflight_cap,
-                price_usd=m.settings.price_usd,
+                route=m.upstream.route,
+                rpm=m.flow.rpm_ceiling,
+                inflight_cap=m.flow.inflight_cap,
+                price_usd=m.upstream.price_usd,
                 budget_usd=m.budget_usd,
             )
             for i, m in enumerate(self.pool)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import httpx
 
-from worker.settings import Settings
+from worker.settings import UpstreamSettings
 from worker.upstream.base import Upstream
 
 
-def make_upstream(settings: Settings, client: httpx.AsyncClient | None = None) -> Upstream:
+def make_upstream(settings: UpstreamSettings, client: httpx.AsyncClient | None = None) -> Upstream:
     if settings.route == "ideogram":
         from worker.upstream.ideogram import IdeogramUpstream
 

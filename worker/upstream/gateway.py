@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 
-from worker.settings import Settings, env_var
+from worker.settings import UpstreamSettings, env_var
 from worker.upstream import errors as e
 from worker.upstream.base import CallResult, ImageInput, KeyCheck, Output, UpscaleRequest
 from worker.upstream.http import (
@@ -40,7 +40,7 @@ def knobs(req: UpscaleRequest) -> dict[str, Any]:
 class GatewayUpstream:
     """Sends the reference image as a URL, a data URL or a multipart file (`image_mode`)."""
 
-    def __init__(self, settings: Settings, client: httpx.AsyncClient | None = None) -> None:
+    def __init__(self, settings: UpstreamSettings, client: httpx.AsyncClient | None = None) -> None:
         self.s = settings
         self.base = settings.gateway_url.rstrip("/")
         self.client = client or httpx.AsyncClient(

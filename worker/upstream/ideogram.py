@@ -6,7 +6,7 @@ import json
 
 import httpx
 
-from worker.settings import Settings, env_var
+from worker.settings import UpstreamSettings, env_var
 from worker.upstream import errors as e
 from worker.upstream.base import CallResult, KeyCheck, UpscaleRequest
 from worker.upstream.gateway import _json, _outputs, knobs
@@ -23,7 +23,7 @@ from worker.upstream.http import (
 class IdeogramUpstream:
     needs_bytes = True  # the direct API takes the file itself
 
-    def __init__(self, settings: Settings, client: httpx.AsyncClient | None = None) -> None:
+    def __init__(self, settings: UpstreamSettings, client: httpx.AsyncClient | None = None) -> None:
         self.s = settings
         self.client = client or httpx.AsyncClient(
             timeout=httpx.Timeout(settings.read_timeout_s, connect=settings.connect_timeout_s),

@@ -1,12 +1,13 @@
 """The pool of upstream keys: each with its own route, URL, key, tier, in-flight cap, price and
 budget (`UPSCALE_UPSTREAMS`). Without it the pool is one key named `default` built from the flat
-settings. Each member carries a full `Settings` with its own values, so the route adapters and
-the result-host check need no notion of pools."""
+settings. Each member carries its own upstream section (route, URL, key, price) and its own
+per-key flow section (tier, in-flight cap), so the route adapters and the result-host check
+need no notion of pools."""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 
 from dotenv import dotenv_values
@@ -14,7 +15,13 @@ from pydantic import SecretStr
 
 from worker.contract import usd_to_micros
 from worker.keys import Keys, UpstreamKeys
-from worker.settings import Settings, UpstreamSpec
+from worker.settings import (
+    KeyFlowSettings,
+    Settings,
+    UpstreamSettings,
+    UpstreamSpec,
+    default_inflight_cap,
+)
 
 DEFAULT_NAME = "default"
 
@@ -26,7 +33,8 @@ class PoolConfigError(ValueError):
 @dataclass(frozen=True)
 class Member:
     name: str
-    settings: Settings  # the flat settings with this key's route, URL, key, tier and price
+    upstream: UpstreamSettings  # this key's route, URL, key and price
+    flow: KeyFlowSettings  # this key's tier and in-flight cap
     budget_usd: float | None = None
 
     @cached_property
@@ -35,7 +43,7 @@ class Member:
 
     @property
     def price_micros(self) -> int:
-        return usd_to_micros(self.settings.price_usd)
+        return usd_to_micros(self.upstream.price_usd)
 
     @property
     def budget_micros(self) -> int:
@@ -44,33 +52,36 @@ class Member:
 
 def load_pool(settings: Settings) -> list[Member]:
     if not settings.upstreams:
-        return [Member(DEFAULT_NAME, settings, None)]
+        return [Member(DEFAULT_NAME, settings.upstream, settings.flow.key(), None)]
     return [_member(settings, spec) for spec in settings.upstreams]
 
 
 def _member(settings: Settings, spec: UpstreamSpec) -> Member:
-    route = spec.route or settings.route
-    update: dict[str, object] = {"route": route, "api_key": SecretStr(_key(settings, spec))}
-    if spec.url:
-        update["gateway_url" if route == "gateway" else "ideogram_url"] = spec.url
-    if spec.rpm is not None:
-        update["rate_rpm"] = spec.rpm
-    if spec.max_inflight is not None:
-        update["max_inflight"] = spec.max_inflight
-    elif spec.route is not None and spec.route != settings.route:
-        update["max_inflight"] = None  # the route's own default, not the other route's
+    base, flow = settings.upstream, settings.flow
+    route = spec.route or base.route
+    upstream = replace(base, route=route, api_key=SecretStr(_key(settings, spec)))
+    if spec.url and route == "gateway":
+        upstream = replace(upstream, gateway_url=spec.url.removesuffix("/v1"))
+    elif spec.url:
+        upstream = replace(upstream, ideogram_url=spec.url)
     if spec.price_usd is not None:
-        update["price_usd"] = spec.price_usd
-    member = settings.model_copy(update=update)
-    if member.route == "gateway" and member.gateway_url.endswith("/v1"):
-        member = member.model_copy(update={"gateway_url": member.gateway_url.removesuffix("/v1")})
-    return Member(spec.name, member, spec.budget_usd)
+        upstream = replace(upstream, price_usd=spec.price_usd)
+    if spec.max_inflight is not None:
+        inflight = spec.max_inflight
+    elif route != base.route:
+        inflight = default_inflight_cap(route)  # the route's own default, not the other route's
+    else:
+        inflight = flow.inflight_cap
+    rpm = spec.rpm if spec.rpm is not None else flow.rate_rpm
+    return Member(
+        spec.name, upstream, flow.key(rate_rpm=rpm, inflight_cap=inflight), spec.budget_usd
+    )
 
 
 def _key(settings: Settings, spec: UpstreamSpec) -> str:
     """The key from the variable the entry names (the environment, else `.env`)."""
     if spec.api_key_env == "UPSCALE_API_KEY":
-        return settings.api_key_value
+        return settings.upstream.api_key_value
     value = os.environ.get(spec.api_key_env)
     if value is None:
         value = dotenv_values(".env").get(spec.api_key_env) if os.path.exists(".env") else None

@@ -20,7 +20,7 @@ def test_compose_builds_once_has_no_default_token_and_a_durable_redis() -> None:
     args = services["redis"]["command"]
     opts = dict(zip(args[1::2], args[2::2], strict=True))
     assert {f"--{k}": v for k, v in DURABLE.items()}.items() <= opts.items()
-    assert int(services["worker"]["stop_grace_period"].rstrip("s")) > Settings().job_timeout_s
+    assert int(services["worker"]["stop_grace_period"].rstrip("s")) > Settings().jobs.job_timeout_s
     minio_env = services["minio"]["environment"]
     assert minio_env["MINIO_NOTIFY_WEBHOOK_ENDPOINT_UPSCALE"] == "http://webhook:8080/events"
     # One build; every other service of ours runs the image it tags.

@@ -80,7 +80,7 @@ def test_worker_drains_on_rollout_and_is_probed(rendered: list[dict[str, Any]]) 
     deployment = find(rendered, "Deployment", "upscale-worker")
     assert "replicas" not in deployment["spec"]  # KEDA owns the count; an apply must not reset it
     pod = deployment["spec"]["template"]["spec"]
-    assert pod["terminationGracePeriodSeconds"] > Settings().job_timeout_s
+    assert pod["terminationGracePeriodSeconds"] > Settings().jobs.job_timeout_s
     (c,) = pod["containers"]
     assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
