@@ -33,7 +33,7 @@ from worker.contract import (
 from worker.flow import PICKUP_LEAD_S, TIMED_DENIALS, Admitted, Denied
 from worker.images import ImageInfo, prepare, validate
 from worker.keys import Keys, upstream_of
-from worker.ledger import Fenced, PaidOutput, PaidResult, StartResult
+from worker.ledger import Fenced, KeyPaused, PaidOutput, PaidResult, StartResult
 from worker.ledger.transitions import FinalState
 from worker.outcomes import JobFailed, JobSkipped, JobWaits, outcome_for
 from worker.results import DownloadFailed, ResultRejected, stream_b64, stream_url
@@ -186,11 +186,12 @@ class UpscaleJob:
         o = outcome_for(exc, pause_poll_s=self.s.flow.pause_poll_s, outage_wait_s=OUTAGE_WAIT_S)
         flow = self.rt.flow
         try:
+            if o.effect == "pause" and isinstance(exc, ue.PauseError):  # first: calls stop now
+                flow.pause_seen(upstream, exc.pause_reason)  # this process, before any await
+                await flow.report_paused(upstream, exc.pause_reason, exc.describe())  # type: ignore[arg-type]  # PauseReason values
             if exc.rate.known and not isinstance(exc, ue.RateLimited):
                 await flow.observe(upstream, exc.rate, exc.status or 0)
-            if o.effect == "pause" and isinstance(exc, ue.PauseError):
-                await flow.report_paused(upstream, exc.pause_reason, exc.describe())  # type: ignore[arg-type]  # PauseReason values
-            elif o.effect == "cooldown" and isinstance(exc, ue.RateLimited):
+            if o.effect == "cooldown" and isinstance(exc, ue.RateLimited):
                 learned = await flow.observe(upstream, exc.rate, 429, slot=slot)
                 await flow.report_rate_limited(upstream, exc.retry_after, ease=not learned)
             elif o.effect == "server_error":
@@ -363,6 +364,10 @@ class UpscaleJob:
             await asyncio.shield(flow.release(admitted.token))
             raise
         self.slot = admitted.token
+        if (reason := flow.paused_here(admitted.upstream)) is not None:
+            # a 402/401/403 reached this process while the call was journaled: not sent
+            await ledger.call_refused(self.job_id, admitted.token, None)
+            raise KeyPaused(reason)
         req = UpscaleRequest(
             image=image,
             params=self.spec.params,

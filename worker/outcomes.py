@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from worker.images import ImageRejected
+from worker.ledger import KeyPaused
 from worker.logs import redact
 from worker.redis_conn import REDIS_DOWN
 from worker.results import DownloadFailed, ResultRejected
@@ -69,6 +70,8 @@ def outcome_for(exc: BaseException, *, pause_poll_s: float, outage_wait_s: float
             return Outcome("fail", "Skipped", msg)
         case JobWaits():
             return Outcome("wait", "", exc.detail, exc.reason, exc.wait_s)
+        case KeyPaused():  # admitted, then paused before it left: admission picks again
+            return Outcome("wait", name, msg, f"paused:{exc.reason}", 0.0)
         case ue.PauseError():
             reason = f"paused:{exc.pause_reason}"
             return Outcome("wait", name, exc.describe(), reason, pause_poll_s, "pause")

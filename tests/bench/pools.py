@@ -25,6 +25,7 @@ from infra.stack import LocalStack
 from producers.api import Producer, build_spec
 from tests.bench.flow import CALL, Procs, sim_admin, sim_stats, upload
 from tests.bench.pacing import optimum_s
+from worker.keys import Keys
 from worker.settings import Settings
 
 console = Console(stderr=True)
@@ -42,8 +43,15 @@ def pool(rpm: int) -> str:
 
 
 async def run(
-    stack: LocalStack, bucket: str, keys: list[str], rpm: int, sim: dict[str, Any]
+    stack: LocalStack,
+    bucket: str,
+    keys: list[str],
+    rpm: int,
+    sim: dict[str, Any],
+    marks: dict[str, float] | None = None,
 ) -> float:
+    """Wall time to all final; `marks["key-a paused"]`: when the fleet recorded key-a's pause
+    (Unix time, Redis's clock: this machine's, as the simulator's log)."""
     sim_admin(stack, "/_admin/reset")
     base: dict[str, Any] = {
         "wallet_usd": None,
@@ -76,7 +84,11 @@ async def run(
             if sum(counts.get(s, 0) for s in ("succeeded", "failed", "skipped")) >= len(keys):
                 break
             await asyncio.sleep(0.05)
-        return time.monotonic() - t0
+        wall = time.monotonic() - t0
+        since = await redis.hget(Keys.up("key-a").pause, "since")
+        if marks is not None and since is not None:
+            marks["key-a paused"] = int(since) / 1000
+        return wall
     finally:
         procs.stop()
         await redis.aclose()
@@ -122,7 +134,7 @@ async def main_async() -> None:
                 per_key(log),
                 f"{stats['billed_calls']}/{jobs}",
             )
-        Console().print(rate)
+        Console(width=200).print(rate)
 
         jobs = 200
         console.print(f"pools: {jobs} jobs, key-a's wallet empties after 40 images…")
@@ -133,15 +145,19 @@ async def main_async() -> None:
             "wallets_usd": {KEY_A: 40 * 0.06},
         }
         keys = upload(stack, "pools-wallet", jobs)
-        wall = await run(stack, "pools-wallet", keys, 1_000_000, sim)
+        marks: dict[str, float] = {}
+        wall = await run(stack, "pools-wallet", keys, 1_000_000, sim, marks)
         stats = sim_stats(stack)
         log = [c for c in stats["log"] if c["path"] == CALL]
         refused = [c for c in log if c["status"] == 402]
         first = min((c["t_end"] for c in refused), default=float("inf"))
-        after = [c for c in log if c["key_suffix"] == KEY_A[-4:] and c["t"] > first]
+        on_a = [c for c in log if c["key_suffix"] == KEY_A[-4:]]
+        after = [c["t"] - first for c in on_a if c["t"] > first]
+        known = marks.get("key-a paused", float("inf"))
         wallet = Table(title="pools: one wallet empties mid-run (key-a preferred, holds 40 images)")
-        for col in ("jobs", "wall", "upscaled", "billed key-a / key-b", "402s (in flight when it emptied)",
-                    "calls into key-a after its first 402"):  # fmt: skip
+        for col in ("jobs", "wall", "upscaled", "billed key-a / key-b", "402s",
+                    "first 402 answered -> pause recorded", "calls into key-a after the first 402 answer",
+                    "... after the pause was recorded"):  # fmt: skip
             wallet.add_column(col)
         wallet.add_row(
             str(jobs),
@@ -149,9 +165,11 @@ async def main_async() -> None:
             f"{stats['billed_calls']}/{jobs}",
             per_key(stats["bills"], "key"),
             str(len(refused)),
-            str(len(after)),
+            f"{(known - first) * 1000:.0f} ms",
+            f"{len(after)} (all within {max(after, default=0) * 1000:.0f} ms)",
+            str(sum(1 for c in on_a if c["t"] > known)),
         )
-        Console().print(wallet)
+        Console(width=200).print(wallet)
     console.print(
         "targets: two keys at 60 RPM finish 240 jobs in ~2 min with 0 x 429; after one key's "
         "402, 0 calls into its wallet and every job done on the other"

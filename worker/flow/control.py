@@ -80,6 +80,8 @@ DenyReason = Literal[
 # pick-up and its checks overlap the wait.
 TIMED_DENIALS: frozenset[str] = frozenset({"rate", "cooldown", "circuit_open"})
 PICKUP_LEAD_S = 1.0
+# A pause seen in this process holds here until Redis has it (and a canary can lift it there).
+LOCAL_PAUSE_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -128,6 +130,7 @@ class FlowControl:
         self._observe = register(redis, "observe")
         self._window_ms = int((60 + settings.flow.rate_window_margin_s) * 1000)
         self._limit_logged: set[str] = set()
+        self._paused_here: dict[str, tuple[str, float]] = {}  # key -> (reason, until monotonic)
 
     def member(self, name: str) -> Member:
         """The pool member `name` (a slot from before pools, or a removed key: the first)."""
@@ -262,6 +265,18 @@ class FlowControl:
             ],
         )
         return _s(reply)
+
+    def pause_seen(self, upstream: str, reason: str) -> None:
+        """A 402/401/403 just reached this process: its other calls on that key stop at once,
+        before the pause is in Redis (where every process's `call_begin` sees it)."""
+        self._paused_here[upstream] = (reason, time.monotonic() + LOCAL_PAUSE_S)
+
+    def paused_here(self, upstream: str) -> str | None:
+        """The reason, if this process saw that key's pause moments ago."""
+        seen = self._paused_here.get(upstream)
+        if seen is None or time.monotonic() > seen[1]:
+            return None
+        return seen[0]
 
     async def report_paused(self, upstream: str, reason: PauseReason, detail: str = "") -> None:
         """A 402 / 401 / 403 pauses that key only; the fleet stops when no key is usable."""

@@ -13,13 +13,14 @@ from worker.ledger.records import (
     PaidResult,
     StartResult,
 )
-from worker.ledger.transitions import Fenced, Ledger, record_invalid_payload
+from worker.ledger.transitions import Fenced, KeyPaused, Ledger, record_invalid_payload
 
 __all__ = [
     "CallJournal",
     "EnqueueResult",
     "Fenced",
     "JobRecord",
+    "KeyPaused",
     "Ledger",
     "PaidOutput",
     "PaidResult",

@@ -46,6 +46,14 @@ class Fenced(Exception):
     """This run no longer holds the job's lease (it was reclaimed): it must not write."""
 
 
+class KeyPaused(Exception):
+    """The call's upstream key (or the fleet) was paused after admission: it is not sent."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"paused ({reason}) before the call was sent")
+        self.reason = reason
+
+
 class Ledger(LedgerReads):
     def __init__(self, redis: Redis) -> None:
         super().__init__(redis)
@@ -229,11 +237,21 @@ class Ledger(LedgerReads):
         up = Keys.up(upstream_of(slot))
         reply = await self._run(
             "call_begin",
-            [Keys.job(job_id), Keys.call(job_id), up.rate, up.rate_bulk],
+            [
+                Keys.job(job_id),
+                Keys.call(job_id),
+                up.rate,
+                up.rate_bulk,
+                Keys.pause,
+                up.pause,
+                up.canary,
+            ],
             [job_id, token, slot, est_micros],
         )
         if text(reply[0]) == "fenced":
             raise Fenced(job_id)
+        if text(reply[0]) == "paused":
+            raise KeyPaused(text(reply[1]))
         return CallJournal(n=int(reply[1]), idem=text(reply[2]), token=slot, state="sent")
 
     async def call_answered(

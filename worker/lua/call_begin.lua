@@ -5,13 +5,22 @@
 -- The call's entries in its key's rate windows (taken at admission, before the source was
 -- read) are re-stamped with the time it leaves: the upstream counts from when a request
 -- arrives, so the fleet's window tracks the upstream's within network jitter, not read time.
--- KEYS: 1 ledger, 2 call journal, 3 the key's rate window (zset), 4 its bulk rate window
+-- A call admitted before its key (or the fleet) was paused is not sent: between admission and
+-- here the source was read, and a 402 may have come back meanwhile (no call into an empty
+-- wallet after its 402). The key's canary call alone goes through a pause.
+-- KEYS: 1 ledger, 2 call journal, 3 the key's rate window (zset), 4 its bulk rate window,
+--   5 the fleet's manual pause (hash), 6 the key's pause (hash), 7 the key's canary lock
 -- ARGV: 1 prefix, 2 job id, 3 run token, 4 slot token (from admission), 5 estimated micros
--- Returns {'ok', call number, idempotency key} | {'fenced'}.
+-- Returns {'ok', call number, idempotency key} | {'fenced'} | {'paused', reason}.
 --- @include "_ledger"
 --- @include "_money"
 local job_id, token, slot = ARGV[2], ARGV[3], ARGV[4]
 if not owns(job_id, token) then return {'fenced'} end
+local paused = redis.call('HGET', KEYS[5], 'reason')
+if not paused and redis.call('GET', KEYS[7]) ~= slot then
+  paused = redis.call('HGET', KEYS[6], 'reason')
+end
+if paused then return {'paused', paused} end
 local now = now_ms()
 local prev = redis.call('HGET', KEYS[2], 'state')
 if prev == 'sent' and redis.call('HGET', KEYS[2], 'token') == slot then
