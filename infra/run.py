@@ -24,7 +24,7 @@ from rich.table import Table
 
 from producers.api import Producer, build_spec
 from worker.app import build_worker
-from worker.contract import Keys
+from worker.contract import JobState, Keys
 from worker.settings import Settings, get_settings
 from worker.storage import make_s3_client
 
@@ -114,7 +114,7 @@ async def _progress(
         while True:
             summary = await producer.ledger.batch_summary(batch)
             states = summary["states"]
-            done = sum(states.get(k, 0) for k in ("succeeded", "failed", "skipped"))
+            done = sum(states.get(s.value, 0) for s in JobState if s.final)
             shown = "  ".join(f"{k}={v}" for k, v in states.items() if v)
             bar.update(task, completed=done, states=f"{shown}  ${summary['spend_usd']:.2f}")
             if done >= total:

@@ -21,7 +21,7 @@ import httpx
 import structlog
 from arq import ArqRedis, Retry
 
-from worker.contract import QUEUE_NAME, Keys
+from worker.contract import QUEUE_NAME, JobState, Keys
 from worker.runtime import Runtime
 from worker.settings import CallbackSettings
 
@@ -69,8 +69,9 @@ async def queue_job_notice(redis: ArqRedis, job_id: str) -> None:
 
 
 async def queue_batch_notice_if_done(redis: ArqRedis, batch: str) -> None:
+    finals = [s.value for s in JobState if s.final]  # a batch counts its jobs per state
     total, url, *counts = await redis.hmget(  # type: ignore[misc]
-        Keys.batch(batch), ["total", "callback_url", "succeeded", "failed", "skipped"]
+        Keys.batch(batch), ["total", "callback_url", *finals]
     )
     if not url or not total or sum(int(c or 0) for c in counts) < int(total):
         return

@@ -16,6 +16,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
+from worker.contract import JobState
+
 UPSTREAM_CALLS = Counter(
     "upscale_upstream_calls_total",
     "Upstream calls made by this process, by HTTP status.",
@@ -78,8 +80,8 @@ def fleet_metrics(status: dict[str, Any]) -> bytes:
             admissible.add_metric([], admissible_jobs(status))
             yield admissible
             jobs = GaugeMetricFamily("upscale_jobs", "Jobs per ledger state.", labels=["state"])
-            for state in ("queued", "running", "waiting", "succeeded", "failed", "skipped"):
-                jobs.add_metric([state], status["states"].get(state, 0))
+            for state in JobState:
+                jobs.add_metric([state.value], status["states"].get(state.value, 0))
             yield jobs
             pause = status.get("pause") or {}
             paused = GaugeMetricFamily(

@@ -1,0 +1,36 @@
+"""One entry of the pool of upstream keys (`UPSCALE_UPSTREAMS`), as parsed from its JSON.
+
+`worker.upstream.pool` turns entries into pool members (each with its own sections).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from worker.settings.sections import Route
+
+UpstreamName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]{0,31}$")]
+
+
+class UpstreamSpec(BaseModel):
+    """One key of the pool (`UPSCALE_UPSTREAMS`); what it leaves out comes from the flat
+    settings (UPSCALE_ROUTE, UPSCALE_GATEWAY_URL / UPSCALE_IDEOGRAM_URL, UPSCALE_RATE_RPM, ...)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: UpstreamName = Field(description="Shown in status, logs and metrics (never the key).")
+    route: Route | None = None
+    url: str | None = Field(
+        default=None, description="Base URL (the route's URL setting if unset)."
+    )
+    api_key_env: str = Field(
+        default="UPSCALE_API_KEY", description="The environment variable that holds this key."
+    )
+    rpm: Annotated[int, Field(ge=1)] | Literal["auto"] | None = None
+    max_inflight: int | None = Field(default=None, ge=1)
+    price_usd: float | None = Field(default=None, ge=0)
+    budget_usd: float | None = Field(
+        default=None, ge=0, description="This key's own cap on spend (billed or possibly billed)."
+    )
