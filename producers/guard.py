@@ -14,9 +14,7 @@ import posixpath
 import re
 from dataclasses import dataclass
 
-from worker.api import STAGING_PREFIX, S3Object
-
-META_JOB_ID = "upscale-job-id"
+from worker.api import META_JOB_ID, STAGING_PREFIX, S3Object
 
 
 @dataclass(frozen=True)

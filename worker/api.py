@@ -6,7 +6,7 @@ is defined in `worker.contract`, which is not a second public module: the names 
 are re-exported here. Everything here is re-exported or a thin wrapper over worker parts.
 
 - the job contract: `JobSpec`, `S3Object`, `UpscaleParams`, `Lane`, `job_id_for`,
-  `render_destination`, `usd_to_micros`, `STAGING_PREFIX`, the key names (`Keys`, `QUEUES`);
+  `render_destination`, `usd_to_micros`, `STAGING_PREFIX`, `META_JOB_ID`, the key names (`Keys`, `QUEUES`);
 - jobs: `JobStore` (deduplicating enqueue and ledger reads), `EnqueueResult`, `JobRecord`,
   `JobState`;
 - the fleet: `Fleet` (pause, resume, flow-control status), `FlowStatus`, `UpstreamStatus`
@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 from redis.asyncio import Redis
 
 from worker.contract import (
+    META_JOB_ID,
     QUEUES,
     STAGING_PREFIX,
     JobSpec,
@@ -73,6 +74,7 @@ if TYPE_CHECKING:
     from worker.storage import AccessDenied, SourceMissing, StorageError
 
 __all__ = [
+    "META_JOB_ID",
     "QUEUES",
     "STAGING_PREFIX",
     "AccessDenied",

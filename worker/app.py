@@ -12,26 +12,23 @@ import asyncio
 import contextlib
 import functools
 import signal
-import time
 from collections.abc import Sequence
 from typing import Any
 
 import structlog
 from arq import Worker, func
 from pydantic import ValidationError
-from redis.commands.core import AsyncScript
 
 from worker.callbacks import NOTIFY_FUNCTION, notify
 from worker.contract import ARQ_FUNCTION, JobSpec
-from worker.flow import PICKUP_LEAD_S, TIMED_DENIALS, Gate
+from worker.gate_watch import watch_gate
 from worker.health import serve_health
 from worker.job import UpscaleJob
-from worker.keys import ARQ_IN_PROGRESS_PREFIX, PREFIX, QUEUE_NAME, QUEUES, queue_for
+from worker.keys import QUEUE_NAME, QUEUES, queue_for
 from worker.ledger import record_invalid_payload
-from worker.ledger.reads import text
 from worker.lifecycle import Lifecycle
 from worker.logs import configure_logging
-from worker.lua import register
+from worker.poller import ResilientWorker
 from worker.redis_conn import REDIS_DOWN, connect, deserialize, serialize, settings_for
 from worker.runtime import Runtime, create_runtime
 from worker.settings import Settings, get_settings
@@ -52,85 +49,6 @@ async def upscale(ctx: dict[str, Any], payload: dict[str, Any]) -> dict[str, Any
         await record_invalid_payload(rt.ledger, ctx["job_id"], f"invalid job payload: {e}")
         return {"state": "failed", "error": "invalid payload"}
     return await UpscaleJob(rt, spec, ctx["job_id"]).run()
-
-
-class ResilientWorker(Worker):
-    """An arq worker whose poll loop survives Redis going away: it waits (with backoff) and
-    goes on; jobs already running are never cancelled because a poll failed. It picks jobs
-    with one script (`claim.lua`) instead of arq's round trips per candidate."""
-
-    _claim: AsyncScript | None = None
-
-    async def _poll_iteration(self) -> None:
-        delay = 0.5
-        while True:
-            try:
-                await self._iteration()
-                return
-            except REDIS_DOWN as e:
-                rt: Runtime | None = self.ctx.get("runtime")
-                if rt is not None:
-                    rt.redis_ok = False
-                log.warning("redis unavailable; poll loop waiting", error=type(e).__name__)
-                await asyncio.sleep(delay)
-                delay = min(5.0, delay * 2)
-
-    async def _iteration(self) -> None:
-        """arq's poll iteration (0.28), but the pick is one atomic script."""
-        if self.allow_pick_jobs:
-            await self._claim_jobs()
-        if self.allow_abort_jobs:
-            await self._cancel_aborted_jobs()
-        for job_id, t in list(self.tasks.items()):
-            if t.done():
-                del self.tasks[job_id]
-                t.result()  # errors in run_job propagate, as in arq
-        await self.heart_beat()
-
-    async def _claim_jobs(self) -> None:
-        """Take as many due jobs as this worker has free slots, in one round trip. arq walks
-        the due ids with several round trips each, so with N processes every job running
-        elsewhere is looked at N times per poll: most of a busy worker's Redis traffic."""
-        free = self.max_jobs - self.job_counter
-        if self.burst and self.max_burst_jobs >= 0:
-            free = min(free, self.max_burst_jobs - self._jobs_started())
-        if free <= 0:
-            return
-        if self._claim is None:
-            self._claim = register(self.pool, "claim")
-        reply = await self._claim(
-            keys=[self.queue_name],
-            args=[
-                PREFIX,
-                ARQ_IN_PROGRESS_PREFIX,
-                int(self.in_progress_timeout_s * 1000),
-                free,
-                self.queue_read_limit,
-            ],
-        )
-        for i in range(0, len(reply), 2):
-            job_id, score = text(reply[i]), int(float(reply[i + 1]))
-            await self.sem.acquire()  # never waits: it holds max_jobs + 1 permits
-            self.job_counter += 1
-            task = self.loop.create_task(self.run_job(job_id, score))
-            task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
-            self.tasks[job_id] = task
-
-    async def close(self) -> None:
-        # arq's close() re-raises a job task's CancelledError (a job picked as the worker
-        # stops): collect them instead, and leave Redis alone if it is away.
-        if not self._handle_signals:
-            self.handle_sig(signal.SIGUSR1)
-        if self._pool is None:
-            return
-        await asyncio.gather(*self.tasks.values(), return_exceptions=True)
-        with contextlib.suppress(*REDIS_DOWN):
-            await self.pool.delete(self.health_check_key)
-        if self.on_shutdown:
-            await self.on_shutdown(self.ctx)
-        with contextlib.suppress(*REDIS_DOWN):
-            await self.pool.close(close_connection_pool=True)
-        self._pool = None
 
 
 async def _process_runtime(ctx: dict[str, Any]) -> Runtime:
@@ -192,54 +110,9 @@ def _background(rt: Runtime, workers: Sequence[Worker]) -> list[asyncio.Task[Non
     in_progress_ms = int((rt.settings.jobs.job_timeout_s + 10) * 1000)  # arq's in-progress TTL
     return [
         asyncio.create_task(Lifecycle(rt, in_progress_ttl_ms=in_progress_ms).run()),
-        asyncio.create_task(_watch_gate(rt, workers)),
+        asyncio.create_task(watch_gate(rt, workers)),
         asyncio.create_task(rt.waker.run(rt.redis)),
     ]
-
-
-async def _watch_gate(rt: Runtime, workers: Sequence[Worker]) -> None:
-    """Keep `allow_pick_jobs` in step with the fleet's gate: no picking while nothing can be
-    admitted (pause, cooldown, open circuit, budget), and never again once draining.
-
-    While paused, a worker picks jobs only when a canary call is due, so one job per interval
-    can probe the upstream and a long pause does not cycle the whole queue.
-    """
-    closed_by_us = False
-    sampled_minute = 0
-    while True:
-        try:
-            if rt.draining:
-                for w in workers:
-                    w.allow_pick_jobs = False
-                return
-            minute = int(time.time() // 60)
-            if minute != sampled_minute:
-                await rt.ledger.sample_depth(minute)  # the dashboard's depth-over-the-hour chart
-                sampled_minute = minute
-            gate = await rt.flow.gate()
-            wait_s = rt.settings.flow.pause_poll_s
-            if gate.state == "closed" and gate.reason in TIMED_DENIALS:
-                # it reopens at a known moment: pick again just before it (jobs wait out the
-                # rest in line) instead of up to a poll interval after it
-                wait_s = min(wait_s, max(0.05, gate.wait_s - PICKUP_LEAD_S))
-                if gate.wait_s <= PICKUP_LEAD_S:
-                    gate = Gate("open")
-            if gate.state == "closed" and not closed_by_us:
-                for w in workers:
-                    w.allow_pick_jobs = False
-                closed_by_us = True
-                log.info("nothing can be admitted: not picking jobs", reason=gate.reason)
-            elif gate.state != "closed" and closed_by_us and not rt.draining:
-                for w in workers:
-                    w.allow_pick_jobs = True
-                closed_by_us = False
-                log.info("picking jobs again", gate=gate.state)
-        except REDIS_DOWN as e:
-            log.warning("gate watch: redis unavailable", error=type(e).__name__)
-        except Exception:
-            log.exception("gate watch failed")
-            wait_s = rt.settings.flow.pause_poll_s
-        await asyncio.sleep(wait_s)
 
 
 def worker_options(settings: Settings, lane: str = "live") -> dict[str, Any]:

@@ -194,6 +194,8 @@ ARQ_FUNCTION = "upscale"
 
 # Converted inputs are staged here (in the destination bucket) when the upstream fetches a URL.
 STAGING_PREFIX = ".upscale-staging/"
+# S3 metadata on every output (and staged input): the recursion guard and idempotent outputs.
+META_JOB_ID = "upscale-job-id"
 
 
 MICRO = 1_000_000
@@ -219,6 +221,7 @@ def s3_key_unquote(key: str) -> str:
 __all__ = [
     "ARQ_FUNCTION",
     "BULK_QUEUE_NAME",
+    "META_JOB_ID",
     "QUEUES",
     "QUEUE_NAME",
     "STAGING_PREFIX",

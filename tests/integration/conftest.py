@@ -21,6 +21,7 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
+from infra.simulator.config import SimConfig
 from infra.stack import LocalStack, die_with_parent
 from producers.api import Producer
 from worker.app import build_worker
@@ -47,19 +48,8 @@ class Sim:
 
     def reset(self) -> None:
         self.http.post("/_admin/reset").raise_for_status()
-        self.configure(
-            wallet_usd=None,
-            fault_500_rate=0,
-            fault_503_rate=0,
-            fail_next=[],
-            latency_ms=[0, 0],
-            async_mode=False,
-            unsafe_rate=0,
-            truncate_next_downloads=0,
-            truncate_download_rate=0,
-            error_body_style="object",
-            api_keys={"sim-key": 6000},
-        )
+        # every field back to its default (a test's burst rule or wallets must not leak)
+        self.configure(**{**SimConfig().model_dump(mode="json"), "api_keys": {"sim-key": 6000}})
 
     def configure(self, **cfg: Any) -> None:
         self.http.post("/_admin/config", json=cfg).raise_for_status()

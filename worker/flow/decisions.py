@@ -1,0 +1,80 @@
+"""What flow control decides, as values: why a call may not go now, and the constants that shape
+waiting (apart from the scripts' callers, so every module can import them)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Literal
+
+from worker.contract import usd_to_micros
+
+PauseReason = Literal["credits", "auth", "forbidden", "manual"]
+EASE_MS = 10_000  # after an unexplained 429: half the rate for this long
+GateState = Literal["open", "canary", "closed"]
+
+
+@dataclass(frozen=True)
+class Gate:
+    """Whether any call can be admitted now (`closed` carries why and for how long)."""
+
+    state: GateState
+    reason: str = ""
+    wait_s: float = 0.0
+
+
+AdmitKind = Literal["normal", "canary", "probe"]
+# Why admission said no. `paused:<why>` and `budget:<cap>` carry the pause reason / the cap.
+DenyReason = Literal[
+    "cooldown",
+    "circuit_open",
+    "circuit_half_open",
+    "lane",
+    "concurrency",
+    "rate",
+    "queued",
+    "paused:credits",
+    "paused:auth",
+    "paused:forbidden",
+    "paused:manual",
+    "budget:total",
+    "budget:daily",
+    "budget:batch",
+    "budget:key",
+]
+
+
+# Denials that end at a known moment (the window frees a slot, a cooldown or an open circuit
+# ends). A job waits a short one out; a longer one hands the job back to be picked up this
+# much before that moment (and workers pick again this much before a cooldown ends), so the
+# pick-up and its checks overlap the wait.
+TIMED_DENIALS: frozenset[str] = frozenset({"rate", "cooldown", "circuit_open"})
+PICKUP_LEAD_S = 1.0
+# A pause seen in this process holds here until Redis has it (and a canary can lift it there).
+LOCAL_PAUSE_S = 2.0
+
+
+@dataclass(frozen=True)
+class Admitted:
+    token: str  # the slot: `<upstream key name>/<hex>`
+    kind: AdmitKind
+    upstream: str  # the pool member's name
+
+
+@dataclass(frozen=True)
+class Denied:
+    reason: DenyReason
+    wait_s: float
+
+
+class UnknownUpstream(ValueError):
+    """An operator named a key the pool does not have."""
+
+
+def cap(usd: float | None, applies: bool = True) -> int:
+    """A budget cap in micro-USD for the Lua scripts (-1 = none)."""
+    return usd_to_micros(usd) if usd is not None and applies else -1
+
+
+def _today() -> str:
+    return time.strftime("%Y-%m-%d", time.gmtime())
