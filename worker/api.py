@@ -5,12 +5,15 @@ it so), so the rest of `worker/` may change shape without producers noticing. Th
 is defined in `worker.contract`, which is not a second public module: the names producers need
 are re-exported here. Everything here is re-exported or a thin wrapper over worker parts.
 
-- the job contract: `JobSpec`, `S3Object`, `UpscaleParams`, `Lane`, `job_id_for`,
+- the job contract: `JobSpec`, `S3Object`, `UpscaleParams`, `Lane` (`LANES`), `job_id_for`,
   `render_destination`, `usd_to_micros`, `STAGING_PREFIX`, the key names (`Keys`, `QUEUES`);
 - jobs: `JobStore` (deduplicating enqueue and ledger reads), `EnqueueResult`, `JobRecord`,
   `JobState`;
 - the fleet: `Fleet` (pause, resume, flow-control status), `FlowStatus`, `UpstreamStatus`
   (one key of the pool), `PauseInfo`, `UnknownUpstream`, `fleet_metrics`;
+- what operators read (typed read models, dumped as JSON): `FleetStatus` (jobs per state,
+  lanes, spend, budgets, flow control), `LaneStatus`, `BatchSummary`, `SpendSummary`,
+  `Budgets`;
 - settings, Redis and logs: `Settings` (parsed from the environment) and its sections
   (`RedisSettings`, `S3Settings`, `UpstreamSettings`, `FlowSettings`, `JobsSettings`,
   `CallbackSettings`, `ProducerSettings`, `OpsSettings`), `get_settings`, `env_var`, `connect`,
@@ -32,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 from redis.asyncio import Redis
 
 from worker.contract import (
+    LANES,
     QUEUES,
     STAGING_PREFIX,
     JobSpec,
@@ -44,6 +48,7 @@ from worker.contract import (
     render_destination,
     usd_to_micros,
 )
+from worker.fleet import BatchSummary, Budgets, FleetStatus, LaneStatus, SpendSummary
 from worker.flow import FlowControl, PauseInfo
 from worker.flow.control import PauseReason, UnknownUpstream
 from worker.flow.status import FlowStatus, UpstreamStatus
@@ -73,13 +78,17 @@ if TYPE_CHECKING:
     from worker.storage import AccessDenied, SourceMissing, StorageError
 
 __all__ = [
+    "LANES",
     "QUEUES",
     "STAGING_PREFIX",
     "AccessDenied",
+    "BatchSummary",
+    "Budgets",
     "CallbackSettings",
     "Check",
     "EnqueueResult",
     "Fleet",
+    "FleetStatus",
     "FlowSettings",
     "FlowStatus",
     "JobRecord",
@@ -89,6 +98,7 @@ __all__ = [
     "JobsSettings",
     "Keys",
     "Lane",
+    "LaneStatus",
     "OpsSettings",
     "PauseInfo",
     "ProducerSettings",
@@ -98,6 +108,7 @@ __all__ = [
     "S3Settings",
     "Settings",
     "SourceMissing",
+    "SpendSummary",
     "StorageError",
     "UnknownUpstream",
     "UpscaleParams",
