@@ -189,11 +189,6 @@ class Fleet:
         """The fleet's pause and every upstream key's state (`FlowStatus.upstreams`)."""
         return await self._flow.status()
 
-    async def snapshot(self) -> dict[str, Any]:
-        """`status()` as plain data: the fleet summary (pause, cooldown, circuit, in flight,
-        calls in the last minute) and `upstreams`, one entry per key."""
-        return await self._flow.snapshot()
-
 
 def make_s3_client(settings: S3Settings, *, fail_fast: bool = False) -> Any:
     """A boto3 S3 client for `settings` (`fail_fast`: short timeouts, no retries)."""
