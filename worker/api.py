@@ -7,8 +7,8 @@ are re-exported here. Everything here is re-exported or a thin wrapper over work
 
 - the job contract: `JobSpec`, `S3Object`, `UpscaleParams`, `Lane` (`LANES`), `job_id_for`,
   `render_destination`, `usd_to_micros`, `STAGING_PREFIX`, the key names (`Keys`, `QUEUES`);
-- jobs: `JobStore` (deduplicating enqueue and ledger reads), `EnqueueResult`, `JobRecord`,
-  `JobState`;
+- jobs: `JobStore` (deduplicating enqueue and ledger reads), `EnqueueResult`
+  (`EnqueueOutcome`), `JobRecord`, `JobState`;
 - the fleet: `Fleet` (pause, resume, flow-control status), `FlowStatus`, `UpstreamStatus`
   (one key of the pool), `PauseInfo`, `UnknownUpstream`, `fleet_metrics`;
 - what operators read (typed read models, dumped as JSON): `FleetStatus` (jobs per state,
@@ -54,6 +54,7 @@ from worker.flow.control import PauseReason, UnknownUpstream
 from worker.flow.status import FlowStatus, UpstreamStatus
 from worker.ledger import EnqueueResult, JobRecord, Ledger
 from worker.ledger.reads import LedgerReads
+from worker.ledger.records import EnqueueOutcome
 from worker.logs import configure_logging, redact, register_secret
 from worker.metrics import fleet_metrics
 from worker.redis_conn import RedisUnavailable, connect
@@ -86,6 +87,7 @@ __all__ = [
     "Budgets",
     "CallbackSettings",
     "Check",
+    "EnqueueOutcome",
     "EnqueueResult",
     "Fleet",
     "FleetStatus",
