@@ -7,7 +7,6 @@ read attributes, and JSON is `model_dump(mode="json")` (the shape the status pag
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 from pydantic import (
@@ -25,11 +24,6 @@ from worker.flow.status import FlowStatus
 
 class _ReadModel(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-def final_count(states: Mapping[JobState, int]) -> int:
-    """How many of `states` are final (succeeded, failed, skipped)."""
-    return sum(n for s, n in states.items() if s.final)
 
 
 class SpendSummary(_ReadModel):
@@ -64,16 +58,19 @@ class Budgets(_ReadModel):
 
 
 class BatchSummary(_ReadModel):
-    """A batch's jobs (`total` 0: no such batch), how many are in each state, and its spend."""
+    """A batch's jobs (`total` 0: no such batch), how many are in each state and how many are
+    final, and its spend."""
 
     batch: str
     total: int
     states: dict[JobState, int]
     spend_usd: float
 
+    @computed_field  # type: ignore[prop-decorator]
     @property
     def final(self) -> int:
-        return final_count(self.states)
+        """How many of its jobs are final (succeeded, failed or skipped)."""
+        return sum(n for s, n in self.states.items() if s.final)
 
     @property
     def done(self) -> bool:
@@ -131,5 +128,4 @@ __all__ = [
     "FleetStatus",
     "LaneStatus",
     "SpendSummary",
-    "final_count",
 ]

@@ -78,7 +78,7 @@ async def test_batch_summary_and_spend(r: Redis) -> None:
     p = await _producer(r)
     b = await p.batch_summary("spring")
     assert (b.batch, b.total, b.states, b.spend_usd) == ("spring", 2, {JobState.QUEUED: 2}, 0)
-    assert b.final == 0 and not b.done
+    assert b.final == 0 and not b.done and b.model_dump()["final"] == 0
     assert _batch_lines(b) == ["batch [bold]spring[/]: 2 job(s), spend $0.00", "  queued=2"]
     assert [x.batch for x in await p.recent_batches()] == ["spring"]
     assert b.model_dump(mode="json")["states"] == {"queued": 2}
