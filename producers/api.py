@@ -19,16 +19,24 @@ from typing import Any
 from redis.asyncio import Redis
 
 from worker.api import (
+    LANES,
     QUEUES,
+    BatchSummary,
+    Budgets,
     EnqueueResult,
     Fleet,
+    FleetStatus,
+    FlowStatus,
     JobRecord,
     JobSpec,
     JobStore,
     Keys,
     Lane,
+    LaneStatus,
+    PauseInfo,
     S3Object,
     Settings,
+    SpendSummary,
     UpscaleParams,
     connect,
     get_settings,
@@ -128,61 +136,49 @@ class Producer:
         spec = spec_from_record(rec)
         return (await self.ledger.enqueue([spec], requeue_failed=True))[0]
 
-    async def fleet_status(self) -> dict[str, Any]:
-        """The whole fleet in one dict: jobs per state, lanes, pause, circuit, spend, budgets,
-        and jobs finished per minute over the last hour (for `status`, the dashboard, metrics)."""
-        flow = await self.flow.snapshot()
-        lanes = await self.lanes()
+    async def fleet_status(self) -> FleetStatus:
+        """The whole fleet: jobs per state, lanes, pause, circuit, spend, budgets, and jobs
+        finished per minute over the last hour (for `status`, the dashboard, metrics)."""
+        flow = await self.flow.status()
+        spend = await self.spend()
         s = self.settings.flow
-        spend = await self.ledger.spend()
-        budgets = {
-            "total_usd": s.budget_total_usd,
-            "daily_usd": s.budget_daily_usd,
-            "total_left_usd": None
-            if s.budget_total_usd is None
-            else max(0.0, s.budget_total_usd - spend["total_usd"]),
-            "daily_left_usd": None
-            if s.budget_daily_usd is None
-            else max(0.0, s.budget_daily_usd - spend["today_usd"]),
-        }
-        return {
-            "states": await self.ledger.state_counts(),
-            "lanes": lanes,
-            "queue_depth": sum(int(v["depth"]) for v in lanes.values()),
-            "spend": spend,
-            "budgets": budgets,
-            "finished_per_minute": await self.ledger.finished_per_minute(60),
-            "depth_per_minute": await self.ledger.depth_per_minute(60),
-            **flow,
-        }
+        return FleetStatus(
+            states=await self.ledger.state_counts(),
+            lanes=await self._lanes(flow),
+            spend=spend,
+            budgets=Budgets.left(s.budget_total_usd, s.budget_daily_usd, spend),
+            finished_per_minute=await self.ledger.finished_per_minute(60),
+            depth_per_minute=await self.ledger.depth_per_minute(60),
+            flow_control=flow,
+        )
 
     async def set_batch_callback(self, batch: str, url: str) -> None:
         """POST one notice (counts, spend) to `url` when every job of `batch` is final."""
         await self.redis.hset(Keys.batch(batch), "callback_url", url)  # type: ignore[misc]
 
-    async def wait_for_batch(self, batch: str, timeout: float | None = None) -> dict[str, Any]:
+    async def wait_for_batch(self, batch: str, timeout: float | None = None) -> BatchSummary:
         """Await a batch where every job is final (woken by the ledger's batch events)."""
-        return await self.ledger.wait_batch_final(batch, timeout)
+        return BatchSummary.model_validate(await self.ledger.wait_batch_final(batch, timeout))
 
-    async def batch_summary(self, batch: str) -> dict[str, Any]:
+    async def batch_summary(self, batch: str) -> BatchSummary:
         """A batch's total, jobs per state and spend (`total` 0: no such batch)."""
-        return await self.ledger.batch_summary(batch)
+        return BatchSummary.model_validate(await self.ledger.batch_summary(batch))
 
-    async def recent_batches(self) -> list[dict[str, Any]]:
-        return await self.ledger.recent_batches()
+    async def recent_batches(self) -> list[BatchSummary]:
+        return [BatchSummary.model_validate(b) for b in await self.ledger.recent_batches()]
 
     async def recent_failures(self, limit: int) -> list[JobRecord]:
         return await self.ledger.recent_failures(limit)
 
-    async def spend(self) -> dict[str, Any]:
-        """Spend today and in total (`today_usd`, `total_usd`, `day`)."""
-        return await self.ledger.spend()
+    async def spend(self) -> SpendSummary:
+        """Spend today (UTC) and in total."""
+        return SpendSummary.model_validate(await self.ledger.spend())
 
-    async def pause(self, detail: str) -> dict[str, Any] | None:
+    async def pause(self, detail: str) -> PauseInfo | None:
         """Pause the fleet (an operator's pause) unless a pause is in force: that one is
-        returned (the snapshot's `pause`), and left as it is."""
-        current: dict[str, Any] | None = (await self.flow.snapshot()).get("pause")
-        if not current:
+        returned, and left as it is."""
+        current = await self.flow.pause_info()
+        if current is None:
             await self.flow.pause("manual", detail)
         return current
 
@@ -190,26 +186,28 @@ class Producer:
         """Lift a pause. Returns whether one was in force."""
         return await self.flow.resume()
 
-    async def lanes(self) -> dict[str, dict[str, float]]:
+    async def lanes(self) -> dict[Lane, LaneStatus]:
         """Per lane: queue depth (incl. running and deferred), calls in the last minute, and the
         age of the oldest ready job in seconds."""
+        return await self._lanes(await self.flow.status())
+
+    async def _lanes(self, flow: FlowStatus) -> dict[Lane, LaneStatus]:
         now_ms = time.time() * 1000
         async with self.redis.pipeline(transaction=False) as p:
-            for lane in QUEUES.values():
-                p.zcard(lane)
-                p.zrange(lane, 0, 0, withscores=True)
+            for lane in LANES:
+                p.zcard(QUEUES[lane])
+                p.zrange(QUEUES[lane], 0, 0, withscores=True)
             replies = await p.execute()
-        flow = await self.flow.status()
         calls, bulk_calls = flow.calls_last_minute, flow.bulk_calls_last_minute
-        out: dict[str, dict[str, float]] = {}
-        for i, lane in enumerate(QUEUES):
+        out: dict[Lane, LaneStatus] = {}
+        for i, lane in enumerate(LANES):
             oldest = replies[2 * i + 1]
             age = max(0.0, (now_ms - oldest[0][1]) / 1000) if oldest else 0.0
-            out[lane] = {
-                "depth": int(replies[2 * i]),
-                "calls_last_minute": bulk_calls if lane == "bulk" else calls - bulk_calls,
-                "oldest_age_s": round(age, 1),
-            }
+            out[lane] = LaneStatus(
+                depth=int(replies[2 * i]),
+                calls_last_minute=bulk_calls if lane == "bulk" else calls - bulk_calls,
+                oldest_age_s=round(age, 1),
+            )
         return out
 
     async def status(self, job_id: str) -> JobRecord | None:

@@ -46,7 +46,8 @@ async def writes_need_token(
 
 
 async def status(request: web.Request) -> web.Response:
-    return web.json_response(await request.app[PRODUCER].fleet_status())
+    fleet = await request.app[PRODUCER].fleet_status()
+    return web.json_response(fleet.model_dump(mode="json"))
 
 
 async def failures(request: web.Request) -> web.Response:
@@ -58,19 +59,13 @@ async def failures(request: web.Request) -> web.Response:
             status=400,
         )
     recs = await request.app[PRODUCER].recent_failures(limit)
-    return web.json_response(
-        [
-            {
-                k: r.model_dump()[k]
-                for k in ("job_id", "source", "error_class", "error", "updated_at")
-            }
-            for r in recs
-        ]
-    )
+    shown = {"job_id", "source", "error_class", "error", "updated_at"}
+    return web.json_response([r.model_dump(include=shown) for r in recs])
 
 
 async def batches(request: web.Request) -> web.Response:
-    return web.json_response(await request.app[PRODUCER].recent_batches())
+    recent = await request.app[PRODUCER].recent_batches()
+    return web.json_response([b.model_dump(mode="json") for b in recent])
 
 
 async def resume(request: web.Request) -> web.Response:

@@ -108,9 +108,9 @@ async def get_job(request: web.Request) -> web.Response:
 
 async def get_batch(request: web.Request) -> web.Response:
     summary = await request.app[PRODUCER].batch_summary(request.match_info["batch"])
-    if not summary["total"]:
+    if not summary.total:
         return _error(404, "no such batch")
-    return web.json_response(summary)
+    return web.json_response(summary.model_dump(mode="json"))
 
 
 async def healthz(_request: web.Request) -> web.Response:

@@ -12,6 +12,18 @@ from urllib.parse import quote_plus
 from aiohttp import web
 from PIL import Image, ImageCms
 
+from worker.api import (
+    Budgets,
+    FleetStatus,
+    FlowStatus,
+    JobState,
+    LaneStatus,
+    PauseInfo,
+    SpendSummary,
+    UpstreamStatus,
+)
+from worker.flow.status import CircuitState
+
 TOKEN = "test-token-0123456789"
 
 
@@ -75,3 +87,42 @@ def photo(w: int = 64, h: int = 48, fmt: str = "JPEG", orientation: int = 6) -> 
     buf = io.BytesIO()
     Image.new("RGB", (w, h), (180, 90, 40)).save(buf, fmt, exif=exif, icc_profile=SRGB)
     return buf.getvalue()
+
+
+def fleet_status(
+    *,
+    live: int = 12,
+    bulk: int = 30,
+    pause: PauseInfo | None = None,
+    cooldown_s: float = 0.0,
+    circuit: CircuitState = "closed",
+    budgets: Budgets | None = None,
+) -> FleetStatus:
+    """A fleet of one upstream key, as `Producer.fleet_status()` would read it."""
+    key = UpstreamStatus(
+        name="default",
+        route="gateway",
+        state="open",
+        pause=None,
+        cooldown_s=cooldown_s,
+        circuit=circuit,
+        inflight=2,
+        inflight_cap=64,
+        calls_last_minute=17,
+        rpm=600,
+        remaining=None,
+        spend_usd=9.6,
+        budget_usd=None,
+    )
+    return FleetStatus(
+        states={JobState.QUEUED: 30, JobState.RUNNING: 2},
+        lanes={
+            "live": LaneStatus(depth=live, calls_last_minute=17, oldest_age_s=1.0),
+            "bulk": LaneStatus(depth=bulk, calls_last_minute=0, oldest_age_s=0.0),
+        },
+        spend=SpendSummary(today_usd=1.2, total_usd=9.6, day="2026-12-01"),
+        budgets=budgets or Budgets(),
+        finished_per_minute=[0] * 60,
+        depth_per_minute=[None] * 60,
+        flow_control=FlowStatus(manual_pause=pause, upstreams=[key]),
+    )

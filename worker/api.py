@@ -5,12 +5,16 @@ it so), so the rest of `worker/` may change shape without producers noticing. Th
 is defined in `worker.contract`, which is not a second public module: the names producers need
 are re-exported here. Everything here is re-exported or a thin wrapper over worker parts.
 
-- the job contract: `JobSpec`, `S3Object`, `UpscaleParams`, `Lane`, `job_id_for`,
-  `render_destination`, `usd_to_micros`, `STAGING_PREFIX`, `META_JOB_ID`, the key names (`Keys`, `QUEUES`);
-- jobs: `JobStore` (deduplicating enqueue and ledger reads), `EnqueueResult`, `JobRecord`,
-  `JobState`;
+- the job contract: `JobSpec`, `S3Object`, `UpscaleParams`, `Lane` (`LANES`), `job_id_for`,
+  `render_destination`, `usd_to_micros`, `STAGING_PREFIX`, `META_JOB_ID`, the key
+  names (`Keys`, `QUEUES`);
+- jobs: `JobStore` (deduplicating enqueue and ledger reads), `EnqueueResult`
+  (`EnqueueOutcome`), `JobRecord`, `JobState`;
 - the fleet: `Fleet` (pause, resume, flow-control status), `FlowStatus`, `UpstreamStatus`
   (one key of the pool), `PauseInfo`, `UnknownUpstream`, `fleet_metrics`;
+- what operators read (typed read models, dumped as JSON): `FleetStatus` (jobs per state,
+  lanes, spend, budgets, flow control), `LaneStatus`, `BatchSummary`, `SpendSummary`,
+  `Budgets`;
 - settings, Redis and logs: `Settings` (parsed from the environment) and its sections
   (`RedisSettings`, `S3Settings`, `UpstreamSettings`, `FlowSettings`, `JobsSettings`,
   `CallbackSettings`, `ProducerSettings`, `OpsSettings`), `get_settings`, `env_var`, `connect`,
@@ -32,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 from redis.asyncio import Redis
 
 from worker.contract import (
+    LANES,
     META_JOB_ID,
     QUEUES,
     STAGING_PREFIX,
@@ -45,11 +50,13 @@ from worker.contract import (
     render_destination,
     usd_to_micros,
 )
+from worker.fleet import BatchSummary, Budgets, FleetStatus, LaneStatus, SpendSummary
 from worker.flow import FlowControl, PauseInfo
 from worker.flow.control import PauseReason, UnknownUpstream
 from worker.flow.status import FlowStatus, UpstreamStatus
 from worker.ledger import EnqueueResult, JobRecord, Ledger
 from worker.ledger.reads import LedgerReads
+from worker.ledger.records import EnqueueOutcome
 from worker.logs import configure_logging, redact, register_secret
 from worker.metrics import fleet_metrics
 from worker.redis_conn import RedisUnavailable, connect
@@ -74,14 +81,19 @@ if TYPE_CHECKING:
     from worker.storage import AccessDenied, SourceMissing, StorageError
 
 __all__ = [
+    "LANES",
     "META_JOB_ID",
     "QUEUES",
     "STAGING_PREFIX",
     "AccessDenied",
+    "BatchSummary",
+    "Budgets",
     "CallbackSettings",
     "Check",
+    "EnqueueOutcome",
     "EnqueueResult",
     "Fleet",
+    "FleetStatus",
     "FlowSettings",
     "FlowStatus",
     "JobRecord",
@@ -91,6 +103,7 @@ __all__ = [
     "JobsSettings",
     "Keys",
     "Lane",
+    "LaneStatus",
     "OpsSettings",
     "PauseInfo",
     "ProducerSettings",
@@ -100,6 +113,7 @@ __all__ = [
     "S3Settings",
     "Settings",
     "SourceMissing",
+    "SpendSummary",
     "StorageError",
     "UnknownUpstream",
     "UpscaleParams",
@@ -179,11 +193,6 @@ class Fleet:
     async def status(self) -> FlowStatus:
         """The fleet's pause and every upstream key's state (`FlowStatus.upstreams`)."""
         return await self._flow.status()
-
-    async def snapshot(self) -> dict[str, Any]:
-        """`status()` as plain data: the fleet summary (pause, cooldown, circuit, in flight,
-        calls in the last minute) and `upstreams`, one entry per key."""
-        return await self._flow.snapshot()
 
 
 def make_s3_client(settings: S3Settings, *, fail_fast: bool = False) -> Any:

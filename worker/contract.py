@@ -11,7 +11,7 @@ import json
 import posixpath
 import re
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 from urllib.parse import quote, unquote
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -115,6 +115,7 @@ def render_destination(
 
 MagicPrompt = Literal["AUTO", "ON", "OFF"]
 Lane = Literal["live", "bulk"]
+LANES: tuple[Lane, ...] = get_args(Lane)
 
 
 class JobState(StrEnum):

@@ -11,12 +11,14 @@ Two kinds, served from different places on purpose:
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
 from worker.contract import JobState
+from worker.fleet import FleetStatus
+from worker.flow.status import CIRCUIT_STATES
 
 UPSTREAM_CALLS = Counter(
     "upscale_upstream_calls_total",
@@ -36,88 +38,72 @@ RESULT_BYTES = Counter("upscale_result_bytes_total", "Bytes of results stored to
 SPEND_USD = Counter("upscale_spend_usd_total", "USD billed by upstream calls this process made.")
 
 
-def admissible_jobs(status: dict[str, Any]) -> int:
-    """Queued jobs (both lanes) that admission could let through now: what workers should be
-    scaled on. Nothing is admissible while the fleet is paused, in a 429 cooldown, with the
-    circuit open, or with the total/daily budget spent; a half-open circuit admits one probe."""
-    depth = int(status["queue_depth"])
-    budgets = status.get("budgets") or {}
-    spent = any(
-        budgets.get(k) is not None and budgets[k] <= 0 for k in ("total_left_usd", "daily_left_usd")
-    )
-    if status.get("pause") or status.get("cooldown_s", 0) > 0 or spent:
-        return 0
-    circuit = status.get("circuit", "closed")
-    if circuit == "open":
-        return 0
-    if circuit == "half_open":
-        return min(depth, 1)
-    return depth
-
-
-def fleet_metrics(status: dict[str, Any]) -> bytes:
+def fleet_metrics(status: FleetStatus) -> bytes:
     """Render fleet gauges from `Producer.fleet_status()` in the text exposition format."""
     registry = CollectorRegistry(auto_describe=False)
 
     class Fleet:
-        def collect(self) -> Any:
+        def collect(self) -> Iterator[GaugeMetricFamily]:
+            flow = status.flow_control
             depth = GaugeMetricFamily(
                 "upscale_queue_depth",
                 "Jobs in the arq queue (incl. running, deferred).",
                 labels=["lane"],
             )
-            for lane, v in status["lanes"].items():
-                depth.add_metric([lane], v["depth"])
+            for lane, v in status.lanes.items():
+                depth.add_metric([lane], v.depth)
             yield depth
             total = GaugeMetricFamily("upscale_queue_depth_total", "Jobs in all lanes' queues.")
-            total.add_metric([], status["queue_depth"])
+            total.add_metric([], status.queue_depth)
             yield total
             admissible = GaugeMetricFamily(
                 "upscale_jobs_admissible",
                 "Queued jobs the fleet could start calling the upstream for now: 0 while paused, "
                 "in a 429 cooldown, with the circuit open or a budget spent (the scaling signal).",
             )
-            admissible.add_metric([], admissible_jobs(status))
+            admissible.add_metric([], status.admissible)
             yield admissible
             jobs = GaugeMetricFamily("upscale_jobs", "Jobs per ledger state.", labels=["state"])
             for state in JobState:
-                jobs.add_metric([state.value], status["states"].get(state.value, 0))
+                jobs.add_metric([state], status.states.get(state, 0))
             yield jobs
-            pause = status.get("pause") or {}
+            pause = flow.pause
             paused = GaugeMetricFamily(
                 "upscale_paused", "1 while the fleet is paused, with the reason.", labels=["reason"]
             )
-            paused.add_metric([pause.get("reason", "")], 1 if pause else 0)
+            paused.add_metric([pause.reason if pause else ""], 1 if pause else 0)
             yield paused
             spend = GaugeMetricFamily("upscale_spend_usd", "Spend in USD.", labels=["period"])
-            spend.add_metric(["today"], status["spend"]["today_usd"])
-            spend.add_metric(["total"], status["spend"]["total_usd"])
+            spend.add_metric(["today"], status.spend.today_usd)
+            spend.add_metric(["total"], status.spend.total_usd)
             yield spend
             left = GaugeMetricFamily(
                 "upscale_budget_remaining_usd",
                 "Budget left (absent cap: not reported).",
                 labels=["cap"],
             )
-            for cap in ("total", "daily"):
-                v = status["budgets"][f"{cap}_left_usd"]
-                if v is not None:
-                    left.add_metric([cap], v)
+            for cap, left_usd in (
+                ("total", status.budgets.total_left_usd),
+                ("daily", status.budgets.daily_left_usd),
+            ):
+                if left_usd is not None:
+                    left.add_metric([cap], left_usd)
             yield left
             circuit = GaugeMetricFamily(
                 "upscale_circuit_state",
                 "Circuit breaker (1 for the current state).",
                 labels=["state"],
             )
-            for st in ("closed", "open", "half_open"):
-                circuit.add_metric([st], 1 if status["circuit"] == st else 0)
+            for st in CIRCUIT_STATES:
+                circuit.add_metric([st], 1 if flow.circuit == st else 0)
             yield circuit
-            for name, doc, key in (
-                ("upscale_cooldown_seconds", "Seconds left in the global 429 cooldown.", "cooldown_s"),
-                ("upscale_inflight_calls", "Upstream calls in flight, fleet-wide.", "inflight"),
-                ("upscale_calls_last_minute", "Upstream calls started in the last 60 s.", "calls_last_minute"),
+            for name, doc, value in (
+                ("upscale_cooldown_seconds", "Seconds left in the global 429 cooldown.", flow.cooldown_s),
+                ("upscale_inflight_calls", "Upstream calls in flight, fleet-wide.", flow.inflight),
+                ("upscale_calls_last_minute", "Upstream calls started in the last 60 s.", flow.calls_last_minute),
             ):  # fmt: skip
                 g = GaugeMetricFamily(name, doc)
-                g.add_metric([], status[key])
+                g.add_metric([], value)
                 yield g
 
     registry.register(Fleet())

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import asdict
 
 import click
 from rich.table import Table
@@ -13,6 +14,7 @@ from rich.table import Table
 from producers.api import Producer
 from producers.cli.common import JSON_HELP, console, echo_json, main, with_producer
 from producers.errors import CommandError
+from worker.api import BatchSummary, FleetStatus, JobRecord, JobState, PauseInfo, SpendSummary
 
 
 # -- status -----------------------------------------------------------------------------------
@@ -25,15 +27,15 @@ from producers.errors import CommandError
 def status(
     job_id: str | None, batch: str | None, as_json: bool, watch: bool, interval: float
 ) -> None:
-    async def go(p: Producer) -> dict[str, Any]:
+    async def go(p: Producer) -> JobRecord | BatchSummary | FleetStatus:
         if job_id:
             rec = await p.status(job_id)
             if rec is None:
                 raise CommandError(f"no such job: {job_id}")
-            return rec.model_dump()
+            return rec
         if batch:
             summary = await p.batch_summary(batch)
-            if not summary["total"]:
+            if not summary.total:
                 raise CommandError(f"no such batch: {batch}")
             return summary
         return await p.fleet_status()
@@ -42,62 +44,60 @@ def status(
         return _watch(batch, interval)
     data = with_producer(go)
     if as_json:
-        echo_json(data)
-    elif job_id:
+        echo_json(data.model_dump(mode="json"))
+    elif isinstance(data, JobRecord):
         _print_record(data)
-    elif batch:
+    elif isinstance(data, BatchSummary):
         for line in _batch_lines(data):
             console.print(line)
     else:
         _print_fleet(data)
 
 
-def _fmt_states(states: dict[str, int]) -> str:
-    order = ["queued", "running", "waiting", "succeeded", "failed", "skipped"]
-    return "  ".join(f"{k}={states.get(k, 0)}" for k in order if states.get(k, 0)) or "no jobs"
+def _fmt_states(states: Mapping[JobState, int]) -> str:
+    return "  ".join(f"{s}={states[s]}" for s in JobState if states.get(s)) or "no jobs"
 
 
-def _print_record(d: dict[str, Any]) -> None:
+def _print_record(rec: JobRecord) -> None:
     t = Table(show_header=False, box=None)
-    for k, v in d.items():
+    for k, v in rec.model_dump().items():
         if v in (None, "", [], {}):
             continue
         t.add_row(f"[dim]{k}[/]", str(v))
     console.print(t)
 
 
-def _fleet_lines(d: dict[str, Any]) -> list[str]:
-    lines = [f"jobs: {_fmt_states(d['states'])}   queue depth: {d['queue_depth']}"]
-    for lane, v in d["lanes"].items():
+def _fleet_lines(d: FleetStatus) -> list[str]:
+    lines = [f"jobs: {_fmt_states(d.states)}   queue depth: {d.queue_depth}"]
+    for lane, v in d.lanes.items():
         lines.append(
-            f"  {lane:<4} depth {v['depth']:>7}  calls/min {v['calls_last_minute']:>5}  "
-            f"oldest ready {v['oldest_age_s']:.0f}s"
+            f"  {lane:<4} depth {v.depth:>7}  calls/min {v.calls_last_minute:>5}  "
+            f"oldest ready {v.oldest_age_s:.0f}s"
         )
-    pause = d.get("pause")
-    if pause:
+    flow = d.flow_control
+    if flow.pause:
         lines.append(
-            f"[bold red]PAUSED[/] reason={pause.get('reason')} {pause.get('detail', '')} "
+            f"[bold red]PAUSED[/] reason={flow.pause.reason} {flow.pause.detail} "
             "- run `upscale resume` once fixed (e.g. after a top-up)"
         )
     else:
         lines.append("[green]running[/] (not paused)")
     lines.append(
-        f"in flight: {d['inflight']}  calls last minute: {d['calls_last_minute']}  "
-        f"circuit: {d['circuit']}  cooldown: {d['cooldown_s']:.1f}s"
+        f"in flight: {flow.inflight}  calls last minute: {flow.calls_last_minute}  "
+        f"circuit: {flow.circuit}  cooldown: {flow.cooldown_s:.1f}s"
     )
-    sp = d["spend"]
-    lines.append(f"spend: today ${sp['today_usd']:.2f}  total ${sp['total_usd']:.2f}")
+    lines.append(f"spend: today ${d.spend.today_usd:.2f}  total ${d.spend.total_usd:.2f}")
     return lines
 
 
-def _batch_lines(d: dict[str, Any]) -> list[str]:
+def _batch_lines(d: BatchSummary) -> list[str]:
     return [
-        f"batch [bold]{d['batch']}[/]: {d['total']} job(s), spend ${d['spend_usd']:.2f}",
-        "  " + _fmt_states(d["states"]),
+        f"batch [bold]{d.batch}[/]: {d.total} job(s), spend ${d.spend_usd:.2f}",
+        "  " + _fmt_states(d.states),
     ]
 
 
-def _print_fleet(d: dict[str, Any]) -> None:
+def _print_fleet(d: FleetStatus) -> None:
     for line in _fleet_lines(d):
         console.print(line)
 
@@ -130,17 +130,15 @@ def _watch(batch: str | None, interval: float) -> None:
 @click.option("--batch", multiple=True, help="Also show these batches.")
 @click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
 def spend(batch: tuple[str, ...], as_json: bool) -> None:
-    async def go(p: Producer) -> dict[str, Any]:
-        out = await p.spend()
-        out["batches"] = {b: (await p.batch_summary(b))["spend_usd"] for b in batch}
-        return out
+    async def go(p: Producer) -> tuple[SpendSummary, dict[str, float]]:
+        return await p.spend(), {b: (await p.batch_summary(b)).spend_usd for b in batch}
 
-    d = with_producer(go)
+    sp, batches = with_producer(go)
     if as_json:
-        echo_json(d)
+        echo_json({**sp.model_dump(mode="json"), "batches": batches})
         return
-    console.print(f"today ({d['day']}): ${d['today_usd']:.2f}   total: ${d['total_usd']:.2f}")
-    for b, usd in d["batches"].items():
+    console.print(f"today ({sp.day}): ${sp.today_usd:.2f}   total: ${sp.total_usd:.2f}")
+    for b, usd in batches.items():
         console.print(f"  batch {b}: ${usd:.2f}")
 
 
@@ -149,16 +147,16 @@ def spend(batch: tuple[str, ...], as_json: bool) -> None:
 @click.option("--detail", default="paused by an operator")
 @click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
 def pause(detail: str, as_json: bool) -> None:
-    async def go(p: Producer) -> dict[str, Any] | None:
+    async def go(p: Producer) -> PauseInfo | None:
         return await p.pause(detail)
 
     already = with_producer(go)
     if as_json:
-        echo_json({"paused": True, "already": bool(already), "pause": already})
+        pause_json = asdict(already) if already else None
+        echo_json({"paused": True, "already": bool(already), "pause": pause_json})
     elif already:
         console.print(
-            f"already paused (reason={already.get('reason')} {already.get('detail', '')}); "
-            "`upscale resume` lifts it"
+            f"already paused (reason={already.reason} {already.detail}); `upscale resume` lifts it"
         )
     else:
         console.print("paused: workers start no new upstream call; `upscale resume` lifts it")

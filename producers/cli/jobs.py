@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import click
@@ -10,7 +11,26 @@ import click
 from producers.api import Producer, build_spec
 from producers.cli.common import JSON_HELP, console, echo_json, err_console, main, with_producer
 from producers.errors import CommandError
-from worker.api import get_settings
+from worker.api import EnqueueOutcome, get_settings
+
+
+@dataclass(frozen=True)
+class Enqueued:
+    """One source as `enqueue` reports it (`--json`: a list of these)."""
+
+    job_id: str
+    outcome: EnqueueOutcome
+    state: str
+    source: str
+    dest: str
+
+
+@dataclass(frozen=True)
+class Retried:
+    """One job as `retry` reports it (`outcome` None: no such job)."""
+
+    job_id: str
+    outcome: EnqueueOutcome | None
 
 
 # -- enqueue ----------------------------------------------------------------------------------
@@ -35,29 +55,21 @@ def enqueue(sources: tuple[str, ...], as_json: bool, **opts: Any) -> None:
     ):
         raise click.UsageError("--version-id and a single --dest apply to one source only")
 
-    async def go(p: Producer) -> list[dict[str, Any]]:
+    async def go(p: Producer) -> list[Enqueued]:
         specs = [build_spec(src, settings=p.settings, **opts) for src in sources]
         results = await p.enqueue_specs(specs)
         return [
-            {
-                "job_id": r.job_id,
-                "outcome": r.outcome,
-                "state": r.state,
-                "source": s.source.uri,
-                "dest": s.dest.uri,
-            }
+            Enqueued(r.job_id, r.outcome, r.state, s.source.uri, s.dest.uri)
             for r, s in zip(results, specs, strict=True)
         ]
 
     rows = with_producer(go)
     if as_json:
-        echo_json(rows)
+        echo_json([asdict(row) for row in rows])
         return
     for row in rows:
-        console.print(
-            f"[bold]{row['job_id']}[/]  {row['outcome']:<9} {row['source']} -> {row['dest']}"
-        )
-    counts = Counter(r["outcome"] for r in rows)
+        console.print(f"[bold]{row.job_id}[/]  {row.outcome:<9} {row.source} -> {row.dest}")
+    counts = Counter(r.outcome for r in rows)
     console.print(f"{len(rows)} job(s): " + ", ".join(f"{n} {k}" for k, n in counts.items()))
 
 
@@ -186,20 +198,20 @@ def backfill(source: str, as_json: bool, **o: Any) -> None:
 @click.argument("job_ids", nargs=-1, required=True)
 @click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
 def retry(job_ids: tuple[str, ...], as_json: bool) -> None:
-    async def go(p: Producer) -> list[dict[str, Any]]:
+    async def go(p: Producer) -> list[Retried]:
         out = []
         for j in job_ids:
             r = await p.retry(j)
-            out.append({"job_id": j, "outcome": None if r is None else r.outcome})
+            out.append(Retried(j, None if r is None else r.outcome))
         return out
 
     rows = with_producer(go)
-    missing = [r["job_id"] for r in rows if r["outcome"] is None]
+    missing = [r.job_id for r in rows if r.outcome is None]
     if as_json:
-        echo_json(rows)
+        echo_json([asdict(r) for r in rows])
     else:
         for r in rows:
-            if r["outcome"] is not None:
-                console.print(f"{r['job_id']}: {r['outcome']}")
+            if r.outcome is not None:
+                console.print(f"{r.job_id}: {r.outcome}")
     if missing:
         raise CommandError(f"no such job: {', '.join(missing)}")

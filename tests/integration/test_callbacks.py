@@ -120,7 +120,7 @@ async def test_batch_notice_once_every_job_is_final(
     waiter = asyncio.create_task(producer.wait_for_batch("nightly", timeout=60))
     await drain(cb_settings)
     summary = await waiter
-    assert summary["total"] == 2
+    assert summary.total == 2 and summary.done
     (only,) = receiver.bodies
     doc = json.loads(only[1])
     assert doc["type"] == "batch" and doc["batch"]["total"] == 2

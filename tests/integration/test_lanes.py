@@ -56,7 +56,7 @@ async def test_live_jobs_overtake_a_queued_backfill(
     stats = sim.stats()
     assert stats["by_status"].get("429", 0) == 0
     lanes = await producer.lanes()
-    assert lanes["bulk"]["depth"] > 0 and lanes["live"]["depth"] == 0
+    assert lanes["bulk"].depth > 0 and lanes["live"].depth == 0
 
 
 async def test_a_live_request_promotes_a_job_queued_in_bulk(

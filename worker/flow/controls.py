@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import asdict
-from typing import Any
 
 from worker.flow.decisions import (
     PauseReason,
@@ -102,7 +101,3 @@ class Controls(Reports):
     async def status(self) -> FlowStatus:
         """The fleet's pause and every key's state."""
         return await read_status(self.redis, await self._known_pool())
-
-    async def snapshot(self) -> dict[str, Any]:
-        """`status()` as plain data (the fleet summary first, then each key)."""
-        return (await self.status()).as_dict()

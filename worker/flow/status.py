@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from redis.asyncio import Redis
 
@@ -12,6 +12,9 @@ from worker.keys import Keys
 from worker.ledger.reads import text
 
 UpstreamState = Literal["open", "paused", "cooldown", "circuit_open", "circuit_half_open"]
+CircuitState = Literal["closed", "half_open", "open"]
+CIRCUIT_STATES: tuple[CircuitState, ...] = get_args(CircuitState)  # best first
+_CIRCUITS: dict[str, CircuitState] = {c: c for c in CIRCUIT_STATES}
 
 
 @dataclass(frozen=True)
@@ -31,7 +34,7 @@ class UpstreamStatus:
     state: UpstreamState
     pause: PauseInfo | None
     cooldown_s: float
-    circuit: str
+    circuit: CircuitState
     inflight: int
     inflight_cap: int
     calls_last_minute: int
@@ -75,9 +78,10 @@ class FlowStatus:
         return min((u.cooldown_s for u in self.upstreams), default=0.0)
 
     @property
-    def circuit(self) -> str:
+    def circuit(self) -> CircuitState:
+        """The best of the keys' circuits (closed while any key's is)."""
         states = {u.circuit for u in self.upstreams}
-        return next((c for c in ("closed", "half_open", "open") if c in states), "closed")
+        return next((c for c in CIRCUIT_STATES if c in states), "closed")
 
     @property
     def inflight(self) -> int:
@@ -137,7 +141,9 @@ async def read_status(redis: Redis, pool: list[tuple[str, MemberFacts]]) -> Flow
         bulk += int(bulk_calls)
         pause = pause_info(pause_h, name)
         cooldown_s = cool_ttl / 1000 if cool_ttl and cool_ttl > 0 else 0.0
-        circuit = {text(k): text(v) for k, v in circuit_h.items()}.get("state", "closed")
+        circuit = _CIRCUITS.get(
+            {text(k): text(v) for k, v in circuit_h.items()}.get("state", ""), "closed"
+        )
         limit, remaining, reset_at = (int(text(v)) if v is not None else None for v in said)
         ceiling = m.rpm or None
         rpm = min(x for x in (ceiling, limit) if x) if (ceiling or limit) else None

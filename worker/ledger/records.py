@@ -12,6 +12,7 @@ from worker.contract import JobSpec, JobState, micros_to_usd
 EnqueueOutcome = Literal["created", "duplicate", "requeued"]
 StartOutcome = Literal["ok", "final", "busy", "missing"]
 CallState = Literal["sent", "answered", "pending", "refused", "unknown"]
+CallbackState = Literal["delivered", "retrying", "failed", "refused"]
 
 
 class EnqueueResult(BaseModel):
@@ -90,7 +91,7 @@ class JobRecord(BaseModel):
     created_at: int | None = None
     updated_at: int | None = None
     reclaims: int = 0
-    callback_state: str | None = None  # delivered | retrying | failed | refused
+    callback_state: CallbackState | None = None
     callback_attempts: int = 0
     callback_detail: str | None = None
     payload: dict[str, Any] | None = Field(default=None, exclude=True)

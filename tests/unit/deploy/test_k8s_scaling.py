@@ -8,23 +8,14 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.support import fleet_status
 from tests.unit.deploy.manifests import find
+from worker.fleet import Budgets
 from worker.metrics import fleet_metrics
 
 
 def _exported_fleet_metrics() -> set[str]:
-    status = {
-        "states": {},
-        "lanes": {"live": {"depth": 1}, "bulk": {"depth": 0}},
-        "queue_depth": 1,
-        "spend": {"today_usd": 0.0, "total_usd": 0.0},
-        "budgets": {"total_left_usd": 1.0, "daily_left_usd": 1.0},
-        "pause": None,
-        "cooldown_s": 0,
-        "circuit": "closed",
-        "inflight": 0,
-        "calls_last_minute": 0,
-    }
+    status = fleet_status(budgets=Budgets(total_left_usd=1.0, daily_left_usd=1.0))
     return {f.name for f in text_string_to_metric_families(fleet_metrics(status).decode())}
 
 
