@@ -92,7 +92,7 @@ def main() -> None:
     quarter = max(1, len(samples) // 4)
     t.add_row("RSS after first 25 %", f"{max(samples[:quarter]):.0f} MB")
     t.add_row("RSS peak (whole run)", f"{max(samples):.0f} MB")
-    Console().print(t)
+    Console(width=200).print(t)
 
 
 if __name__ == "__main__":

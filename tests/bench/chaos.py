@@ -82,7 +82,7 @@ FAULTS: list[tuple[str, Fault, dict[str, object]]] = [
 
 
 async def main(jobs: int, procs: int) -> None:
-    console = Console()
+    console = Console(width=200)
     table = Table(title=f"make chaos: {jobs} jobs x {procs} worker processes, default settings")
     for col in (
         "fault",

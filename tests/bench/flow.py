@@ -265,7 +265,7 @@ async def main_async() -> None:
     table.add_column("naive baseline", justify="right")
     for name in results["ours"]:
         table.add_row(name, results["ours"][name], results["naive"].get(name, ""))
-    Console().print(table)
+    Console(width=200).print(table)
     console.print(
         "targets for ours: busiest minute >= 97 % of the limit, 0 self-inflicted 429s, "
         "0 calls after a 402"

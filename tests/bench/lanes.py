@@ -90,7 +90,7 @@ async def main_async() -> None:
     t.add_row("bulk rate during live", rate(bulk_calls, t_live, t_done))
     t.add_row("bulk rate after live", rate(bulk_calls, t_done + 5, t_end))
     t.add_row("429s received", str(sum(1 for c in log if c["status"] == 429)))
-    Console().print(t)
+    Console(width=200).print(t)
 
 
 if __name__ == "__main__":

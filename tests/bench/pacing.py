@@ -195,7 +195,7 @@ async def main_async() -> None:
                 console.print(
                     f"  ours: per-job overhead (job less its call and admission wait), median {sc['overhead_ms']:.0f} ms"
                 )
-    Console().print(table)
+    Console(width=200).print(table)
     console.print(
         "targets: rate-limited scenarios <= 1.05x optimum with <= 1 x 429 (rolling window); "
         "no limit: ours >= 0.95x (0.1-0.4 s) and >= 1.0x (no latency) the naive jobs/s"
