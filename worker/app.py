@@ -136,7 +136,7 @@ def worker_options(settings: Settings, lane: str = "live") -> dict[str, Any]:
         "job_timeout": jobs.job_timeout_s,
         # A deploy drains: running (paid) calls finish before the process exits.
         "job_completion_wait": jobs.job_timeout_s,
-        "keep_result": 60,
+        "keep_result": 0,  # the ledger is the record; arq's result would only cost a write
         "max_tries": ARQ_MAX_TRIES,
         "poll_delay": 0.2,
         # Must exceed the jobs in flight fleet-wide, or running jobs fill every read.

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import Any
 
 import httpx
+import structlog
 from redis.asyncio import Redis
 
 from worker.flow import FlowControl
@@ -16,6 +20,8 @@ from worker.settings import Settings
 from worker.storage import Storage
 from worker.upstream import make_upstream
 from worker.upstream.base import Upstream
+
+log = structlog.get_logger("worker.runtime")
 
 
 @dataclass
@@ -32,17 +38,32 @@ class Runtime:
     redis_ok: bool = True  # false while Redis is unreachable (readiness)
     draining: bool = False  # set on SIGTERM: picking never reopens
     waker: Waker = field(default_factory=Waker)  # a slot was freed somewhere in the fleet
+    background: set[asyncio.Task[object]] = field(default_factory=set)  # `in_background`
 
     @cached_property
     def result_hosts(self) -> set[str]:
         """Hosts paid results may be downloaded from: every pool member's."""
         return set().union(*(m.upstream.allowed_result_hosts() for m in self.flow.pool))
 
+    def in_background(self, work: Coroutine[Any, Any, object], failure: str) -> None:
+        """Run `work` beside the job (kept referenced until done); a failure is logged."""
+
+        def done(task: asyncio.Task[object]) -> None:
+            self.background.discard(task)
+            if not task.cancelled() and (e := task.exception()) is not None:
+                log.warning(failure, error=type(e).__name__)
+
+        task = asyncio.create_task(work)
+        self.background.add(task)
+        task.add_done_callback(done)
+
     def upstream(self, name: str) -> Upstream:
         """The client of pool member `name` (a slot from before pools: the first)."""
         return self.upstreams.get(name) or next(iter(self.upstreams.values()))
 
     async def aclose(self) -> None:
+        if self.background:  # reports still on their way
+            await asyncio.wait(self.background, timeout=5)
         for up in self.upstreams.values():
             await up.aclose()
         await self.downloads.aclose()

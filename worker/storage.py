@@ -163,26 +163,23 @@ class Storage:
         """One GET: `check(head)` sees the object's size, ETag and metadata before its body is
         read (it raises to refuse it); then at most `max_bytes` + 1 bytes are read."""
         extra: dict[str, Any] = {"Range": byte_range} if byte_range else {}
-        r = await self._call(
-            f"read {obj.uri}",
-            self.s3.get_object,
-            Bucket=obj.bucket,
-            Key=obj.key,
-            **self._version(obj),
-            **extra,
-        )
-        body = r["Body"]
-        try:
-            head = _head(r)
-            if check is not None:
-                check(head)
-            # One byte past the cap: an oversize object is detected, never buffered whole.
-            data: bytes = await asyncio.to_thread(body.read, max_bytes + 1)
-        except (BotoCoreError, OSError) as e:
-            raise StorageUnavailable(f"read {obj.uri}: {type(e).__name__}") from None
-        finally:
-            body.close()
-        return head, data
+
+        def get() -> tuple[Head, bytes]:  # one thread hop for the request and its body
+            r = self.s3.get_object(Bucket=obj.bucket, Key=obj.key, **self._version(obj), **extra)
+            body = r["Body"]
+            try:
+                head = _head(r)
+                if check is not None:
+                    check(head)
+                # One byte past the cap: an oversize object is detected, never buffered whole.
+                return head, body.read(max_bytes + 1)
+            except (BotoCoreError, OSError) as e:
+                raise StorageUnavailable(f"read {obj.uri}: {type(e).__name__}") from None
+            finally:
+                body.close()
+
+        result: tuple[Head, bytes] = await self._call(f"read {obj.uri}", get)
+        return result
 
     def presign_get(self, obj: S3Object) -> str:
         params = {"Bucket": obj.bucket, "Key": obj.key, **self._version(obj)}

@@ -75,8 +75,14 @@ def reset(stack: LocalStack, wallet: float | None) -> None:
 
 
 def upload(stack: LocalStack, bucket: str, n: int) -> list[str]:
+    """`n` sample images in `bucket`. Our default destination bucket (`<bucket>-upscaled`) is
+    made and written once too, as the naive worker's output prefix lives in `bucket` itself:
+    SeaweedFS grows a new bucket's volumes on its first writes, which neither side should pay
+    inside the timed run."""
     s3 = stack.s3_client()
     s3.create_bucket(Bucket=bucket)
+    s3.create_bucket(Bucket=f"{bucket}-upscaled")
+    s3.put_object(Bucket=f"{bucket}-upscaled", Key="warm-up", Body=b"x")
     buf = io.BytesIO()
     Image.new("RGB", (16, 16), (90, 30, 200)).save(buf, "PNG")
     keys = [f"bench/{i:05d}.png" for i in range(n)]
@@ -164,14 +170,18 @@ async def run_naive(
     bucket: str,
     stop_at: int = 0,
     marks: dict[str, float] | None = None,
+    defer_s: float = 0.0,
 ) -> float:
     """Wall time from starting the processes to `stop_at` (all) jobs done; `marks["done_at"]`
-    gets that moment as a Unix time (to set against the simulator's log)."""
+    gets that moment as a Unix time (to set against the simulator's log). `defer_s`: the jobs
+    become due that long after they are enqueued (a warm fleet meets them)."""
     redis = Redis.from_url(stack.redis_url)
     await redis.flushdb()
     pool: ArqRedis = await create_pool(RedisSettings.from_dsn(stack.redis_url))
     for k in keys:
-        await pool.enqueue_job("naive_upscale", bucket, k, _queue_name=QUEUE)
+        await pool.enqueue_job(
+            "naive_upscale", bucket, k, _queue_name=QUEUE, _defer_by=defer_s or None
+        )
     procs = Procs()
     t0 = time.monotonic()
     procs.start(

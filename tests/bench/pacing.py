@@ -4,12 +4,13 @@ Both sides send the image bytes inline (ours: `UPSCALE_IMAGE_MODE=data_url`, as 
 worker does), 4 processes each. Scenarios, judged from the simulator's log:
 - 200 jobs at 120 RPM, a plain rolling 60 s window (no burst rule), latency 0.3-1 s;
 - the same against the published 2x/10 s burst rule (never configured on our side: learned);
-- no limit, latency 0.1-0.4 s, 40 jobs; no limit, no latency, 600 jobs (`UPSCALE_RATE_RPM=auto`:
-  the tier comes from the upstream's headers), with our per-job overhead (job time less the
-  upstream call and the wait for admission, median) from the ledger.
+- no limit, latency 0.1-0.4 s, 40 jobs; no limit, no latency, 600 jobs (the key's tier
+  configured as its owner knows it), with our per-job overhead (job time less the upstream
+  call and the wait for admission, median) from the ledger.
 The optimum is the earliest schedule the upstream's rules allow (greedy), plus a mean call,
-counted from the first call: so both sides are timed from their first upstream call to their
-last job done (a running fleet's pace); the processes' start-up is shown on its own.
+counted from the first call. Both sides meet the jobs as a running fleet: the jobs become due
+together `WARM_S` after they are enqueued (the processes start meanwhile), and each side is
+timed from its first upstream call to its last job done.
 """
 
 from __future__ import annotations
@@ -29,10 +30,16 @@ from rich.table import Table
 from infra.stack import LocalStack
 from producers.api import Producer, build_spec
 from tests.bench.flow import CALL, Procs, run_naive, sim_admin, sim_stats, upload
+from worker.keys import queue_for
 from worker.settings import Settings
 
 console = Console(stderr=True)
 WORKERS = 4
+UNLIMITED_RPM = 1_000_000  # "no limit": a tier no run here comes near
+# Runs of a few seconds on 2 cores shared with Redis, S3 and the simulator vary by +-30 %: the
+# no-limit scenarios run this often, interleaved, and report the median run (all runs shown).
+REPEAT = int(os.environ.get("BENCH_REPEAT", "5"))
+WARM_S = 6.0  # the processes start (2-3 s here) before the jobs are due
 
 SCENARIOS: list[dict[str, Any]] = [
     {"name": "200 jobs, 120 RPM, rolling window", "jobs": 200, "rpm": 120, "burst": None,
@@ -40,9 +47,9 @@ SCENARIOS: list[dict[str, Any]] = [
     {"name": "200 jobs, 120 RPM, 2x/10 s burst rule", "jobs": 200, "rpm": 120, "burst": 2.0,
      "latency": [300, 1000]},
     {"name": "40 jobs, no limit, 0.1-0.4 s", "jobs": 40, "rpm": None, "burst": None,
-     "latency": [100, 400]},
+     "latency": [100, 400], "repeat": REPEAT},
     {"name": "600 jobs, no limit, no latency", "jobs": 600, "rpm": None, "burst": None,
-     "latency": [0, 0]},
+     "latency": [0, 0], "repeat": REPEAT},
 ]  # fmt: skip
 
 
@@ -74,7 +81,7 @@ def configure_sim(stack: LocalStack, sc: dict[str, Any]) -> None:
         stack,
         "/_admin/config",
         {
-            "api_keys": {stack.api_key: sc["rpm"] or 1_000_000},
+            "api_keys": {stack.api_key: sc["rpm"] or UNLIMITED_RPM},
             "burst_factor": sc["burst"],
             "burst_window_s": 10.0,
             "latency_ms": sc["latency"],
@@ -98,9 +105,13 @@ async def run_ours(
     producer = Producer(redis, Settings())
     specs = [build_spec(f"s3://{bucket}/{k}", settings=producer.settings) for k in keys]
     await producer.enqueue_specs(specs)
+    due = (time.time() + WARM_S) * 1000  # all due together, when the fleet is up
+    await redis.zadd(queue_for("live"), {s.job_id: due for s in specs}, xx=True)
     env = {
         **stack.env(),
-        "UPSCALE_RATE_RPM": str(sc["rpm"]) if sc["rpm"] else "auto",
+        # the key's tier, as its owner configures it (`auto` would hold a cold fleet to 10
+        # calls until the first answer tells the limit: one call's latency, once)
+        "UPSCALE_RATE_RPM": str(sc["rpm"] or UNLIMITED_RPM),
         "UPSCALE_IMAGE_MODE": "data_url",
         "UPSCALE_LOG_LEVEL": "WARNING",
         "UPSCALE_LOG_FORMAT": "json",
@@ -138,7 +149,6 @@ def figures(stack: LocalStack, sc: dict[str, Any], wall: float, done_at: float) 
     busy = done_at - min(c["t"] for c in log)  # first upstream call -> last job done
     done = int(stats["billed_calls"])  # images actually produced (failed jobs produce none)
     out = {
-        "start-up": f"{wall - busy:.1f} s",
         "first call -> all done": f"{busy:.1f} s",
         "429s": str(n429),
         "upscaled": f"{done}/{sc['jobs']}",
@@ -154,7 +164,6 @@ async def main_async() -> None:
     for col in (
         "scenario",
         "side",
-        "start-up",
         "first call -> all done",
         "vs optimum",
         "429s",
@@ -165,41 +174,56 @@ async def main_async() -> None:
         table.add_column(col)
     with LocalStack() as stack:
         for i, sc in enumerate(SCENARIOS):
-            bucket = f"pace{i}"
-            keys = upload(stack, bucket, sc["jobs"])
-            results = {}
-            for side in ("ours", "naive"):
-                console.print(f"{sc['name']}: {side}…")
-                configure_sim(stack, sc)
-                marks: dict[str, float] = {}
-                if side == "ours":
-                    wall = await run_ours(stack, sc, bucket, keys, marks)
-                else:
-                    wall = await run_naive(stack, keys, bucket, marks=marks)
-                results[side] = figures(stack, sc, wall, marks["done_at"])
+            runs: dict[str, list[dict[str, str]]] = {"ours": [], "naive": []}
+            overheads: list[float] = []
+            for rep in range(sc.get("repeat", 1)):
+                bucket = f"pace{i}r{rep}"  # fresh sources: no output of ours exists yet
+                keys = upload(stack, bucket, sc["jobs"])
+                for side in ("ours", "naive"):  # interleaved: drift hits both sides alike
+                    console.print(f"{sc['name']}: {side} (run {rep + 1})…")
+                    configure_sim(stack, sc)
+                    marks: dict[str, float] = {}
+                    if side == "ours":
+                        wall = await run_ours(stack, sc, bucket, keys, marks)
+                        overheads.append(sc["overhead_ms"] or 0.0)
+                    else:
+                        wall = await run_naive(stack, keys, bucket, marks=marks, defer_s=WARM_S)
+                    runs[side].append(figures(stack, sc, wall, marks["done_at"]))
+            results = {side: _median_run(rs) for side, rs in runs.items()}
             ratio = float(results["ours"]["jobs/s"]) / float(results["naive"]["jobs/s"])
             for side in ("ours", "naive"):
                 r = results[side]
                 table.add_row(
                     sc["name"] if side == "ours" else "",
                     side,
-                    r["start-up"],
                     r["first call -> all done"],
                     r.get("vs optimum", "-"),
                     r["429s"],
                     r["upscaled"],
-                    r["jobs/s"],
+                    r["jobs/s"] + _spread(runs[side]),
                     f"{ratio:.2f}x" if side == "ours" else "",
                 )
-            if sc.get("overhead_ms") is not None:
-                console.print(
-                    f"  ours: per-job overhead (job less its call and admission wait), median {sc['overhead_ms']:.0f} ms"
-                )
+            console.print(
+                f"  ours: per-job overhead (job less its call and admission wait), median "
+                f"{statistics.median(overheads):.0f} ms"
+            )
     Console(width=200).print(table)
     console.print(
         "targets: rate-limited scenarios <= 1.05x optimum with <= 1 x 429 (rolling window); "
         "no limit: ours >= 0.95x (0.1-0.4 s) and >= 1.0x (no latency) the naive jobs/s"
     )
+
+
+def _median_run(runs: list[dict[str, str]]) -> dict[str, str]:
+    """The run with the median jobs/s (all its figures, so they agree with each other)."""
+    ordered = sorted(runs, key=lambda r: float(r["jobs/s"]))
+    return ordered[len(ordered) // 2]
+
+
+def _spread(runs: list[dict[str, str]]) -> str:
+    if len(runs) < 2:
+        return ""
+    return f" ({', '.join(r['jobs/s'] for r in runs)})"
 
 
 def main() -> None:

@@ -111,11 +111,12 @@ class CallStep(JobBase):
         metrics.UPSTREAM_CALLS.labels("202" if result.pending_id else "200").inc()
         metrics.UPSTREAM_LATENCY.observe(time.monotonic() - t0)
         paid = await self._save_paid(result, t0)
-        try:
-            status = 202 if result.pending_id else 200
-            await flow.observe(admitted.upstream, result.rate, status, slot=admitted.token)
-        except Exception as e:  # the money is saved; flow state catches up on the next call
-            log.warning("could not report call outcome", error=type(e).__name__)
+        status = 202 if result.pending_id else 200
+        # off the job's path: the money is saved, and flow state is advisory
+        self.rt.in_background(
+            flow.observe(admitted.upstream, result.rate, status, slot=admitted.token),
+            "could not report call outcome",
+        )
         await self._drop_staged()
         return paid
 

@@ -12,7 +12,7 @@ from worker.contract import (
     STAGING_PREFIX,
     S3Object,
 )
-from worker.images import prepare, validate
+from worker.images import ImageInfo, Prepared, prepare, validate
 from worker.job.base import JobBase, _ms, log
 from worker.ledger.transitions import FinalState
 from worker.outcomes import JobFailed, JobSkipped
@@ -25,9 +25,24 @@ from worker.upstream.base import ImageInput
 
 
 class SourceStep(JobBase):
+    _output_head: asyncio.Future[Head | None] | None = None
+
+    def _look_for_output(self) -> None:
+        """Start the destination's HEAD now, beside the run's start (one round trip off the
+        path of every job); `_already_stored` reads it."""
+        self._output_head = asyncio.ensure_future(self.rt.storage.head(self.spec.dest))
+
+    def _forget_output(self) -> None:
+        if self._output_head is not None and not self._output_head.done():
+            self._output_head.cancel()
+        elif self._output_head is not None and not self._output_head.cancelled():
+            self._output_head.exception()  # read: an unused failure is not an error
+        self._output_head = None
+
     async def _already_stored(self) -> dict[str, Any] | None:
+        pending, self._output_head = self._output_head, None
         try:
-            head = await self.rt.storage.head(self.spec.dest)
+            head = await (pending or self.rt.storage.head(self.spec.dest))
         except AccessDenied as e:
             raise JobFailed("DestinationAccessDenied", str(e)) from None
         if head is None or head.metadata.get(META_JOB_ID) != self.job_id:
@@ -81,15 +96,19 @@ class SourceStep(JobBase):
             head, data = await storage.read_checked(src, max_bytes=cap, check=check)
             # Always decoded in full (off the event loop), even when the upstream fetches the
             # URL itself: a corrupt, truncated or bomb input must fail before any call.
-            info = await asyncio.to_thread(validate, data, max_bytes=cap)
-            prepared = await asyncio.to_thread(
-                prepare,
-                data,
-                info,
-                max_bytes=self.s.jobs.max_input_bytes,
-                convert=self.s.jobs.convert_inputs,
-                reencode=self.s.jobs.reencode_oversize,
-            )
+            jobs = self.s.jobs
+
+            def check_and_prepare() -> tuple[ImageInfo, Prepared]:
+                info = validate(data, max_bytes=cap)
+                return info, prepare(
+                    data,
+                    info,
+                    max_bytes=jobs.max_input_bytes,
+                    convert=jobs.convert_inputs,
+                    reencode=jobs.reencode_oversize,
+                )
+
+            info, prepared = await asyncio.to_thread(check_and_prepare)
         except SourceMissing as e:
             raise JobFailed("SourceMissing", f"source {src.uri} does not exist ({e})") from None
         except AccessDenied as e:
