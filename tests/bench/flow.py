@@ -21,6 +21,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -32,9 +33,10 @@ from rich.console import Console
 from rich.table import Table
 
 from infra.stack import LocalStack, die_with_parent
-from producers.api import Producer
+from producers.api import Producer, build_spec
 from tests.bench.naive import DONE, QUEUE
-from worker.keys import Keys
+from worker.api import JobSpec
+from worker.keys import Keys, queue_for
 from worker.settings import Settings
 
 RPM = 600
@@ -133,8 +135,6 @@ async def run_ours(stack: LocalStack, keys: list[str], bucket: str, **extra: Any
     redis = Redis.from_url(stack.redis_url)
     await redis.flushdb()
     producer = Producer(redis, Settings())
-    from producers.api import build_spec
-
     specs = [
         build_spec(f"s3://{bucket}/{k}", batch="bench", settings=producer.settings) for k in keys
     ]
@@ -157,6 +157,44 @@ async def run_ours(stack: LocalStack, keys: list[str], bucket: str, **extra: Any
         procs.stop()
         await redis.aclose()
     return time.monotonic() - t0
+
+
+async def run_fleet(
+    stack: LocalStack,
+    bucket: str,
+    keys: list[str],
+    env: dict[str, str],
+    *,
+    warm_s: float = 0.0,
+    inspect: Callable[[Producer, list[JobSpec]], Awaitable[None]] | None = None,
+) -> tuple[float, float]:
+    """Our side of a run: `keys` of `bucket` enqueued on a flushed Redis, `WORKERS` `upscale
+    worker` processes with `env` until every job is final. Returns the wall time from the
+    processes' start and the Unix time all were final. `warm_s`: the jobs become due together
+    that long after they are enqueued; `inspect` reads the outcome before teardown."""
+    os.environ.update(stack.env())
+    redis = Redis.from_url(stack.redis_url)
+    await redis.flushdb()
+    producer = Producer(redis, Settings())
+    specs = [build_spec(f"s3://{bucket}/{k}", settings=producer.settings) for k in keys]
+    await producer.enqueue_specs(specs)
+    if warm_s:
+        due = (time.time() + warm_s) * 1000
+        await redis.zadd(queue_for("live"), {s.job_id: due for s in specs}, xx=True)
+    env = {**stack.env(), "UPSCALE_LOG_LEVEL": "WARNING", "UPSCALE_LOG_FORMAT": "json", **env}
+    procs = Procs()
+    t0 = time.monotonic()
+    procs.start([sys.executable, "-m", "producers.cli", "worker"], env, WORKERS)
+    try:
+        while await _ours_final(producer) < len(keys):
+            await asyncio.sleep(0.05)
+        wall, done_at = time.monotonic() - t0, time.time()
+        if inspect is not None:
+            await inspect(producer, specs)
+        return wall, done_at
+    finally:
+        procs.stop()
+        await redis.aclose()
 
 
 async def _ours_final(producer: Producer) -> int:

@@ -19,19 +19,15 @@ import asyncio
 import bisect
 import os
 import statistics
-import sys
-import time
 from typing import Any
 
-from redis.asyncio import Redis
 from rich.console import Console
 from rich.table import Table
 
 from infra.stack import LocalStack
-from producers.api import Producer, build_spec
-from tests.bench.flow import CALL, Procs, run_naive, sim_admin, sim_stats, upload
-from worker.keys import queue_for
-from worker.settings import Settings
+from producers.api import Producer
+from tests.bench.flow import CALL, run_fleet, run_naive, sim_admin, sim_stats, upload
+from worker.api import JobSpec
 
 console = Console(stderr=True)
 WORKERS = 4
@@ -99,35 +95,7 @@ async def run_ours(
     keys: list[str],
     marks: dict[str, float] | None = None,
 ) -> float:
-    os.environ.update(stack.env())
-    redis = Redis.from_url(stack.redis_url)
-    await redis.flushdb()
-    producer = Producer(redis, Settings())
-    specs = [build_spec(f"s3://{bucket}/{k}", settings=producer.settings) for k in keys]
-    await producer.enqueue_specs(specs)
-    due = (time.time() + WARM_S) * 1000  # all due together, when the fleet is up
-    await redis.zadd(queue_for("live"), {s.job_id: due for s in specs}, xx=True)
-    env = {
-        **stack.env(),
-        # the key's tier, as its owner configures it (`auto` would hold a cold fleet to 10
-        # calls until the first answer tells the limit: one call's latency, once)
-        "UPSCALE_RATE_RPM": str(sc["rpm"] or UNLIMITED_RPM),
-        "UPSCALE_IMAGE_MODE": "data_url",
-        "UPSCALE_LOG_LEVEL": "WARNING",
-        "UPSCALE_LOG_FORMAT": "json",
-    }
-    procs = Procs()
-    t0 = time.monotonic()
-    procs.start([sys.executable, "-m", "producers.cli", "worker"], env, WORKERS)
-    try:
-        while True:
-            counts = await producer.ledger.state_counts()
-            if sum(counts.get(s, 0) for s in ("succeeded", "failed", "skipped")) >= len(keys):
-                break
-            await asyncio.sleep(0.05)
-        wall = time.monotonic() - t0
-        if marks is not None:
-            marks["done_at"] = time.time()
+    async def overhead(producer: Producer, specs: list[JobSpec]) -> None:
         overheads = []
         for spec in specs:
             rec = await producer.status(spec.job_id)
@@ -135,9 +103,16 @@ async def run_ours(
                 t = rec.timings_ms
                 overheads.append(t["total"] - t["call"] - t.get("admit_wait", 0))
         sc["overhead_ms"] = statistics.median(overheads) if overheads else None
-    finally:
-        procs.stop()
-        await redis.aclose()
+
+    env = {
+        # the key's tier, as its owner configures it (`auto` would hold a cold fleet to 10
+        # calls until the first answer tells the limit: one call's latency, once)
+        "UPSCALE_RATE_RPM": str(sc["rpm"] or UNLIMITED_RPM),
+        "UPSCALE_IMAGE_MODE": "data_url",
+    }
+    wall, done_at = await run_fleet(stack, bucket, keys, env, warm_s=WARM_S, inspect=overhead)
+    if marks is not None:
+        marks["done_at"] = done_at
     return wall
 
 

@@ -12,21 +12,17 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import sys
-import time
 from typing import Any
 
-from redis.asyncio import Redis
 from rich.console import Console
 from rich.table import Table
 
 from infra.stack import LocalStack
-from producers.api import Producer, build_spec
-from tests.bench.flow import CALL, Procs, sim_admin, sim_stats, upload
+from producers.api import Producer
+from tests.bench.flow import CALL, run_fleet, sim_admin, sim_stats, upload
 from tests.bench.pacing import optimum_s
+from worker.api import JobSpec
 from worker.keys import Keys
-from worker.settings import Settings
 
 console = Console(stderr=True)
 WORKERS = 4
@@ -60,38 +56,20 @@ async def run(
         "fault_503_rate": 0,
     }
     sim_admin(stack, "/_admin/config", {**base, "burst_window_s": 10.0, **sim})
-    os.environ.update(stack.env())
-    redis = Redis.from_url(stack.redis_url)
-    await redis.flushdb()
-    producer = Producer(redis, Settings())
-    specs = [build_spec(f"s3://{bucket}/{k}", settings=producer.settings) for k in keys]
-    await producer.enqueue_specs(specs)
     env = {
-        **stack.env(),
         "UPSCALE_UPSTREAMS": pool(rpm),
         "BENCH_KEY_A": KEY_A,
         "BENCH_KEY_B": KEY_B,
         "UPSCALE_IMAGE_MODE": "data_url",
-        "UPSCALE_LOG_LEVEL": "WARNING",
-        "UPSCALE_LOG_FORMAT": "json",
     }
-    procs = Procs()
-    t0 = time.monotonic()
-    procs.start([sys.executable, "-m", "producers.cli", "worker"], env, WORKERS)
-    try:
-        while True:
-            counts = await producer.ledger.state_counts()
-            if sum(counts.get(s, 0) for s in ("succeeded", "failed", "skipped")) >= len(keys):
-                break
-            await asyncio.sleep(0.05)
-        wall = time.monotonic() - t0
-        since = await redis.hget(Keys.up("key-a").pause, "since")
+
+    async def pause_time(producer: Producer, _: list[JobSpec]) -> None:
+        since = await producer.redis.hget(Keys.up("key-a").pause, "since")  # type: ignore[misc]  # redis-py's stubs
         if marks is not None and since is not None:
             marks["key-a paused"] = int(since) / 1000
-        return wall
-    finally:
-        procs.stop()
-        await redis.aclose()
+
+    wall, _ = await run_fleet(stack, bucket, keys, env, inspect=pause_time)
+    return wall
 
 
 def per_key(rows: list[dict[str, Any]], field: str = "key_suffix") -> str:

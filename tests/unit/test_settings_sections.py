@@ -17,6 +17,7 @@ from pydantic import ValidationError
 
 import worker.app
 from producers.errors import explain
+from worker.keys import BULK_QUEUE_NAME, QUEUE_NAME
 from worker.settings import (
     CallbackSettings,
     FlowSettings,
@@ -256,8 +257,8 @@ def test_worker_settings_are_built_from_the_settings_when_asked_for(
     finally:
         get_settings.cache_clear()
         worker.app.arq_settings.cache_clear()
-    assert (live["queue_name"], live["max_jobs"], live["job_timeout"]) == ("uq:queue", 3, 42)
-    assert bulk["queue_name"] == "uq:queue:bulk" and bulk["job_completion_wait"] == 42
+    assert (live["queue_name"], live["max_jobs"], live["job_timeout"]) == (QUEUE_NAME, 3, 42)
+    assert bulk["queue_name"] == BULK_QUEUE_NAME and bulk["job_completion_wait"] == 42
     assert live["redis_settings"].host == "127.0.0.1" and live["on_startup"] is worker.app.startup
     with pytest.raises(AttributeError):
         _ = worker.app.NoSuchSettings
