@@ -174,17 +174,22 @@ class Producer:
         """Spend today (UTC) and in total."""
         return SpendSummary.model_validate(await self.ledger.spend())
 
-    async def pause(self, detail: str) -> PauseInfo | None:
+    async def pause(self, detail: str, *, upstream: str = "") -> PauseInfo | None:
         """Pause the fleet (an operator's pause) unless a pause is in force: that one is
-        returned, and left as it is."""
+        returned, and left as it is. `upstream`: park one key of the pool instead (its work
+        moves to the others); an unknown name raises `UnknownUpstream`."""
+        if upstream:
+            await self.flow.pause("manual", detail, upstream=upstream)
+            return None
         current = await self.flow.pause_info()
         if current is None:
             await self.flow.pause("manual", detail)
         return current
 
-    async def resume(self) -> bool:
-        """Lift a pause. Returns whether one was in force."""
-        return await self.flow.resume()
+    async def resume(self, *, upstream: str = "") -> bool:
+        """Lift a pause: the fleet's and every key's, or one key's (`upstream`). Returns
+        whether one was in force."""
+        return await self.flow.resume(upstream=upstream)
 
     async def lanes(self) -> dict[Lane, LaneStatus]:
         """Per lane: queue depth (incl. running and deferred), calls in the last minute, and the

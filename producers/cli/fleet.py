@@ -5,16 +5,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from dataclasses import asdict
+from typing import TypeVar
 
 import click
 from rich.table import Table
 
 from producers.api import Producer
 from producers.cli.common import JSON_HELP, console, echo_json, main, with_producer
-from producers.errors import CommandError
-from worker.api import BatchSummary, FleetStatus, JobRecord, JobState, PauseInfo, SpendSummary
+from producers.errors import EXIT_USAGE, CommandError
+from worker.api import (
+    BatchSummary,
+    FleetStatus,
+    JobRecord,
+    JobState,
+    PauseInfo,
+    SpendSummary,
+    UnknownUpstream,
+)
+
+T = TypeVar("T")
 
 
 # -- status -----------------------------------------------------------------------------------
@@ -143,14 +154,31 @@ def spend(batch: tuple[str, ...], as_json: bool) -> None:
 
 
 # -- flow control -----------------------------------------------------------------------------
+UPSTREAM_HELP = "Only this key of the pool (UPSCALE_UPSTREAMS), by its name."
+
+
+async def _on_key(work: Awaitable[T]) -> T:
+    try:
+        return await work
+    except UnknownUpstream as e:
+        raise CommandError(str(e), EXIT_USAGE) from None
+
+
 @main.command(help="Pause every worker: no new upstream call starts; jobs wait, nothing fails.")
 @click.option("--detail", default="paused by an operator")
+@click.option("--upstream", default="", metavar="NAME", help=UPSTREAM_HELP)
 @click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
-def pause(detail: str, as_json: bool) -> None:
+def pause(detail: str, upstream: str, as_json: bool) -> None:
     async def go(p: Producer) -> PauseInfo | None:
-        return await p.pause(detail)
+        return await _on_key(p.pause(detail, upstream=upstream))
 
     already = with_producer(go)
+    if upstream:
+        if as_json:
+            echo_json({"paused": True, "upstream": upstream})
+        else:
+            console.print(f"key {upstream} paused: its work moves to the pool's other keys")
+        return
     if as_json:
         pause_json = asdict(already) if already else None
         echo_json({"paused": True, "already": bool(already), "pause": pause_json})
@@ -163,10 +191,11 @@ def pause(detail: str, as_json: bool) -> None:
 
 
 @main.command(help="Lift a pause (after a top-up, a key fix, or a manual pause).")
+@click.option("--upstream", default="", metavar="NAME", help=UPSTREAM_HELP)
 @click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
-def resume(as_json: bool) -> None:
+def resume(upstream: str, as_json: bool) -> None:
     async def go(p: Producer) -> bool:
-        return await p.resume()
+        return await _on_key(p.resume(upstream=upstream))
 
     was = with_producer(go)
     if as_json:

@@ -196,3 +196,20 @@ async def test_webhook_type_errors_are_400_and_good_records_survive_bad_ones(
         assert "Records[1]" in out["rejected"][0]
         r = await c.post("/events", json={"Records": ["junk"]})
         assert r.status_code == 400  # nothing usable at all: still a malformed notification
+
+
+def test_pause_and_resume_one_key_of_the_pool(
+    stack: LocalStack, fresh_redis: None, tmp_path: Path
+) -> None:
+    pool = '[{"name": "key-a", "api_key_env": "K_A"}, {"name": "key-b", "api_key_env": "K_B"}]'
+    env = _stack_env(stack, UPSCALE_UPSTREAMS=pool, K_A="a", K_B="b")
+    r = upscale("pause", "--upstream", "key-c", env=env, cwd=tmp_path)
+    assert_one_line(r, "no upstream key named 'key-c'")
+    assert r.rc == 2
+    r = upscale("pause", "--upstream", "key-a", "--json", env=env, cwd=tmp_path)
+    assert r.rc == 0 and json.loads(r.out) == {"paused": True, "upstream": "key-a"}
+    r = upscale("status", "--json", env=env, cwd=tmp_path)
+    keys = {u["name"]: u["state"] for u in json.loads(r.out)["upstreams"]}
+    assert keys == {"key-a": "paused", "key-b": "open"} and json.loads(r.out)["pause"] is None
+    r = upscale("resume", "--upstream", "key-a", env=env, cwd=tmp_path)
+    assert r.rc == 0 and "resumed" in r.out
