@@ -48,15 +48,16 @@ class ResilientWorker(Worker):
                 delay = min(5.0, delay * 2)
 
     async def _iteration(self) -> None:
-        """arq's poll iteration (0.28), but the pick is one atomic script."""
-        if self.allow_pick_jobs:
-            await self._claim_jobs()
-        if self.allow_abort_jobs:
-            await self._cancel_aborted_jobs()
+        """arq's poll iteration (0.28), but the pick is one atomic script (and finished tasks
+        are cleared before it, so a job handed back here can be claimed here again)."""
         for job_id, t in list(self.tasks.items()):
             if t.done():
                 del self.tasks[job_id]
                 t.result()  # errors in run_job propagate, as in arq
+        if self.allow_pick_jobs:
+            await self._claim_jobs()
+        if self.allow_abort_jobs:
+            await self._cancel_aborted_jobs()
         await self.heart_beat()
 
     async def _claim_jobs(self) -> None:
@@ -82,6 +83,9 @@ class ResilientWorker(Worker):
         )
         for i in range(0, len(reply), 2):
             job_id, score = text(reply[i]), int(float(reply[i + 1]))
+            running = self.tasks.get(job_id)
+            if running is not None and not running.done():  # its in-progress key had expired
+                continue
             await self.sem.acquire()  # never waits: it holds max_jobs + 1 permits
             self.job_counter += 1
             task = self.loop.create_task(self.run_job(job_id, score))

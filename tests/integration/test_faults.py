@@ -122,7 +122,12 @@ async def test_sigkill_after_the_answer_never_pays_again(
 ) -> None:
     async def fault(run: Run) -> None:
         async def answered() -> bool:
-            return any([await producer.redis.exists(Keys.paid(j)) for j in run.job_ids])
+            # every answer the upstream has sent is saved (none is between the socket and
+            # the ledger: that one-round-trip window is counted as possibly billed instead)
+            recs = [await producer.status(j) for j in run.job_ids]
+            saved = sum(r.billed_calls for r in recs if r is not None)
+            billed: int = (await run.sim_stats())["billed_calls"]
+            return saved > 0 and saved == billed
 
         await run.until(answered)
         if phase == "upload":
