@@ -116,7 +116,7 @@ async def run_ours(
     return wall
 
 
-def figures(stack: LocalStack, sc: dict[str, Any], wall: float, done_at: float) -> dict[str, str]:
+def figures(stack: LocalStack, sc: dict[str, Any], done_at: float) -> dict[str, str]:
     stats = sim_stats(stack)
     log = [c for c in stats["log"] if c["path"] == CALL]
     n429 = sum(1 for c in log if c["status"] == 429)
@@ -159,11 +159,11 @@ async def main_async() -> None:
                     configure_sim(stack, sc)
                     marks: dict[str, float] = {}
                     if side == "ours":
-                        wall = await run_ours(stack, sc, bucket, keys, marks)
+                        await run_ours(stack, sc, bucket, keys, marks)
                         overheads.append(sc["overhead_ms"] or 0.0)
                     else:
-                        wall = await run_naive(stack, keys, bucket, marks=marks, defer_s=WARM_S)
-                    runs[side].append(figures(stack, sc, wall, marks["done_at"]))
+                        await run_naive(stack, keys, bucket, marks=marks, defer_s=WARM_S)
+                    runs[side].append(figures(stack, sc, marks["done_at"]))
             results = {side: _median_run(rs) for side, rs in runs.items()}
             ratio = float(results["ours"]["jobs/s"]) / float(results["naive"]["jobs/s"])
             for side in ("ours", "naive"):

@@ -19,7 +19,7 @@ from worker.flow.decisions import (
     cap,
 )
 from worker.keys import PREFIX, Keys, upstream_of
-from worker.ledger.reads import text as _s
+from worker.ledger.reads import text
 from worker.redis_conn import REDIS_DOWN
 
 
@@ -90,9 +90,9 @@ class Admission(FlowBase):
             ]
         reply = await self._admit(keys=keys, args=args)
         if int(reply[0]) == 1:
-            name = _s(reply[2])
-            return Admitted(token=f"{name}/{token}", kind=_s(reply[1]), upstream=name)  # type: ignore[arg-type]  # the script's values
-        return Denied(reason=_s(reply[1]), wait_s=int(reply[2]) / 1000)  # type: ignore[arg-type]  # the script's values
+            name = text(reply[2])
+            return Admitted(token=f"{name}/{token}", kind=text(reply[1]), upstream=name)  # type: ignore[arg-type]  # the script's values
+        return Denied(reason=text(reply[1]), wait_s=int(reply[2]) / 1000)  # type: ignore[arg-type]  # the script's values
 
     async def release(self, token: str) -> None:
         """Give back an admitted slot that made no call (and its budget reservation)."""
@@ -148,7 +148,7 @@ class Admission(FlowBase):
             keys += [k.pause, k.canary, k.cooldown, k.circuit, k.spend, k.reserved]
             args += [m.price_micros, m.budget_micros]
         reply = await self._gate(keys=keys, args=args)
-        state: GateState = _s(reply[0])  # type: ignore[assignment]  # the script's values
+        state: GateState = text(reply[0])  # type: ignore[assignment]  # the script's values
         if state != "closed":
             return Gate(state)
-        return Gate(state, reason=_s(reply[1]), wait_s=int(reply[2]) / 1000)
+        return Gate(state, reason=text(reply[1]), wait_s=int(reply[2]) / 1000)

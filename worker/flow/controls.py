@@ -19,7 +19,7 @@ from worker.flow.status import (
     read_status,
 )
 from worker.keys import Keys
-from worker.ledger.reads import text as _s
+from worker.ledger.reads import text
 
 
 class Controls(Reports):
@@ -95,7 +95,7 @@ class Controls(Reports):
     async def _known_pool(self) -> list[tuple[str, MemberFacts]]:
         """The workers' pool as published, else this process's own."""
         published = await self.redis.hgetall(Keys.pool)  # type: ignore[misc]  # redis-py's stubs
-        facts = {_s(k): MemberFacts(**json.loads(_s(v))) for k, v in published.items()}
+        facts = {text(k): MemberFacts(**json.loads(text(v))) for k, v in published.items()}
         return sorted((facts or self._facts()).items(), key=lambda kv: kv[1].order)
 
     async def status(self) -> FlowStatus:

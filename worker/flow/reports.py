@@ -13,7 +13,7 @@ from worker.flow.decisions import (
     PauseReason,
 )
 from worker.keys import PREFIX, Keys
-from worker.ledger.reads import text as _s
+from worker.ledger.reads import text
 from worker.upstream.base import RateInfo
 
 
@@ -44,7 +44,7 @@ class Reports(FlowBase):
                 int(s.canary_interval_s * 1000),
             ],
         )
-        return _s(reply)
+        return text(reply)
 
     def pause_seen(self, upstream: str, reason: str) -> None:
         """A 402/401/403 just reached this process: its other calls on that key stop at once,
@@ -109,9 +109,9 @@ class Reports(FlowBase):
                 slot,
             ],
         )
-        if _s(reply) == "resumed":
+        if text(reply) == "resumed":
             log.info("canary call succeeded: the key resumes", upstream=m.name)
-        learned = _s(reply) == "burst"
+        learned = text(reply) == "burst"
         if learned:
             log.info("429 with room left in the window: a burst rule, learned", upstream=m.name)
         return learned
