@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import posixpath
 import warnings
+from functools import cache
 from typing import Literal, get_args
 
 # `source`: the source's own format; `upstream`: the upstream's bytes as they are; else fixed.
@@ -54,6 +55,7 @@ def extension_for(fmt: str) -> str:
     return EXTENSIONS.get(fmt, fmt.lower())
 
 
+@cache  # what the installed Pillow can write does not change while a process runs
 def writable(fmt: str) -> bool:
     """Pillow, as installed here, can write `fmt` (AVIF and WebP depend on how it was built)."""
     from PIL import Image, features

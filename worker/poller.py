@@ -21,10 +21,6 @@ from worker.runtime import Runtime
 
 log = structlog.get_logger("worker.app")
 
-# Waiting hands the job back through arq's Retry, and every start costs an arq try: put the cap
-
-log = structlog.get_logger("worker.app")
-
 
 class ResilientWorker(Worker):
     """An arq worker whose poll loop survives Redis going away: it waits (with backoff) and

@@ -10,11 +10,14 @@ import contextlib
 import os
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import boto3
+import botocore.session
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
+from botocore.utils import parse_timestamp
 
 from worker.contract import S3Object
 from worker.settings import S3Settings
@@ -55,6 +58,15 @@ class StorageUnavailable(StorageError):
     """S3 is down, throttling or unreachable: wait and retry, never a failed try."""
 
 
+def _timestamp(value: Any) -> Any:
+    """botocore's timestamp parser, with a fast path for S3's HTTP dates (`Last-Modified`
+    on every HEAD and GET): its general parser (dateutil) is a tenth of such a call's CPU."""
+    if isinstance(value, str) and value.endswith("GMT"):
+        with contextlib.suppress(TypeError, ValueError):
+            return parsedate_to_datetime(value)
+    return parse_timestamp(value)
+
+
 def make_s3_client(settings: S3Settings, *, fail_fast: bool = False) -> Any:
     """An S3 client. The region is `UPSCALE_S3_REGION` when set, else `AWS_REGION` (which
     other AWS SDKs read and botocore does not), else boto3's own chain (`AWS_DEFAULT_REGION`,
@@ -77,7 +89,9 @@ def make_s3_client(settings: S3Settings, *, fail_fast: bool = False) -> Any:
     if settings.access_key_id and settings.secret_access_key:
         kwargs["aws_access_key_id"] = settings.access_key_id
         kwargs["aws_secret_access_key"] = settings.secret_access_key.get_secret_value()
-    return boto3.session.Session().client("s3", **kwargs)
+    core = botocore.session.get_session()
+    core.get_component("response_parser_factory").set_parser_defaults(timestamp_parser=_timestamp)
+    return boto3.session.Session(botocore_session=core).client("s3", **kwargs)
 
 
 def classify(exc: Exception, what: str) -> StorageError:

@@ -17,11 +17,12 @@ from worker.keys import upstream_of
 from worker.ledger import KeyPaused, PaidOutput, PaidResult
 from worker.outcomes import JobFailed, JobWaits, outcome_for
 from worker.upstream import errors as ue
-from worker.upstream.base import CallResult, ImageInput, UpscaleRequest
+from worker.upstream.base import CallResult, ImageInput, UpscaleRequest, Upstream
 
 # Short denials (rate, in-flight cap) are waited out in the job; longer ones hand it back.
 INLINE_WAIT_MAX_S = 3.0
 INLINE_WAIT_TOTAL_S = 60.0
+BUILD_INLINE_MAX_BYTES = 256 * 1024  # larger inline images are encoded off the event loop
 QUEUED_RECHECK_S = 0.5  # behind others in line: ask again this often, or when a slot frees
 # An upstream 400 that says it could not get the reference image (URL mode).
 _FETCH_FAILED = re.compile(r"fetch|download|retriev|unreachable|could not (get|load|read)", re.I)
@@ -57,8 +58,12 @@ class CallStep(JobBase):
 
     async def _call(self, image: ImageInput, admitted: Admitted) -> PaidResult:
         ledger, flow = self.rt.ledger, self.rt.flow
+        upstream = self.rt.upstream(admitted.upstream)
         price = flow.member(admitted.upstream).price_micros
         try:
+            # Encoded before it is journaled: between the journal's check of the key's pause
+            # and the request leaving there is only the send (a 402 meanwhile stops it).
+            request = await self._build(upstream, image)
             journal = await ledger.call_begin(self.job_id, self.token, admitted.token, price)
         except BaseException:
             await asyncio.shield(flow.release(admitted.token))
@@ -68,17 +73,10 @@ class CallStep(JobBase):
             # a 402/401/403 reached this process while the call was journaled: not sent
             await ledger.call_refused(self.job_id, admitted.token, None)
             raise KeyPaused(reason)
-        req = UpscaleRequest(
-            image=image,
-            params=self.spec.params,
-            model=self.spec.model,
-            tag=self.spec.batch,
-            idempotency_key=journal.idem,
-        )
         t0 = time.monotonic()
         async with flow.hold(admitted.token):
             try:
-                result = await self.rt.upstream(admitted.upstream).submit(req)
+                result = await upstream.send(request, journal.idem)
             except ue.OutcomeUnknown as err:
                 metrics.UPSTREAM_CALLS.labels("unknown").inc()
                 await self._tell_flow(admitted.upstream, admitted.token, err)
@@ -119,6 +117,14 @@ class CallStep(JobBase):
         )
         await self._drop_staged()
         return paid
+
+    async def _build(self, upstream: Upstream, image: ImageInput) -> httpx.Request:
+        req = UpscaleRequest(
+            image=image, params=self.spec.params, model=self.spec.model, tag=self.spec.batch
+        )
+        if image.data is not None and len(image.data) > BUILD_INLINE_MAX_BYTES:
+            return await asyncio.to_thread(upstream.build, req)  # base64 + JSON of megabytes
+        return upstream.build(req)
 
     async def _tell_flow(self, upstream: str, slot: str, exc: ue.UpstreamError) -> None:
         """Feed a call's failure into the fleet's flow control while its slot is still held, so

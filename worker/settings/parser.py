@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import fields
 from functools import lru_cache
 from types import UnionType
-from typing import TYPE_CHECKING, Any, TypeVar, Union, get_args, get_origin
+from typing import TYPE_CHECKING, Any, Self, TypeVar, Union, get_args, get_origin
 from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, ValidationInfo, field_validator
+from pydantic import AliasChoices, PrivateAttr, ValidationInfo, field_validator
 
 from worker.formats import OutputFormat, check_setting
 from worker.settings.env import SettingsFields
@@ -38,7 +39,20 @@ _S = TypeVar("_S", bound="DataclassInstance")  # a section
 
 
 class Settings(SettingsFields):
-    """The settings: every field of `SettingsFields`, checked, and read as sections."""
+    """The settings: every field of `SettingsFields`, checked, and read as sections (built on
+    first read, then kept: a job reads them on every step)."""
+
+    _sections: dict[str, Any] = PrivateAttr(default_factory=dict)
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
+        copy = super().model_copy(update=update, deep=deep)
+        copy._sections = {}  # the copy's fields differ: its sections are its own
+        return copy
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        super().__setattr__(name, value)
+        if name in type(self).model_fields:
+            self._sections.clear()
 
     @field_validator("*", mode="before")
     @classmethod
@@ -132,38 +146,50 @@ class Settings(SettingsFields):
     # --- the sections: what each component takes ---------------------------------------
     @property
     def redis(self) -> RedisSettings:
-        return _section(RedisSettings, self, "redis_")
+        return self._cached("redis", lambda: _section(RedisSettings, self, "redis_"))
 
     @property
     def s3(self) -> S3Settings:
-        return _section(S3Settings, self, "s3_")
+        return self._cached("s3", lambda: _section(S3Settings, self, "s3_"))
 
     @property
     def upstream(self) -> UpstreamSettings:
         """The upstream of the flat settings (pool member `default`, or what entries of
         `UPSCALE_UPSTREAMS` leave out)."""
-        return _section(UpstreamSettings, self)
+        return self._cached("upstream", lambda: _section(UpstreamSettings, self))
 
     @property
     def flow(self) -> FlowSettings:
-        cap = self.max_inflight or default_inflight_cap(self.route)
-        return _section(FlowSettings, self, inflight_cap=cap)
+        return self._cached(
+            "flow",
+            lambda: _section(
+                FlowSettings,
+                self,
+                inflight_cap=self.max_inflight or default_inflight_cap(self.route),
+            ),
+        )
 
     @property
     def jobs(self) -> JobsSettings:
-        return _section(JobsSettings, self)
+        return self._cached("jobs", lambda: _section(JobsSettings, self))
 
     @property
     def callbacks(self) -> CallbackSettings:
-        return _section(CallbackSettings, self, "callback_")
+        return self._cached("callbacks", lambda: _section(CallbackSettings, self, "callback_"))
 
     @property
     def producers(self) -> ProducerSettings:
-        return _section(ProducerSettings, self)
+        return self._cached("producers", lambda: _section(ProducerSettings, self))
 
     @property
     def ops(self) -> OpsSettings:
-        return _section(OpsSettings, self)
+        return self._cached("ops", lambda: _section(OpsSettings, self))
+
+    def _cached(self, name: str, build: Callable[[], _S]) -> _S:
+        if name not in self._sections:
+            self._sections[name] = build()
+        section: _S = self._sections[name]
+        return section
 
     def secrets(self) -> list[str]:
         """Every secret value set (never to be logged)."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
+import httpx
+
 from worker.contract import UpscaleParams
 
 
@@ -24,7 +26,6 @@ class UpscaleRequest:
     params: UpscaleParams
     model: str
     tag: str | None = None  # batch id, sent for cost tracking
-    idempotency_key: str | None = None  # sent as `Idempotency-Key` (harmless where ignored)
 
 
 @dataclass(frozen=True)
@@ -71,7 +72,13 @@ class KeyCheck:
 class Upstream(Protocol):
     needs_bytes: bool
 
-    async def submit(self, req: UpscaleRequest) -> CallResult: ...
+    def build(self, req: UpscaleRequest) -> httpx.Request:
+        """The call, encoded and ready to leave (before it is journaled)."""
+        ...
+
+    async def send(self, request: httpx.Request, idempotency_key: str | None) -> CallResult:
+        """Send a built call with its `Idempotency-Key` (harmless where ignored)."""
+        ...
 
     async def poll(self, pending_id: str) -> CallResult: ...
 

@@ -49,32 +49,31 @@ class GatewayUpstream:
         )
         self.needs_bytes = settings.image_mode in ("data_url", "edits")
 
-    def _headers(self, tag: str | None, idempotency_key: str | None = None) -> dict[str, str]:
-        h = {
-            "Authorization": f"Bearer {self.s.api_key_value}",
-            **idempotency_headers(idempotency_key),
-        }
+    def _headers(self, tag: str | None) -> dict[str, str]:
+        h = {"Authorization": f"Bearer {self.s.api_key_value}"}
         if tag:
             h["x-aig-tag"] = _TAG_SAFE.sub("_", tag)[:128]
         return h
 
-    async def submit(self, req: UpscaleRequest) -> CallResult:
+    def build(self, req: UpscaleRequest) -> httpx.Request:
+        """The request, encoded (a data URL's base64 and JSON happen here, not as it leaves)."""
+        if self.s.image_mode == "edits":
+            return self._edits_request(req)
+        body: dict[str, Any] = {
+            "model": req.model,
+            "n": 1,
+            "response_format": self.s.response_format,
+            self.s.image_field: self._image_ref(req.image),
+            **knobs(req),
+        }
+        return self.client.build_request(
+            "POST", self.base + self.s.gateway_path, json=body, headers=self._headers(req.tag)
+        )
+
+    async def send(self, request: httpx.Request, idempotency_key: str | None) -> CallResult:
+        request.headers.update(idempotency_headers(idempotency_key))
         try:
-            if self.s.image_mode == "edits":
-                resp = await self._post_edits(req)
-            else:
-                body: dict[str, Any] = {
-                    "model": req.model,
-                    "n": 1,
-                    "response_format": self.s.response_format,
-                    self.s.image_field: self._image_ref(req.image),
-                    **knobs(req),
-                }
-                resp = await self.client.post(
-                    self.base + self.s.gateway_path,
-                    json=body,
-                    headers=self._headers(req.tag, req.idempotency_key),
-                )
+            resp = await self.client.send(request)
         except httpx.HTTPError as exc:
             raise transport_error(exc) from None
         return self._parse(resp)
@@ -88,7 +87,7 @@ class GatewayUpstream:
             raise ValueError("image_mode=data_url needs the image bytes")
         return f"data:{image.content_type};base64,{base64.b64encode(image.data).decode()}"
 
-    async def _post_edits(self, req: UpscaleRequest) -> httpx.Response:
+    def _edits_request(self, req: UpscaleRequest) -> httpx.Request:
         if req.image.data is None:
             raise ValueError("image_mode=edits needs the image bytes")
         form = {
@@ -98,11 +97,12 @@ class GatewayUpstream:
             **{k: str(v) for k, v in knobs(req).items()},
         }
         files = {"image": (req.image.filename, req.image.data, req.image.content_type)}
-        return await self.client.post(
+        return self.client.build_request(
+            "POST",
             self.base + self.s.gateway_edits_path,
             data=form,
             files=files,
-            headers=self._headers(req.tag, req.idempotency_key),
+            headers=self._headers(req.tag),
         )
 
     def _parse(self, resp: httpx.Response) -> CallResult:

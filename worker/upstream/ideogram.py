@@ -30,21 +30,23 @@ class IdeogramUpstream:
             follow_redirects=False,
         )
 
-    async def submit(self, req: UpscaleRequest) -> CallResult:
+    def build(self, req: UpscaleRequest) -> httpx.Request:
         if req.image.data is None:
             raise ValueError("the Ideogram route needs the image bytes")
         form = {"image_request": json.dumps(knobs(req))}
         files = {"image_file": (req.image.filename, req.image.data, req.image.content_type)}
+        return self.client.build_request(
+            "POST",
+            self.s.ideogram_url,
+            data=form,
+            files=files,
+            headers={"Api-Key": self.s.api_key_value},
+        )
+
+    async def send(self, request: httpx.Request, idempotency_key: str | None) -> CallResult:
+        request.headers.update(idempotency_headers(idempotency_key))
         try:
-            resp = await self.client.post(
-                self.s.ideogram_url,
-                data=form,
-                files=files,
-                headers={
-                    "Api-Key": self.s.api_key_value,
-                    **idempotency_headers(req.idempotency_key),
-                },
-            )
+            resp = await self.client.send(request)
         except httpx.HTTPError as exc:
             raise transport_error(exc) from None
         raise_for_status(resp)
