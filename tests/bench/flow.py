@@ -46,6 +46,7 @@ JOBS_B = 100
 WALLET_IMAGES = 40
 console = Console(stderr=True)
 CALL = "/v1/images/generations"
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def sim_admin(stack: LocalStack, path: str, body: dict[str, Any] | None = None) -> Any:
@@ -110,6 +111,21 @@ class Procs:
                 )
             )
 
+    def cpu_s(self) -> float:
+        """CPU seconds (user + system) the live processes have used so far."""
+        total = 0.0
+        for p in self.procs:
+            with contextlib.suppress(OSError):
+                with open(f"/proc/{p.pid}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                total += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+        return total
+
+    async def mark_cpu_at(self, unix: float, marks: dict[str, float]) -> None:
+        """`marks["cpu_at_due"]`: the processes' CPU at `unix` (start-up excluded)."""
+        await asyncio.sleep(max(0.0, unix - time.time()))
+        marks["cpu_at_due"] = self.cpu_s()
+
     def stop(self) -> None:
         for p in self.procs:
             if p.poll() is None:
@@ -167,32 +183,38 @@ async def run_fleet(
     *,
     warm_s: float = 0.0,
     inspect: Callable[[Producer, list[JobSpec]], Awaitable[None]] | None = None,
+    marks: dict[str, float] | None = None,
 ) -> tuple[float, float]:
     """Our side of a run: `keys` of `bucket` enqueued on a flushed Redis, `WORKERS` `upscale
     worker` processes with `env` until every job is final. Returns the wall time from the
     processes' start and the Unix time all were final. `warm_s`: the jobs become due together
-    that long after they are enqueued; `inspect` reads the outcome before teardown."""
+    that long after they are enqueued; `inspect` reads the outcome before teardown; `marks`
+    gets the processes' CPU seconds when the jobs became due and when all were final."""
     os.environ.update(stack.env())
     redis = Redis.from_url(stack.redis_url)
     await redis.flushdb()
     producer = Producer(redis, Settings())
     specs = [build_spec(f"s3://{bucket}/{k}", settings=producer.settings) for k in keys]
     await producer.enqueue_specs(specs)
+    due_at = time.time() + warm_s
     if warm_s:
-        due = (time.time() + warm_s) * 1000
-        await redis.zadd(queue_for("live"), {s.job_id: due for s in specs}, xx=True)
+        await redis.zadd(queue_for("live"), {s.job_id: due_at * 1000 for s in specs}, xx=True)
     env = {**stack.env(), "UPSCALE_LOG_LEVEL": "WARNING", "UPSCALE_LOG_FORMAT": "json", **env}
     procs = Procs()
     t0 = time.monotonic()
     procs.start([sys.executable, "-m", "producers.cli", "worker"], env, WORKERS)
+    sampler = asyncio.create_task(procs.mark_cpu_at(due_at, {} if marks is None else marks))
     try:
         while await _ours_final(producer) < len(keys):
             await asyncio.sleep(0.05)
         wall, done_at = time.monotonic() - t0, time.time()
+        if marks is not None:
+            marks["cpu_at_done"] = procs.cpu_s()
         if inspect is not None:
             await inspect(producer, specs)
         return wall, done_at
     finally:
+        sampler.cancel()
         procs.stop()
         await redis.aclose()
 
@@ -216,6 +238,7 @@ async def run_naive(
     redis = Redis.from_url(stack.redis_url)
     await redis.flushdb()
     pool: ArqRedis = await create_pool(RedisSettings.from_dsn(stack.redis_url))
+    due_at = time.time() + defer_s  # the first job's; the last is due a moment later
     for k in keys:
         await pool.enqueue_job(
             "naive_upscale", bucket, k, _queue_name=QUEUE, _defer_by=defer_s or None
@@ -229,11 +252,14 @@ async def run_naive(
     async def done() -> int:
         return int(await redis.get(DONE) or 0)
 
+    sampler = asyncio.create_task(procs.mark_cpu_at(due_at, {} if marks is None else marks))
     try:
         await _wait(done, stop_at or len(keys), "naive", redis)
         if marks is not None:
             marks["done_at"] = time.time()
+            marks["cpu_at_done"] = procs.cpu_s()
     finally:
+        sampler.cancel()
         procs.stop()
         await pool.aclose()
         await redis.aclose()

@@ -148,6 +148,11 @@ async def main_async() -> None:
             str(sum(1 for c in on_a if c["t"] > known)),
         )
         Console(width=200).print(wallet)
+        console.print(
+            "  a call reaching key-a after its pause was recorded was journaled before it "
+            "(call_begin refuses a paused key's calls in the same script that journals "
+            "them): it was on its way while the 402 came back through a loaded worker"
+        )
     console.print(
         "targets: two keys at 60 RPM finish 240 jobs in ~2 min with 0 x 429; after one key's "
         "402, 0 calls into its wallet and every job done on the other"
