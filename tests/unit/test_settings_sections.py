@@ -262,3 +262,11 @@ def test_worker_settings_are_built_from_the_settings_when_asked_for(
     assert live["redis_settings"].host == "127.0.0.1" and live["on_startup"] is worker.app.startup
     with pytest.raises(AttributeError):
         _ = worker.app.NoSuchSettings
+
+
+def test_sections_are_built_once_and_a_copy_has_its_own() -> None:
+    s = Settings()
+    assert s.jobs is s.jobs and s.flow is s.flow  # read on every step of every job
+    copy = s.model_copy(update={"max_attempts": 9, "max_inflight": 3})
+    assert (copy.jobs.max_attempts, copy.flow.inflight_cap) == (9, 3)
+    assert s.jobs.max_attempts != 9 and s.flow.inflight_cap != 3
