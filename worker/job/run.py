@@ -32,14 +32,14 @@ class UpscaleJob(SourceStep, CallStep, StoreStep):
     """One run of one job: the steps in order, and the outcome table applied to what they raise."""
 
     async def run(self) -> dict[str, Any]:
-        self._look_for_output()
+        self._look_for_output()  # the destination's HEAD, beside the run's start
         try:
-            st = await self.rt.ledger.start(self.job_id, self.token, self.s.jobs.run_lease_s * 1000)
-        except BaseException:
+            return await self._run()
+        finally:
             self._forget_output()
-            raise
-        if st.outcome != "ok" or st.paid is not None:
-            self._forget_output()  # nothing to store, or a paid result to store anyway
+
+    async def _run(self) -> dict[str, Any]:
+        st = await self.rt.ledger.start(self.job_id, self.token, self.s.jobs.run_lease_s * 1000)
         if st.outcome == "final":
             return {"state": st.state, "note": "already final"}
         if st.outcome == "busy":  # another live run holds the lease: leave it alone
@@ -75,7 +75,6 @@ class UpscaleJob(SourceStep, CallStep, StoreStep):
                     log.warning("run lost its lease (reclaimed); it stops without writing")
                     return {"state": "fenced"}
         finally:
-            self._forget_output()
             self.rt.runs.pop(self.job_id, None)
             await self._drop_staged()
             structlog.contextvars.unbind_contextvars("job_id", "batch", "source", "attempt")

@@ -29,6 +29,7 @@ class SettingsFields(BaseSettings):
         env_file=".env",
         env_file_encoding="utf-8",
         enable_decoding=False,
+        frozen=True,  # read once; its sections are built from it and kept
     )
 
     # --- redis --------------------------------------------------------------------------

@@ -49,11 +49,6 @@ class Settings(SettingsFields):
         copy._sections = {}  # the copy's fields differ: its sections are its own
         return copy
 
-    def __setattr__(self, name: str, value: Any) -> None:
-        super().__setattr__(name, value)
-        if name in type(self).model_fields:
-            self._sections.clear()
-
     @field_validator("*", mode="before")
     @classmethod
     def _json_value(cls, v: Any, info: ValidationInfo) -> Any:

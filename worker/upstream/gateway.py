@@ -14,9 +14,9 @@ from worker.upstream import errors as e
 from worker.upstream.base import CallResult, ImageInput, KeyCheck, Output, UpscaleRequest
 from worker.upstream.http import (
     fill_rate_headers,
-    idempotency_headers,
     raise_for_status,
     request_id,
+    send_built,
     transport_error,
     unreachable,
 )
@@ -71,12 +71,7 @@ class GatewayUpstream:
         )
 
     async def send(self, request: httpx.Request, idempotency_key: str | None) -> CallResult:
-        request.headers.update(idempotency_headers(idempotency_key))
-        try:
-            resp = await self.client.send(request)
-        except httpx.HTTPError as exc:
-            raise transport_error(exc) from None
-        return self._parse(resp)
+        return self._parse(await send_built(self.client, request, idempotency_key))
 
     def _image_ref(self, image: ImageInput) -> str:
         if self.s.image_mode == "url":

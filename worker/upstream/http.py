@@ -42,6 +42,18 @@ def idempotency_headers(key: str | None) -> dict[str, str]:
     return {"Idempotency-Key": key} if key else {}
 
 
+async def send_built(
+    client: httpx.AsyncClient, request: httpx.Request, idempotency_key: str | None
+) -> httpx.Response:
+    """Send a call built before it was journaled, with the journal's `Idempotency-Key`; a
+    transport failure becomes the typed error (not sent, or outcome unknown)."""
+    request.headers.update(idempotency_headers(idempotency_key))
+    try:
+        return await client.send(request)
+    except httpx.HTTPError as exc:
+        raise transport_error(exc) from None
+
+
 def rate_info(resp: httpx.Response) -> RateInfo:
     def count(name: str) -> int | None:
         value = resp.headers.get(name)

@@ -12,10 +12,9 @@ from worker.upstream.base import CallResult, KeyCheck, UpscaleRequest
 from worker.upstream.gateway import _json, _outputs, knobs
 from worker.upstream.http import (
     fill_rate_headers,
-    idempotency_headers,
     raise_for_status,
     request_id,
-    transport_error,
+    send_built,
     unreachable,
 )
 
@@ -44,11 +43,7 @@ class IdeogramUpstream:
         )
 
     async def send(self, request: httpx.Request, idempotency_key: str | None) -> CallResult:
-        request.headers.update(idempotency_headers(idempotency_key))
-        try:
-            resp = await self.client.send(request)
-        except httpx.HTTPError as exc:
-            raise transport_error(exc) from None
+        resp = await send_built(self.client, request, idempotency_key)
         raise_for_status(resp)
         rid = request_id(resp)
         return fill_rate_headers(
