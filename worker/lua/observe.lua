@@ -2,6 +2,7 @@
 -- `remaining` only goes down within a window (answers arrive out of order); a later reset
 -- starts a new window. A 429 while the window still had room means a shorter-term (burst)
 -- rule: the calls started in the last burst window become a learned cap, for a while.
+-- `reset` counts from the call's send time (its entry in our rate window), when known.
 -- On a 429 the headers describe the rolling window while Retry-After (the fleet's cooldown)
 -- says when to come back, so a 429's `remaining` is not kept.
 -- An answer with a result also settles the call's flow state (as `report` 'ok' would): one
@@ -37,8 +38,13 @@ if limit > 0 and tonumber(redis.call('HGET', up, 'limit') or '0') ~= limit then
   redis.call('PUBLISH', k_flow('wake'), 'limit')
 end
 local status = tonumber(ARGV[5])
+local slot = ARGV[10]
 if remaining >= 0 and reset_ms >= 0 and status ~= 429 then
-  local reset_at = now + reset_ms
+  -- The upstream counted (and timed its reset from) the call's arrival, not this answer: the
+  -- reset is anchored at the call's send time, else a slow answer would push the window's
+  -- reset out by its own latency (1-3 s on a slow model) and hold every call that long.
+  local sent = slot ~= '' and tonumber(redis.call('ZSCORE', KEYS[2], slot) or '') or nil
+  local reset_at = (sent or now) + reset_ms
   local cur_reset = tonumber(redis.call('HGET', up, 'reset_at') or '0')
   local cur_rem = tonumber(redis.call('HGET', up, 'remaining') or '-1')
   if cur_rem < 0 or now >= cur_reset or reset_at > cur_reset + 1000 then
@@ -49,7 +55,6 @@ if remaining >= 0 and reset_ms >= 0 and status ~= 429 then
 end
 redis.call('HSET', up, 'seen', now)
 redis.call('PEXPIRE', up, 3600000)
-local slot = ARGV[10]
 if slot ~= '' and status < 300 and call_ok(KEYS[4], KEYS[5], KEYS[6], slot) == 'resumed' then
   return 'resumed'
 end
