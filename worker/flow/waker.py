@@ -1,8 +1,9 @@
-"""Wake, don't poll: jobs waiting for room sleep until a slot is freed anywhere in the fleet.
+"""Wake, don't poll: jobs waiting for room sleep until a slot is freed for them.
 
-The ledger's scripts publish on `flow:wake` whenever a call's slot is freed; one subscriber per
-process turns that into an asyncio event its waiting jobs await (with the known wait as the
-timeout, e.g. when the rate window frees a slot at a known time).
+The ledger's scripts publish on `flow:wake` whenever a call's slot is freed, naming the head of
+the fleet's waiting line (`ids:<job> <job>`); one subscriber per process wakes those of its
+waiting jobs (with the known wait as the timeout, e.g. when the rate window frees a slot at a
+known time). Any other message (the limit became known, the channel was lost) wakes them all.
 """
 
 from __future__ import annotations
@@ -14,24 +15,38 @@ import structlog
 from redis.asyncio import Redis
 
 from worker.keys import Keys
+from worker.ledger.reads import text
 from worker.redis_conn import REDIS_DOWN
 
 log = structlog.get_logger("worker.flow")
+_IDS = "ids:"
 
 
 class Waker:
     def __init__(self) -> None:
-        self._event = asyncio.Event()
+        self._waiting: dict[str, asyncio.Event] = {}  # job id -> its wake-up (one wait per job)
 
-    async def wait(self, timeout: float) -> None:
-        """Until the next freed slot, or `timeout` seconds."""
-        event = self._event
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(event.wait(), max(0.001, timeout))
+    async def wait(self, timeout: float, job_id: str) -> None:
+        """Until a freed slot names `job_id` (or everyone is woken), or `timeout` seconds."""
+        event = self._waiting.setdefault(job_id, asyncio.Event())
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(event.wait(), max(0.001, timeout))
+        finally:
+            if self._waiting.get(job_id) is event:
+                del self._waiting[job_id]
 
-    def wake(self) -> None:
-        event, self._event = self._event, asyncio.Event()
-        event.set()
+    def wake(self, job_ids: list[str] | None = None) -> None:
+        """Wake the named jobs waiting here (all of them when None)."""
+        if job_ids is None:
+            job_ids = list(self._waiting)
+        for job_id in job_ids:
+            event = self._waiting.pop(job_id, None)
+            if event is not None:
+                event.set()
+
+    def on_message(self, data: str) -> None:
+        self.wake(data[len(_IDS) :].split() if data.startswith(_IDS) else None)
 
     async def run(self, redis: Redis) -> None:
         """Subscribe for as long as the process lives (re-subscribing after an outage)."""
@@ -42,7 +57,7 @@ class Waker:
                     while True:
                         msg = await ps.get_message(ignore_subscribe_messages=True, timeout=5.0)
                         if msg is not None:
-                            self.wake()
+                            self.on_message(text(msg["data"]))
             except REDIS_DOWN as e:
                 log.warning("wake-up channel lost; re-subscribing", error=type(e).__name__)
                 self.wake()  # let waiters re-ask rather than sleep through the outage

@@ -46,7 +46,7 @@ class CallStep(JobBase):
             assert isinstance(decision, Denied)
             if time.monotonic() - t0 < INLINE_WAIT_TOTAL_S:
                 if decision.reason in ("concurrency", "queued", "lane", "circuit_half_open"):
-                    await waker.wait(min(decision.wait_s, QUEUED_RECHECK_S))
+                    await waker.wait(min(decision.wait_s, QUEUED_RECHECK_S), self.job_id)
                     continue
                 if decision.reason in TIMED_DENIALS and decision.wait_s <= INLINE_WAIT_MAX_S:
                     await asyncio.sleep(decision.wait_s)  # room comes back then

@@ -36,13 +36,16 @@ local function add_spend(job_id, micros, field, now, slot)
   end
 end
 
--- free_slot(token): the call is over; wake the jobs waiting in line for room (`flow:wake`),
--- if any: with nobody waiting, every process would wake for nothing on every call.
+-- free_slot(token): the call is over; wake the head of the waiting line (`flow:wake`, message
+-- `ids:<job> ...`), if anyone waits. Only the head: one freed slot admits one job, and waking
+-- every waiter of every process would cost a round of admissions per call. The first 4 are
+-- woken: the first may have gone (its worker died: the line drops it after 5 s), and slots
+-- freed in quick succession name the same head until it has asked again.
 local function free_slot(token)
   local up = slot_upstream(token)
-  if up and redis.call('ZREM', k_up(up, 'inflight'), token) == 1
-      and redis.call('EXISTS', k_flow('line')) == 1 then
-    redis.call('PUBLISH', k_flow('wake'), '1')
+  if up and redis.call('ZREM', k_up(up, 'inflight'), token) == 1 then
+    local head = redis.call('ZRANGE', k_flow('line'), 0, 3)
+    if #head > 0 then redis.call('PUBLISH', k_flow('wake'), 'ids:' .. table.concat(head, ' ')) end
   end
 end
 
