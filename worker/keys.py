@@ -26,6 +26,13 @@ def queue_for(lane: str) -> str:
     return QUEUES[lane]
 
 
+def first_of(queue: str) -> str:
+    """A queue's money-first set (zset: job id -> due ms): due work holding money (a paid
+    result not yet stored, an upstream job still running, a call possibly billed) is claimed
+    before the rest of the queue, however long its backlog (`claim.lua`; `_keys.lua` k_first)."""
+    return queue + ":first"
+
+
 class Keys:
     prefix = PREFIX
 
@@ -114,7 +121,9 @@ class Keys:
     live_waiting = PREFIX + "flow:live-waiting"  # sorted set: live job id -> expiry ms
     waiting_line = PREFIX + "flow:line"  # sorted set: job id -> lane rank + arrival ms
     waiting_seen = PREFIX + "flow:line:seen"  # sorted set: job id -> last asked (ms)
-    wake = PREFIX + "flow:wake"  # pub/sub channel: a slot was freed, or a limit became known
+    # pub/sub channel: a slot was freed (`ids:` the line's head, who may take it), or a limit
+    # became known (everyone re-asks)
+    wake = PREFIX + "flow:wake"
     # hash: pool member name -> its public facts (JSON: order, route, tier, cap, price, budget),
     # written by workers so `status` anywhere shows every key without the pool's config
     pool = PREFIX + "pool"

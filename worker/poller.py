@@ -13,7 +13,7 @@ import structlog
 from arq import Worker
 from redis.commands.core import AsyncScript
 
-from worker.keys import ARQ_IN_PROGRESS_PREFIX, PREFIX
+from worker.keys import ARQ_IN_PROGRESS_PREFIX, PREFIX, first_of
 from worker.ledger.reads import text
 from worker.lua import register
 from worker.redis_conn import REDIS_DOWN
@@ -68,7 +68,7 @@ class ResilientWorker(Worker):
         if self._claim is None:
             self._claim = register(self.pool, "claim")
         reply = await self._claim(
-            keys=[self.queue_name],
+            keys=[self.queue_name, first_of(self.queue_name)],
             args=[
                 PREFIX,
                 ARQ_IN_PROGRESS_PREFIX,

@@ -9,8 +9,9 @@ import pytest
 from redis.asyncio import Redis
 
 from worker.contract import JobSpec, Lane, S3Object
-from worker.keys import QUEUES, Keys
+from worker.keys import ARQ_IN_PROGRESS_PREFIX, PREFIX, QUEUES, Keys, first_of
 from worker.ledger import Fenced, Ledger, PaidOutput, PaidResult
+from worker.lua import register
 
 PRICE = 60_000  # micro-USD
 
@@ -187,3 +188,27 @@ async def test_a_replayed_async_job_is_one_billed_call(r: Redis) -> None:
     await ledger.call_answered(job, "slot-2", done)
     rec = await ledger.get(job)
     assert rec is not None and rec.spend_usd == 0.06
+
+
+async def _claim(r: Redis, n: int) -> list[str]:
+    queue = QUEUES["live"]
+    reply = await register(r, "claim")(
+        keys=[queue, first_of(queue)], args=[PREFIX, ARQ_IN_PROGRESS_PREFIX, 60_000, n, 1000]
+    )
+    return [v.decode() for v in reply[::2]]
+
+
+async def test_work_holding_money_is_claimed_before_an_older_backlog(r: Redis) -> None:
+    ledger = Ledger(r)
+    backlog = [res.job_id for res in await ledger.enqueue([_spec(n) for n in range(1, 4)])]
+    (res,) = await ledger.enqueue([_spec(9)])
+    paid = res.job_id
+    await ledger.start(paid, "run", 20_000)
+    await ledger.call_begin(paid, "run", "slot-1", PRICE)
+    result = PaidResult(outputs=[PaidOutput(url="https://x/1")], cost_micros=PRICE)
+    await ledger.call_answered(paid, "slot-1", result)
+    await ledger.wait(paid, "run", "storage", "S3 down", 0)  # paid, not stored: handed back
+    # queued after the backlog, but claimed first: its result link would not outlive the backlog
+    assert await _claim(r, 1) == [paid]
+    assert sorted(await _claim(r, 5)) == sorted(backlog)  # then the rest of the queue, once
+    assert await _claim(r, 5) == []

@@ -11,3 +11,6 @@ local FINAL = {succeeded = true, failed = true, skipped = true}
 local function k_up(name, suffix) return PFX .. 'up:' .. name .. ':' .. suffix end
 -- The upstream key a slot token was admitted on: tokens are `<name>/<hex>`.
 local function slot_upstream(slot) return string.match(slot or '', '^([^/]+)/') end
+-- A lane's arq queue, and its money-first set (mirrors `queue_for` / `first_of` in keys.py).
+local function k_queue(lane) return lane == 'bulk' and (PFX .. 'queue:bulk') or (PFX .. 'queue') end
+local function k_first(queue) return queue .. ':first' end
