@@ -3,8 +3,9 @@
 - 240 jobs on two keys at 60 RPM each (a plain rolling window, and the 2x/10 s burst rule,
   learned), latency 0.3-1 s, 4 processes: wall time against the optimum the two windows allow
   (and what one key alone would need), 429s, calls per key;
-- 200 jobs on two unlimited keys, the preferred key's wallet holding 40 images: every job
-  succeeds on the other key, and no call reaches the empty wallet after its first 402.
+- the preferred key's wallet emptying mid-run, on the same two keys at 60 RPM (default
+  settings, and evenly paced) and on two unlimited keys (~250 calls/s): every job succeeds on
+  the other key; printed: the calls that reached the empty wallet after its first 402.
 Judged from the simulator's log and bill.
 """
 
@@ -45,6 +46,7 @@ async def run(
     rpm: int,
     sim: dict[str, Any],
     marks: dict[str, float] | None = None,
+    extra_env: dict[str, str] | None = None,
 ) -> float:
     """Wall time to all final; `marks["key-a paused"]`: when the fleet recorded key-a's pause
     (Unix time, Redis's clock: this machine's, as the simulator's log)."""
@@ -61,6 +63,7 @@ async def run(
         "BENCH_KEY_A": KEY_A,
         "BENCH_KEY_B": KEY_B,
         "UPSCALE_IMAGE_MODE": "data_url",
+        **(extra_env or {}),
     }
 
     async def pause_time(producer: Producer, _: list[JobSpec]) -> None:
@@ -114,44 +117,56 @@ async def main_async() -> None:
             )
         Console(width=200).print(rate)
 
-        jobs = 200
-        console.print(f"pools: {jobs} jobs, key-a's wallet empties after 40 images…")
-        sim = {
-            "api_keys": {KEY_A: 1_000_000, KEY_B: 1_000_000},
-            "burst_factor": None,
-            "latency_ms": [100, 400],
-            "wallets_usd": {KEY_A: 40 * 0.06},
-        }
-        keys = upload(stack, "pools-wallet", jobs)
-        marks: dict[str, float] = {}
-        wall = await run(stack, "pools-wallet", keys, 1_000_000, sim, marks)
-        stats = sim_stats(stack)
-        log = [c for c in stats["log"] if c["path"] == CALL]
-        refused = [c for c in log if c["status"] == 402]
-        first = min((c["t_end"] for c in refused), default=float("inf"))
-        on_a = [c for c in log if c["key_suffix"] == KEY_A[-4:]]
-        after = [c["t"] - first for c in on_a if c["t"] > first]
-        known = marks.get("key-a paused", float("inf"))
-        wallet = Table(title="pools: one wallet empties mid-run (key-a preferred, holds 40 images)")
-        for col in ("jobs", "wall", "upscaled", "billed key-a / key-b", "402s",
-                    "first 402 answered -> pause recorded", "calls into key-a after the first 402 answer",
+        wallet = Table(title="pools: one wallet empties mid-run (key-a preferred)")
+        for col in ("keys", "key-a's wallet", "jobs", "wall", "upscaled", "billed key-a / key-b",
+                    "402s", "first 402 answered -> pause recorded",
+                    "calls into key-a after the first 402 answer",
                     "... after the pause was recorded"):  # fmt: skip
             wallet.add_column(col)
-        wallet.add_row(
-            str(jobs),
-            f"{wall:.1f} s",
-            f"{stats['billed_calls']}/{jobs}",
-            per_key(stats["bills"], "key"),
-            str(len(refused)),
-            f"{(known - first) * 1000:.0f} ms",
-            f"{len(after)} (all within {max(after, default=0) * 1000:.0f} ms)",
-            str(sum(1 for c in on_a if c["t"] > known)),
-        )
+        # The issue's pool (two keys at 60 RPM), at default settings: a rolling window without a
+        # burst rule lets 60 calls go at once, and the wallet empties inside that burst. Then the
+        # same with even pacing (a setting), and unlimited keys at about 250 calls/s.
+        even = {"UPSCALE_RATE_BURST_FACTOR": "1"}
+        for label, rpm, jobs, images, latency, extra in (
+            ("2 x 60 RPM", 60, 100, 40, [300, 1000], {}),
+            ("2 x 60 RPM, UPSCALE_RATE_BURST_FACTOR=1", 60, 100, 40, [300, 1000], even),
+            ("2 x unlimited", 1_000_000, 200, 40, [100, 400], {}),
+        ):
+            console.print(f"pools: {jobs} jobs on {label}, key-a's wallet empties after {images}…")
+            sim = {
+                "api_keys": {KEY_A: rpm, KEY_B: rpm},
+                "burst_factor": None,
+                "latency_ms": latency,
+                "wallets_usd": {KEY_A: images * 0.06},
+            }
+            bucket = f"pools-wallet-{rpm}-{len(extra)}"
+            keys = upload(stack, bucket, jobs)
+            marks: dict[str, float] = {}
+            wall = await run(stack, bucket, keys, rpm, sim, marks, extra)
+            stats = sim_stats(stack)
+            log = [c for c in stats["log"] if c["path"] == CALL]
+            refused = [c for c in log if c["status"] == 402]
+            first = min((c["t_end"] for c in refused), default=float("inf"))
+            on_a = [c for c in log if c["key_suffix"] == KEY_A[-4:]]
+            after = [c["t"] - first for c in on_a if c["t"] > first]
+            known = marks.get("key-a paused", float("inf"))
+            wallet.add_row(
+                label,
+                f"{images} images",
+                str(jobs),
+                f"{wall:.1f} s",
+                f"{stats['billed_calls']}/{jobs}",
+                per_key(stats["bills"], "key"),
+                str(len(refused)),
+                f"{(known - first) * 1000:.0f} ms",
+                f"{len(after)} (all within {max(after, default=0) * 1000:.0f} ms)",
+                str(sum(1 for c in on_a if c["t"] > known)),
+            )
         Console(width=200).print(wallet)
         console.print(
-            "  a call reaching key-a after its pause was recorded was journaled before it "
-            "(call_begin refuses a paused key's calls in the same script that journals "
-            "them): it was on its way while the 402 came back through a loaded worker"
+            "  calls reaching key-a after its first 402 were sent in the same burst, within "
+            "the 402's way back; one after the pause was recorded was journaled before it "
+            "(call_begin refuses a paused key's calls in the same script that journals them)"
         )
     console.print(
         "targets: two keys at 60 RPM finish 240 jobs in ~2 min with 0 x 429; after one key's "
