@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import asyncio
 
+from redis.asyncio import Redis
+
+from worker.flow import Admitted, Denied, FlowControl
 from worker.flow.waker import Waker
+from worker.keys import Keys
+from worker.settings import Settings
 
 
 async def _waiting(waker: Waker, *job_ids: str) -> dict[str, asyncio.Task[None]]:
@@ -34,3 +39,18 @@ async def test_a_wait_ends_at_its_timeout_and_leaves_nothing_behind() -> None:
     await waker.wait(0.01, "a")
     waker.on_message("ids:a")  # nobody waits: nothing to wake
     assert waker._waiting == {}
+
+
+async def test_a_freed_slot_names_the_head_of_the_line(r: Redis) -> None:
+    flow = FlowControl(r, Settings(max_inflight=1, redis_url="redis://unused"))
+    first = await flow.admit(job_id="a")
+    assert isinstance(first, Admitted)
+    for job in ("b", "c"):  # no room: they join the line, in arrival order
+        denied = await flow.admit(job_id=job)
+        assert isinstance(denied, Denied) and denied.reason == "concurrency"
+    async with r.pubsub() as ps:
+        await ps.subscribe(Keys.wake)
+        await ps.get_message(timeout=1)  # the subscription's confirmation
+        await flow.release(first.token)
+        msg = await ps.get_message(ignore_subscribe_messages=True, timeout=5)
+    assert msg is not None and msg["data"] == b"ids:b c"
