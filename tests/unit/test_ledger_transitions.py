@@ -212,3 +212,13 @@ async def test_work_holding_money_is_claimed_before_an_older_backlog(r: Redis) -
     assert await _claim(r, 1) == [paid]
     assert sorted(await _claim(r, 5)) == sorted(backlog)  # then the rest of the queue, once
     assert await _claim(r, 5) == []
+
+
+async def test_money_first_never_runs_a_job_before_its_due_time(r: Redis) -> None:
+    _, job = await _enqueued(r)
+    queue = QUEUES["live"]
+    await r.zadd(first_of(queue), {job: 0})  # it held money once...
+    later = int(await r.zscore(queue, job) or 0) + 60_000
+    await r.zadd(queue, {job: later})  # ...and was put back for a minute since
+    assert await _claim(r, 5) == []
+    assert await r.zscore(first_of(queue), job) == later  # first again when due

@@ -23,7 +23,11 @@ end
 for _, job_id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, want)) do
   redis.call('ZREM', KEYS[2], job_id)  -- taken now, running already, or no longer queued
   local score = redis.call('ZSCORE', KEYS[1], job_id)
-  if score then take(job_id, score) end
+  if score and tonumber(score) > now then
+    redis.call('ZADD', KEYS[2], score, job_id)  -- put back later since: first when due
+  elseif score then
+    take(job_id, score)
+  end
 end
 if claimed >= want then return out end
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'WITHSCORES', 'LIMIT', 0,
