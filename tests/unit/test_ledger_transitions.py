@@ -80,6 +80,40 @@ async def test_unknown_outcome_counts_as_spend_and_a_replay_resolves_it(r: Redis
     assert int(await r.get(Keys.spend_total) or 0) == PRICE
 
 
+async def test_a_replay_settles_every_unknown_call_under_its_key(r: Redis) -> None:
+    ledger, job = await _enqueued(r)
+    for n in (1, 2):  # two runs die mid-call, both asking under the same idempotency key
+        await ledger.start(job, f"run{n}", 50)
+        await ledger.call_begin(job, f"run{n}", f"up/slot-{n}", PRICE)
+        await asyncio.sleep(0.1)
+        await ledger.reclaim()
+    rec = await ledger.get(job)
+    assert rec is not None and rec.possible_usd == 0.12  # each may have been billed
+    await ledger.start(job, "run3", 20_000)
+    again = await ledger.call_begin(job, "run3", "up/slot-3", PRICE)
+    assert again.idem == f"{job}:1"
+    paid = PaidResult(outputs=[PaidOutput(url="https://x/1")], cost_micros=PRICE)
+    await ledger.call_answered(job, "up/slot-3", paid, replayed=True)
+    rec = await ledger.get(job)
+    assert rec is not None and rec.cost_usd == 0.06 and rec.possible_usd == 0  # one billed call
+    assert int(await r.get(Keys.spend_total) or 0) == PRICE
+
+
+async def test_a_replay_under_another_key_leaves_the_first_keys_call_counted(r: Redis) -> None:
+    ledger, job = await _enqueued(r)
+    await ledger.start(job, "run1", 50)
+    await ledger.call_begin(job, "run1", "key-a/slot-1", PRICE)
+    await asyncio.sleep(0.1)
+    await ledger.reclaim()
+    await ledger.start(job, "run2", 20_000)
+    other = await ledger.call_begin(job, "run2", "key-b/slot-2", PRICE)  # key-a was paused
+    assert other.idem == f"{job}:2"
+    paid = PaidResult(outputs=[PaidOutput(url="https://x/1")], cost_micros=PRICE)
+    await ledger.call_answered(job, "key-b/slot-2", paid, replayed=True)
+    rec = await ledger.get(job)
+    assert rec is not None and rec.cost_usd == 0.06 and rec.possible_usd == 0.06
+
+
 async def test_without_a_replay_both_calls_stay_counted(r: Redis) -> None:
     ledger, job = await _enqueued(r)
     await ledger.start(job, "run", 20_000)

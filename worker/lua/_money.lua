@@ -77,6 +77,9 @@ local function possibly_billed(job_id, token, now)
   if est == 0 then est = tonumber(redis.call('HGET', journal, 'est') or '0') end
   add_spend(job_id, est, 'possible_micros', now, token)
   redis.call('HINCRBY', k_job(job_id), 'unknown_calls', 1)
-  redis.call('HSET', journal, 'state', 'unknown', 'possible', est)
+  -- the journal's `possible`: what the calls under the current idempotency key may have cost
+  -- (asked again under it, each may have been billed, unless the upstream honours the key)
+  redis.call('HSET', journal, 'state', 'unknown')
+  redis.call('HINCRBY', journal, 'possible', est)
   free_slot(token)
 end

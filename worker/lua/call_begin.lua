@@ -37,10 +37,14 @@ local idem = redis.call('HGET', KEYS[2], 'idem')
 -- an unknown call is asked again under its key only on the same upstream key (another
 -- account would bill it regardless)
 local same_key = slot_upstream(redis.call('HGET', KEYS[2], 'token')) == slot_upstream(slot)
-if prev ~= 'unknown' or not idem or not same_key then idem = job_id .. ':' .. n end
+if prev ~= 'unknown' or not idem or not same_key then
+  -- a new idempotency key: a replay under it settles only what is sent under it (an earlier
+  -- unknown call under another key stays possibly billed, in the job's spend)
+  idem = job_id .. ':' .. n
+  redis.call('HSET', KEYS[2], 'possible', 0)
+end
 redis.call('HSET', KEYS[2], 'n', n, 'idem', idem, 'token', slot, 'state', 'sent',
   'est', ARGV[5], 'sent_at', now)
-if prev ~= 'unknown' then redis.call('HSET', KEYS[2], 'possible', 0) end
 redis.call('ZADD', KEYS[3], 'XX', now, slot)
 redis.call('ZADD', KEYS[4], 'XX', now, slot)
 return {'ok', n, idem}
