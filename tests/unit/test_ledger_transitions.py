@@ -35,6 +35,14 @@ async def _h(r: Redis, job_id: str, field: str) -> str | None:
     return v.decode() if v else None
 
 
+async def _dies_mid_call(ledger: Ledger, job: str, run: str, slot: str) -> None:
+    """A run journals its call and dies; its lease runs out and a live worker reclaims it."""
+    await ledger.start(job, run, 50)
+    await ledger.call_begin(job, run, slot, PRICE)
+    await asyncio.sleep(0.1)
+    await ledger.reclaim()
+
+
 async def test_start_takes_the_lease_and_a_second_run_is_refused(r: Redis) -> None:
     ledger, job = await _enqueued(r)
     st = await ledger.start(job, "run-a", 20_000)
@@ -83,10 +91,7 @@ async def test_unknown_outcome_counts_as_spend_and_a_replay_resolves_it(r: Redis
 async def test_a_replay_settles_every_unknown_call_under_its_key(r: Redis) -> None:
     ledger, job = await _enqueued(r)
     for n in (1, 2):  # two runs die mid-call, both asking under the same idempotency key
-        await ledger.start(job, f"run{n}", 50)
-        await ledger.call_begin(job, f"run{n}", f"up/slot-{n}", PRICE)
-        await asyncio.sleep(0.1)
-        await ledger.reclaim()
+        await _dies_mid_call(ledger, job, f"run{n}", f"up/slot-{n}")
     rec = await ledger.get(job)
     assert rec is not None and rec.possible_usd == 0.12  # each may have been billed
     await ledger.start(job, "run3", 20_000)
@@ -101,10 +106,7 @@ async def test_a_replay_settles_every_unknown_call_under_its_key(r: Redis) -> No
 
 async def test_a_replay_under_another_key_leaves_the_first_keys_call_counted(r: Redis) -> None:
     ledger, job = await _enqueued(r)
-    await ledger.start(job, "run1", 50)
-    await ledger.call_begin(job, "run1", "key-a/slot-1", PRICE)
-    await asyncio.sleep(0.1)
-    await ledger.reclaim()
+    await _dies_mid_call(ledger, job, "run1", "key-a/slot-1")
     await ledger.start(job, "run2", 20_000)
     other = await ledger.call_begin(job, "run2", "key-b/slot-2", PRICE)  # key-a was paused
     assert other.idem == f"{job}:2"
@@ -128,10 +130,7 @@ async def test_without_a_replay_both_calls_stay_counted(r: Redis) -> None:
 
 async def test_a_dead_runs_call_is_possibly_billed_and_its_paid_result_kept(r: Redis) -> None:
     ledger, job = await _enqueued(r)
-    await ledger.start(job, "run-a", 50)
-    await ledger.call_begin(job, "run-a", "slot-1", PRICE)
-    await asyncio.sleep(0.1)
-    await ledger.reclaim()
+    await _dies_mid_call(ledger, job, "run-a", "slot-1")
     j = await ledger.journal(job)
     assert j is not None and j.state == "unknown" and j.possible == PRICE
     # a paid answer reaching the stalled run is still saved (money first, not fenced)
