@@ -255,3 +255,14 @@ async def test_money_first_never_runs_a_job_before_its_due_time(r: Redis) -> Non
     await r.zadd(queue, {job: later})  # ...and was put back for a minute since
     assert await _claim(r, 5) == []
     assert await r.zscore(first_of(queue), job) == later  # first again when due
+
+
+async def test_a_stranded_job_with_a_call_on_its_way_goes_first(r: Redis) -> None:
+    ledger, job = await _enqueued(r)
+    await ledger.start(job, "run", 20_000)
+    await ledger.call_begin(job, "run", "up/slot-1", PRICE)  # sent: it may be billed
+    await r.zrem(Keys.runs, job)  # the run and its queue entry are gone: nothing would run it
+    await r.zrem(QUEUES["live"], job)
+    healed, _ = await ledger.heal(stale_ms=0, in_progress_ttl_ms=610_000, grace_ms=30_000)
+    assert healed == [job]
+    assert await r.zscore(first_of(QUEUES["live"]), job) is not None

@@ -56,15 +56,16 @@ end
 
 -- requeue(job_id, at_ms, fn, arq_job_prefix, arq_in_progress_prefix): put the job on its lane's
 -- arq queue at `at_ms`, re-creating arq's payload from the ledger's spec if arq dropped it.
--- Work that holds money (a paid result not yet stored, an upstream job still running, a call
--- possibly billed) also goes in the queue's money-first set: the queue is claimed in score
+-- Work that holds money also goes in the queue's money-first set: a paid result (kept in
+-- `paid:` until stored; an upstream job still running keeps its 202 there too) or a call whose
+-- outcome is not known (`sent` by a run that died, `unknown`). The queue is claimed in score
 -- order, and behind a backlog of millions its turn would come after the result link (24 h) or
 -- the upstream's idempotency window had expired.
 local function requeue(job_id, at_ms, fn, arq_job_prefix, arq_ip_prefix)
   local ledger = k_job(job_id)
   local queue = k_queue(redis.call('HGET', ledger, 'lane') or 'live')
   local call_state = redis.call('HGET', k_call(job_id), 'state')
-  if redis.call('EXISTS', k_paid(job_id)) == 1 or call_state == 'unknown' or call_state == 'pending' then
+  if redis.call('EXISTS', k_paid(job_id)) == 1 or call_state == 'sent' or call_state == 'unknown' then
     redis.call('ZADD', k_first(queue), at_ms, job_id)
   end
   if redis.call('EXISTS', arq_job_prefix .. job_id) == 0 then

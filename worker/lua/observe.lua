@@ -43,8 +43,8 @@ if remaining >= 0 and reset_ms >= 0 and status ~= 429 then
   -- The upstream counted (and timed its reset from) the call's arrival, not this answer: the
   -- reset is anchored at the call's send time, else a slow answer would push the window's
   -- reset out by its own latency (1-3 s on a slow model) and hold every call that long.
-  local sent = slot ~= '' and tonumber(redis.call('ZSCORE', KEYS[2], slot) or '') or nil
-  local reset_at = (sent or now) + reset_ms
+  local sent = slot ~= '' and redis.call('ZSCORE', KEYS[2], slot)
+  local reset_at = (tonumber(sent) or now) + reset_ms
   local cur_reset = tonumber(redis.call('HGET', up, 'reset_at') or '0')
   local cur_rem = tonumber(redis.call('HGET', up, 'remaining') or '-1')
   if cur_rem < 0 or now >= cur_reset or reset_at > cur_reset + 1000 then
