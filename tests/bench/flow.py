@@ -23,6 +23,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -94,9 +95,30 @@ def upload(stack: LocalStack, bucket: str, n: int) -> list[str]:
     return keys
 
 
+def _cpu_of(stat: str) -> tuple[int, float]:
+    """(process group, CPU seconds) from the text of `/proc/<pid>/stat`."""
+    fields = stat.rsplit(")", 1)[1].split()
+    return int(fields[2]), (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def service_cpu_s(stack: LocalStack) -> dict[str, float]:
+    """CPU seconds each of the stack's services (redis, weed, simulator) has used so far, all
+    the processes of its group counted: on 2 cores the no-limit rows are CPU-bound, and these
+    show where a side's CPU went besides its own workers."""
+    groups = {p.pid: name for name, p in stack.procs.items() if p.pid is not None}
+    used = dict.fromkeys(groups.values(), 0.0)
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            group, cpu = _cpu_of(stat.read_text())
+            if group in groups:
+                used[groups[group]] += cpu
+    return used
+
+
 class Procs:
-    def __init__(self) -> None:
+    def __init__(self, stack: LocalStack | None = None) -> None:
         self.procs: list[subprocess.Popen[bytes]] = []
+        self.stack = stack  # its services' CPU is marked beside the workers'
 
     def start(self, argv: list[str], env: dict[str, str], n: int) -> None:
         for _ in range(n):
@@ -116,15 +138,20 @@ class Procs:
         total = 0.0
         for p in self.procs:
             with contextlib.suppress(OSError):
-                with open(f"/proc/{p.pid}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-                total += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+                total += _cpu_of(Path(f"/proc/{p.pid}/stat").read_text())[1]
         return total
 
+    def mark_cpu(self, when: str, marks: dict[str, float]) -> None:
+        """`marks["cpu_at_<when>"]`: the processes' CPU seconds so far; with a stack, also
+        `marks["<service>_at_<when>"]` for each of its services."""
+        marks[f"cpu_at_{when}"] = self.cpu_s()
+        if self.stack is not None:
+            marks.update({f"{k}_at_{when}": v for k, v in service_cpu_s(self.stack).items()})
+
     async def mark_cpu_at(self, unix: float, marks: dict[str, float]) -> None:
-        """`marks["cpu_at_due"]`: the processes' CPU at `unix` (start-up excluded)."""
+        """`mark_cpu("due")` at `unix` (start-up excluded)."""
         await asyncio.sleep(max(0.0, unix - time.time()))
-        marks["cpu_at_due"] = self.cpu_s()
+        self.mark_cpu("due", marks)
 
     def stop(self) -> None:
         for p in self.procs:
@@ -200,7 +227,7 @@ async def run_fleet(
     if warm_s:
         await redis.zadd(queue_for("live"), {s.job_id: due_at * 1000 for s in specs}, xx=True)
     env = {**stack.env(), "UPSCALE_LOG_LEVEL": "WARNING", "UPSCALE_LOG_FORMAT": "json", **env}
-    procs = Procs()
+    procs = Procs(stack)
     t0 = time.monotonic()
     procs.start([sys.executable, "-m", "producers.cli", "worker"], env, WORKERS)
     sampler = asyncio.create_task(procs.mark_cpu_at(due_at, {} if marks is None else marks))
@@ -209,7 +236,7 @@ async def run_fleet(
             await asyncio.sleep(0.05)
         wall, done_at = time.monotonic() - t0, time.time()
         if marks is not None:
-            marks["cpu_at_done"] = procs.cpu_s()
+            procs.mark_cpu("done", marks)
         if inspect is not None:
             await inspect(producer, specs)
         return wall, done_at
@@ -243,7 +270,7 @@ async def run_naive(
         await pool.enqueue_job(
             "naive_upscale", bucket, k, _queue_name=QUEUE, _defer_by=defer_s or None
         )
-    procs = Procs()
+    procs = Procs(stack)
     t0 = time.monotonic()
     procs.start(
         [sys.executable, "-m", "arq", "tests.bench.naive.WorkerSettings"], stack.env(), WORKERS
@@ -257,7 +284,7 @@ async def run_naive(
         await _wait(done, stop_at or len(keys), "naive", redis)
         if marks is not None:
             marks["done_at"] = time.time()
-            marks["cpu_at_done"] = procs.cpu_s()
+            procs.mark_cpu("done", marks)
     finally:
         sampler.cancel()
         procs.stop()
