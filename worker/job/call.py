@@ -23,7 +23,9 @@ from worker.upstream.base import CallResult, ImageInput, UpscaleRequest, Upstrea
 INLINE_WAIT_MAX_S = 3.0
 INLINE_WAIT_TOTAL_S = 60.0
 BUILD_INLINE_MAX_BYTES = 256 * 1024  # larger inline images are encoded off the event loop
-QUEUED_RECHECK_S = 0.5  # behind others in line: ask again this often, or when a slot frees
+# A waiter is admitted when a freed slot names it (or at a known time); re-asking is the line's
+# keep-alive (a waiter not seen for 5 s has gone) and the cover for a wake-up that never came.
+QUEUED_RECHECK_S = 2.0
 # An upstream 400 that says it could not get the reference image (URL mode).
 _FETCH_FAILED = re.compile(r"fetch|download|retriev|unreachable|could not (get|load|read)", re.I)
 
