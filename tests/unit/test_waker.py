@@ -41,6 +41,21 @@ async def test_a_wait_ends_at_its_timeout_and_leaves_nothing_behind() -> None:
     assert waker._waiting == {}
 
 
+async def test_a_wake_up_before_the_wait_is_kept_while_watched() -> None:
+    """A slot freed while the job's denial was on its way back: the wait after it returns at
+    once (and only that one: the next wait waits again)."""
+    waker = Waker()
+    with waker.watching("a"):
+        waker.on_message("ids:a")
+        await asyncio.wait_for(waker.wait(30, "a"), 1)
+        again = asyncio.create_task(waker.wait(30, "a"))
+        await asyncio.sleep(0.05)
+        assert not again.done()
+        waker.on_message("ids:a")
+        await asyncio.wait_for(again, 1)
+    assert waker._waiting == {}
+
+
 async def test_a_freed_slot_names_the_head_of_the_line(r: Redis) -> None:
     flow = FlowControl(r, Settings(max_inflight=1, redis_url="redis://unused"))
     first = await flow.admit(job_id="a")

@@ -4,6 +4,8 @@ upstream key of the pool."""
 from worker.flow.control import (
     PICKUP_LEAD_S,
     TIMED_DENIALS,
+    UNWOKEN_DENIALS,
+    WOKEN_DENIALS,
     Admitted,
     Denied,
     FlowControl,
@@ -14,6 +16,8 @@ from worker.flow.status import FlowStatus, PauseInfo, UpstreamStatus
 __all__ = [
     "PICKUP_LEAD_S",
     "TIMED_DENIALS",
+    "UNWOKEN_DENIALS",
+    "WOKEN_DENIALS",
     "Admitted",
     "Denied",
     "FlowControl",

@@ -15,6 +15,8 @@ from worker.flow.controls import Controls
 from worker.flow.decisions import (
     PICKUP_LEAD_S,
     TIMED_DENIALS,
+    UNWOKEN_DENIALS,
+    WOKEN_DENIALS,
     AdmitKind,
     Admitted,
     Denied,
@@ -27,6 +29,8 @@ from worker.flow.decisions import (
 __all__ = [
     "PICKUP_LEAD_S",
     "TIMED_DENIALS",
+    "UNWOKEN_DENIALS",
+    "WOKEN_DENIALS",
     "AdmitKind",
     "Admitted",
     "Denied",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Iterator
 
 import structlog
 from redis.asyncio import Redis
@@ -26,22 +27,30 @@ class Waker:
     def __init__(self) -> None:
         self._waiting: dict[str, asyncio.Event] = {}  # job id -> its wake-up (one wait per job)
 
+    @contextlib.contextmanager
+    def watching(self, job_id: str) -> Iterator[None]:
+        """From a job's first ask until it is admitted: a wake-up that comes while a denial is
+        on its way back is kept (the wait after it returns at once), not lost."""
+        self._waiting[job_id] = asyncio.Event()
+        try:
+            yield
+        finally:
+            self._waiting.pop(job_id, None)
+
     async def wait(self, timeout: float, job_id: str) -> None:
         """Until a freed slot names `job_id` (or everyone is woken), or `timeout` seconds."""
-        event = self._waiting.setdefault(job_id, asyncio.Event())
-        try:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(event.wait(), max(0.001, timeout))
-        finally:
-            if self._waiting.get(job_id) is event:
-                del self._waiting[job_id]
+        event = self._waiting.get(job_id)
+        if event is None:  # not watched: only a wake-up from now on counts
+            with self.watching(job_id):
+                return await self.wait(timeout, job_id)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(event.wait(), max(0.001, timeout))
+        event.clear()
 
     def wake(self, job_ids: list[str] | None = None) -> None:
         """Wake the named jobs waiting here (all of them when None)."""
-        if job_ids is None:
-            job_ids = list(self._waiting)
-        for job_id in job_ids:
-            event = self._waiting.pop(job_id, None)
+        for job_id in list(self._waiting) if job_ids is None else job_ids:
+            event = self._waiting.get(job_id)
             if event is not None:
                 event.set()
 

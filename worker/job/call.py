@@ -11,7 +11,14 @@ import time
 import httpx
 
 from worker import metrics
-from worker.flow import PICKUP_LEAD_S, TIMED_DENIALS, Admitted, Denied
+from worker.flow import (
+    PICKUP_LEAD_S,
+    TIMED_DENIALS,
+    UNWOKEN_DENIALS,
+    WOKEN_DENIALS,
+    Admitted,
+    Denied,
+)
 from worker.job.base import OUTAGE_WAIT_S, JobBase, _ms, log
 from worker.keys import upstream_of
 from worker.ledger import KeyPaused, PaidOutput, PaidResult
@@ -23,9 +30,10 @@ from worker.upstream.base import CallResult, ImageInput, UpscaleRequest, Upstrea
 INLINE_WAIT_MAX_S = 3.0
 INLINE_WAIT_TOTAL_S = 60.0
 BUILD_INLINE_MAX_BYTES = 256 * 1024  # larger inline images are encoded off the event loop
-# A waiter is admitted when a freed slot names it (or at a known time); re-asking is the line's
-# keep-alive (a waiter not seen for 5 s has gone) and the cover for a wake-up that never came.
-QUEUED_RECHECK_S = 2.0
+# How soon a waiter asks again, by why it waits. A freed slot names the line's head, so a waiter
+# for one asks only as the line's keep-alive (a waiter not seen for 5 s has gone) and to cover a
+# wake-up that never came; no message ends a wait for another job to move on.
+ASK_AGAIN_S = {**dict.fromkeys(WOKEN_DENIALS, 2.0), **dict.fromkeys(UNWOKEN_DENIALS, 0.5)}
 # An upstream 400 that says it could not get the reference image (URL mode).
 _FETCH_FAILED = re.compile(r"fetch|download|retriev|unreachable|could not (get|load|read)", re.I)
 
@@ -36,6 +44,10 @@ class CallStep(JobBase):
         nothing. Short waits happen here (woken by a freed slot, or at the known time the
         window frees one); longer ones hand the job back to its queue."""
         t0 = time.monotonic()
+        with self.rt.waker.watching(self.job_id):
+            return await self._admit_watched(t0)
+
+    async def _admit_watched(self, t0: float) -> Admitted:
         flow, waker = self.rt.flow, self.rt.waker
         while True:
             decision = await flow.admit(
@@ -47,8 +59,8 @@ class CallStep(JobBase):
                 return decision
             assert isinstance(decision, Denied)
             if time.monotonic() - t0 < INLINE_WAIT_TOTAL_S:
-                if decision.reason in ("concurrency", "queued", "lane", "circuit_half_open"):
-                    await waker.wait(min(decision.wait_s, QUEUED_RECHECK_S), self.job_id)
+                if (ask_again_s := ASK_AGAIN_S.get(decision.reason)) is not None:
+                    await waker.wait(min(decision.wait_s, ask_again_s), self.job_id)
                     continue
                 if decision.reason in TIMED_DENIALS and decision.wait_s <= INLINE_WAIT_MAX_S:
                     await asyncio.sleep(decision.wait_s)  # room comes back then
