@@ -50,12 +50,12 @@ DenyReason = Literal[
 # pick-up and its checks overlap the wait.
 TIMED_DENIALS: frozenset[str] = frozenset({"rate", "cooldown", "circuit_open"})
 PICKUP_LEAD_S = 1.0
-# Denials that wait in the fleet's line for a freed in-flight slot, which names the line's head
-# on `flow:wake` when it frees: no one need ask before then.
-WOKEN_DENIALS: frozenset[str] = frozenset({"concurrency", "queued"})
-# Denials that end when another job moves on (a waiting live job is admitted, a half-open
-# probe is answered): no message says so, so they ask again soon.
-UNWOKEN_DENIALS: frozenset[str] = frozenset({"lane", "circuit_half_open"})
+# Denials that wait for a freed in-flight slot, which names the line's head on `flow:wake` when
+# it frees: no one need ask before then.
+WOKEN_DENIALS: frozenset[str] = frozenset({"concurrency"})
+# Denials that end when another job moves on (those ahead in line take the room, a waiting live
+# job is admitted, a half-open probe is answered): no message says so, so they ask again soon.
+UNWOKEN_DENIALS: frozenset[str] = frozenset({"queued", "lane", "circuit_half_open"})
 # A pause seen in this process holds here until Redis has it (and a canary can lift it there).
 LOCAL_PAUSE_S = 2.0
 
