@@ -2,10 +2,9 @@
 upstream key of the pool."""
 
 from worker.flow.control import (
+    ASK_AGAIN_S,
     PICKUP_LEAD_S,
     TIMED_DENIALS,
-    UNWOKEN_DENIALS,
-    WOKEN_DENIALS,
     Admitted,
     Denied,
     FlowControl,
@@ -14,10 +13,9 @@ from worker.flow.control import (
 from worker.flow.status import FlowStatus, PauseInfo, UpstreamStatus
 
 __all__ = [
+    "ASK_AGAIN_S",
     "PICKUP_LEAD_S",
     "TIMED_DENIALS",
-    "UNWOKEN_DENIALS",
-    "WOKEN_DENIALS",
     "Admitted",
     "Denied",
     "FlowControl",

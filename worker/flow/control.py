@@ -13,10 +13,9 @@ from __future__ import annotations
 from worker.flow.admission import Admission
 from worker.flow.controls import Controls
 from worker.flow.decisions import (
+    ASK_AGAIN_S,
     PICKUP_LEAD_S,
     TIMED_DENIALS,
-    UNWOKEN_DENIALS,
-    WOKEN_DENIALS,
     AdmitKind,
     Admitted,
     Denied,
@@ -27,10 +26,9 @@ from worker.flow.decisions import (
 )
 
 __all__ = [
+    "ASK_AGAIN_S",
     "PICKUP_LEAD_S",
     "TIMED_DENIALS",
-    "UNWOKEN_DENIALS",
-    "WOKEN_DENIALS",
     "AdmitKind",
     "Admitted",
     "Denied",

@@ -50,12 +50,16 @@ DenyReason = Literal[
 # pick-up and its checks overlap the wait.
 TIMED_DENIALS: frozenset[str] = frozenset({"rate", "cooldown", "circuit_open"})
 PICKUP_LEAD_S = 1.0
-# Denials that wait for a freed in-flight slot, which names the line's head on `flow:wake` when
-# it frees: no one need ask before then.
-WOKEN_DENIALS: frozenset[str] = frozenset({"concurrency"})
-# Denials that end when another job moves on (those ahead in line take the room, a waiting live
-# job is admitted, a half-open probe is answered): no message says so, so they ask again soon.
-UNWOKEN_DENIALS: frozenset[str] = frozenset({"queued", "lane", "circuit_half_open"})
+# How soon a waiter in the job asks again, by why it waits. A freed in-flight slot names the
+# line's head on `flow:wake`, so a waiter for one asks again only as the line's keep-alive (a
+# waiter not seen for 5 s has gone) and to cover a wake-up that never came. No message ends the
+# others (those ahead in line took the room, a live job waits, a half-open probe is out).
+ASK_AGAIN_S: dict[DenyReason, float] = {
+    "concurrency": 2.0,
+    "queued": 0.5,
+    "lane": 0.5,
+    "circuit_half_open": 0.5,
+}
 # A pause seen in this process holds here until Redis has it (and a canary can lift it there).
 LOCAL_PAUSE_S = 2.0
 

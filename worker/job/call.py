@@ -11,14 +11,7 @@ import time
 import httpx
 
 from worker import metrics
-from worker.flow import (
-    PICKUP_LEAD_S,
-    TIMED_DENIALS,
-    UNWOKEN_DENIALS,
-    WOKEN_DENIALS,
-    Admitted,
-    Denied,
-)
+from worker.flow import ASK_AGAIN_S, PICKUP_LEAD_S, TIMED_DENIALS, Admitted, Denied
 from worker.job.base import OUTAGE_WAIT_S, JobBase, _ms, log
 from worker.keys import upstream_of
 from worker.ledger import KeyPaused, PaidOutput, PaidResult
@@ -30,10 +23,6 @@ from worker.upstream.base import CallResult, ImageInput, UpscaleRequest, Upstrea
 INLINE_WAIT_MAX_S = 3.0
 INLINE_WAIT_TOTAL_S = 60.0
 BUILD_INLINE_MAX_BYTES = 256 * 1024  # larger inline images are encoded off the event loop
-# How soon a waiter asks again, by why it waits. A freed slot names the line's head, so a waiter
-# for one asks only as the line's keep-alive (a waiter not seen for 5 s has gone) and to cover a
-# wake-up that never came; no message ends a wait for another job to move on.
-ASK_AGAIN_S = {**dict.fromkeys(WOKEN_DENIALS, 2.0), **dict.fromkeys(UNWOKEN_DENIALS, 0.5)}
 # An upstream 400 that says it could not get the reference image (URL mode).
 _FETCH_FAILED = re.compile(r"fetch|download|retriev|unreachable|could not (get|load|read)", re.I)
 
