@@ -12,8 +12,13 @@ from worker.keys import Keys
 from worker.settings import Settings
 
 
+async def _watched_wait(waker: Waker, job_id: str, timeout: float = 30) -> None:
+    with waker.watching(job_id):
+        await waker.wait(timeout, job_id)
+
+
 async def _waiting(waker: Waker, *job_ids: str) -> dict[str, asyncio.Task[None]]:
-    tasks = {j: asyncio.create_task(waker.wait(30, j)) for j in job_ids}
+    tasks = {j: asyncio.create_task(_watched_wait(waker, j)) for j in job_ids}
     await asyncio.sleep(0)  # let each register its wait
     return tasks
 
@@ -36,7 +41,7 @@ async def test_any_other_message_wakes_everyone() -> None:
 
 async def test_a_wait_ends_at_its_timeout_and_leaves_nothing_behind() -> None:
     waker = Waker()
-    await waker.wait(0.01, "a")
+    await _watched_wait(waker, "a", 0.01)
     waker.on_message("ids:a")  # nobody waits: nothing to wake
     assert waker._waiting == {}
 

@@ -4,6 +4,7 @@ waiting (apart from the scripts' callers, so every module can import them)."""
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -54,7 +55,7 @@ PICKUP_LEAD_S = 1.0
 # line's head on `flow:wake`, so a waiter for one asks again only as the line's keep-alive (a
 # waiter not seen for 5 s has gone) and to cover a wake-up that never came. No message ends the
 # others (those ahead in line took the room, a live job waits, a half-open probe is out).
-ASK_AGAIN_S: dict[DenyReason, float] = {
+ASK_AGAIN_S: Mapping[DenyReason, float] = {
     "concurrency": 2.0,
     "queued": 0.5,
     "lane": 0.5,

@@ -4,6 +4,8 @@ The ledger's scripts publish on `flow:wake` whenever a call's slot is freed, nam
 the fleet's waiting line (`ids:<job> <job>`); one subscriber per process wakes those of its
 waiting jobs (with the known wait as the timeout, e.g. when the rate window frees a slot at a
 known time). Any other message (the limit became known, the channel was lost) wakes them all.
+A job is watched from its first ask until it is admitted, so a wake-up that comes while its
+denial is on the way back is kept for its next wait.
 """
 
 from __future__ import annotations
@@ -38,11 +40,9 @@ class Waker:
             self._waiting.pop(job_id, None)
 
     async def wait(self, timeout: float, job_id: str) -> None:
-        """Until a freed slot names `job_id` (or everyone is woken), or `timeout` seconds."""
-        event = self._waiting.get(job_id)
-        if event is None:  # not watched: only a wake-up from now on counts
-            with self.watching(job_id):
-                return await self.wait(timeout, job_id)
+        """Until a freed slot names `job_id` (or everyone is woken), or `timeout` seconds; or
+        at once if one did since the last wait. Only inside `watching(job_id)`."""
+        event = self._waiting[job_id]
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(event.wait(), max(0.001, timeout))
         event.clear()
