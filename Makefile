@@ -47,13 +47,15 @@ fmt: install
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-## Benchmarks (figures, not tests): flow control vs a naive baseline; backfill keys/s + memory.
+## Benchmarks (figures, not tests): flow control vs a naive baseline; backfill keys/s + memory;
+## the ledger's Redis bytes per job, retention and healing behind a backlog.
 bench: install
 	$(PY) -m tests.bench.flow
 	$(PY) -m tests.bench.pacing
 	$(PY) -m tests.bench.lanes
 	$(PY) -m tests.bench.pools
 	$(PY) -m tests.bench.backfill $${BENCH_BACKFILL_KEYS:-100000}
+	$(PY) -m tests.bench.ledger $${BENCH_LEDGER_QUEUED:-200000} $${BENCH_LEDGER_FINISHED:-20000}
 
 ## Real faults (worker SIGKILLs, Redis SIGKILL + AOF restart, S3 down, dropped answers) on
 ## 100 jobs x 4 worker processes at default settings: time to all-final, stranded, paid twice.

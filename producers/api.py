@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Collection, Iterable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from redis.asyncio import Redis
 
@@ -23,6 +23,8 @@ from worker.api import (
     QUEUES,
     BatchSummary,
     Budgets,
+    CancelOutcome,
+    CancelSummary,
     EnqueueResult,
     Fleet,
     FleetStatus,
@@ -42,6 +44,12 @@ from worker.api import (
     get_settings,
     render_destination,
 )
+
+if TYPE_CHECKING:
+    from worker.api import ReportResult
+
+RetryState = Literal["failed", "cancelled"]
+RETRY_FAILED: tuple[RetryState, ...] = ("failed",)
 
 
 def build_spec(
@@ -102,7 +110,7 @@ class Producer:
     def __init__(self, redis: Redis, settings: Settings | None = None) -> None:
         self.redis = redis
         self.settings = settings or get_settings()
-        self.ledger = JobStore(redis)
+        self.ledger = JobStore(redis, retention_ms=self.settings.jobs.ledger_retention_s * 1000)
         self.flow = Fleet(redis, self.settings)
 
     @classmethod
@@ -129,12 +137,45 @@ class Producer:
         return await self.ledger.enqueue(specs, requeue_failed=requeue_failed)
 
     async def retry(self, job_id: str) -> EnqueueResult | None:
-        """Re-enqueue a failed job from its ledger record (attempts reset)."""
+        """Re-enqueue a failed or cancelled job from its ledger record (attempts reset)."""
         rec = await self.ledger.get(job_id)
         if rec is None:
             return None
         spec = spec_from_record(rec)
         return (await self.ledger.enqueue([spec], requeue_failed=True))[0]
+
+    async def retry_batch(
+        self,
+        batch: str,
+        states: Collection[RetryState] = RETRY_FAILED,
+        on_page: Callable[[int], None] | None = None,
+    ) -> list[EnqueueResult]:
+        """Re-enqueue a batch's jobs that ended in `states` (failed, cancelled), from their
+        records (within the ledger's retention). Retrying its cancelled jobs lifts the batch's
+        cancel, so new jobs may join it again."""
+        if "cancelled" in states:
+            await self.ledger.reopen_batch(batch)
+        out: list[EnqueueResult] = []
+        async for ids in self.ledger.final_jobs(batch, set(states)):
+            records = [await self.ledger.get(j) for j in ids]
+            specs = [spec_from_record(r) for r in records if r is not None]
+            out += await self.ledger.enqueue(specs, requeue_failed=True)
+            if on_page:
+                on_page(len(out))
+        return out
+
+    async def cancel(self, job_ids: Iterable[str]) -> list[CancelOutcome]:
+        """Cancel jobs (`cancelled`; `after_call`: the output already paid for is stored
+        first, then it ends `cancelled`; `final`: nothing to do; `missing`: no such job). No
+        call is journaled for a cancelled job once this returns."""
+        return await self.ledger.cancel(job_ids)
+
+    async def cancel_batch(
+        self, batch: str, on_page: Callable[[CancelSummary], None] | None = None
+    ) -> CancelSummary:
+        """Cancel every job of `batch` not yet final, and refuse new jobs into it (a backfill
+        still listing stops at its next page). `retry_batch(batch, ["cancelled"])` undoes it."""
+        return await self.ledger.cancel_batch(batch, on_page)
 
     async def fleet_status(self) -> FleetStatus:
         """The whole fleet: jobs per state, lanes, pause, circuit, spend, budgets, and jobs
@@ -214,6 +255,25 @@ class Producer:
                 oldest_age_s=round(age, 1),
             )
         return out
+
+    async def report(
+        self,
+        batch: str,
+        *,
+        failed_only: bool = False,
+        to: str | None = None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> ReportResult:
+        """Write `batch`'s completion report to S3: `manifest.json` and gzipped CSV parts, per
+        object one row (failed-only: the rows not succeeded), in the batch's report folder or
+        at `to` (`s3://bucket/prefix/`). A full report of a batch that has ended starts its
+        records' retention. `progress(read, total)` is called after each page of ids. Raises
+        `NoSuchBatch`, or `NothingToReport` while no job of it has ended (and no `to`)."""
+        from worker.api import report_batch  # boto3 loads on first use
+
+        return await report_batch(
+            self.redis, self.settings, batch, failed_only=failed_only, to=to, progress=progress
+        )
 
     async def status(self, job_id: str) -> JobRecord | None:
         return await self.ledger.get(job_id)

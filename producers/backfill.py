@@ -1,27 +1,40 @@
-"""Bulk backfill: list a bucket prefix and feed matching objects into the `bulk` lane.
+"""Bulk backfill: feed the objects of a bucket prefix (listed) or of a manifest (an S3
+Inventory report, a CSV list) into the `bulk` lane.
 
-Constant memory for millions of keys (one listing page at a time), back-pressure on the queue
-depth (a queued job waits minutes, not days), and a checkpoint in Redis so a re-run continues
-after the last enqueued key. Re-listing is safe anyway: job ids are deterministic, so anything
-already queued or done is a duplicate, not a second payment.
+Pages come from `producers.listing` / `producers.manifest`, fetched ahead in threads, while this
+loop filters, builds and enqueues; one enqueue (a pipelined chunk) is in flight while the next
+chunk is built. Memory is constant for millions of keys (a few pages at a time), the queue
+depth is bounded (back-pressure: a queued job waits minutes, not days), and a checkpoint in
+Redis, written only after a chunk is in Redis, lets a re-run continue where it stopped.
+Re-running is safe anyway: job ids are deterministic, so anything already queued or done is a
+duplicate, not a second payment.
 """
 
 from __future__ import annotations
 
 import asyncio
-import fnmatch
 import time
-from collections.abc import AsyncIterator, Callable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict
 from datetime import datetime
 from typing import Any
 
 from redis.asyncio import Redis
 
-from producers.api import build_spec
+from producers.backfill_plan import (
+    BackfillPlan,
+    BackfillStats,
+    Filters,
+    SpecMaker,
+    checkpoint_key,
+    split_source,
+)
+from producers.listing import ExistingOutputs, ObjectEntry, OrderedLister
+from producers.manifest import ManifestError, ManifestReader, load_manifest
 from worker.api import (
     QUEUES,
     JobSpec,
+    JobsSettings,
     JobStore,
     Keys,
     S3Object,
@@ -30,71 +43,16 @@ from worker.api import (
     usd_to_micros,
 )
 
-
-@dataclass
-class Filters:
-    include: list[str] = field(default_factory=list)  # globs on the key or its basename
-    exclude: list[str] = field(default_factory=list)
-    min_size: int = 1
-    max_size: int | None = None
-    since: datetime | None = None
-    until: datetime | None = None
-
-    def match(self, key: str, size: int, modified: datetime) -> str | None:
-        """None when the object qualifies, else the reason it is skipped."""
-        base = key.rsplit("/", 1)[-1]
-        if self.include and not any(_glob(key, base, g) for g in self.include):
-            return "filtered"
-        if any(_glob(key, base, g) for g in self.exclude):
-            return "filtered"
-        if size < self.min_size or (self.max_size is not None and size > self.max_size):
-            return "size"
-        if (self.since and modified < self.since) or (self.until and modified >= self.until):
-            return "modified"
-        return None
-
-
-def _glob(key: str, base: str, pattern: str) -> bool:
-    return fnmatch.fnmatchcase(key, pattern) or fnmatch.fnmatchcase(base, pattern)
-
-
-@dataclass
-class BackfillStats:
-    listed: int = 0
-    matched: int = 0
-    enqueued: int = 0
-    duplicates: int = 0
-    skipped: dict[str, int] = field(default_factory=dict)
-    bytes: int = 0
-    last_key: str = ""
-    resumed_from: str = ""
-    budget_stop: bool = False
-    started: float = field(default_factory=time.monotonic)
-
-    def skip(self, reason: str) -> None:
-        self.skipped[reason] = self.skipped.get(reason, 0) + 1
-
-    @property
-    def elapsed(self) -> float:
-        return time.monotonic() - self.started
-
-
-@dataclass
-class BackfillPlan:
-    source: str  # s3://bucket/prefix
-    batch: str
-    dest: str | None = None
-    filters: Filters = field(default_factory=Filters)
-    params: dict[str, Any] = field(default_factory=dict)
-    budget_usd: float | None = None
-    dry_run: bool = False
-    max_queue: int | None = None  # back-pressure threshold (jobs queued, all lanes)
-    chunk: int = 500
-    restart: bool = False  # ignore the checkpoint
-
-
-def checkpoint_key(batch: str) -> str:
-    return Keys.backfill(batch)
+__all__ = [
+    "Backfill",
+    "BackfillPlan",
+    "BackfillStats",
+    "Filters",
+    "bulk_limit",
+    "bulk_room",
+    "checkpoint_key",
+    "stats_dict",
+]
 
 
 class Backfill:
@@ -112,11 +70,12 @@ class Backfill:
         self.plan = plan
         self.ledger = JobStore(redis)
         self.on_progress = on_progress or (lambda _s: None)
-        src = S3Object.parse(plan.source) if plan.source.count("/") > 2 else None
-        self.bucket = src.bucket if src else plan.source[5:].rstrip("/")
-        self.prefix = src.key if src else ""
+        self.bucket, self.prefix = ("", "") if plan.manifest else split_source(plan.source)
+        self.maker = SpecMaker(settings, plan)
         # Recursion guard: never list our own outputs when they land in the same bucket.
-        self.guard_prefix = self._destination_prefix()
+        self.guard_prefix = self._destination_prefix() if self.bucket else None
+        self._flushing: asyncio.Task[None] | None = None
+        self._lister: OrderedLister | None = None
 
     def _destination_prefix(self) -> str | None:
         template = self.plan.dest or self.settings.jobs.dest_template
@@ -130,15 +89,26 @@ class Backfill:
             else None
         )
 
+    def _in_reports(self, key: str) -> bool:
+        uri = self.settings.jobs.report_uri
+        return bool(uri) and f"s3://{self.bucket}/{key}".startswith(uri or "")
+
+    def _existing_index(self) -> ExistingOutputs | None:
+        """The destination is listable when every output of this prefix goes to one bucket."""
+        if not self.plan.skip_existing or self.plan.manifest or self.maker.fixed_dest:
+            return None
+        probe = self.maker.dest(S3Object(bucket=self.bucket, key=(self.prefix or "") + "p.png"))
+        return ExistingOutputs(self.s3, probe.bucket)
+
     async def run(self) -> BackfillStats:
         stats = BackfillStats()
         ck = checkpoint_key(self.plan.batch)
-        start_after = ""
+        cursor = resume_order = ""
         if not self.plan.restart and not self.plan.dry_run:
-            saved = await self.redis.hget(ck, "last_key")  # type: ignore[misc]  # redis-py stubs
-            if saved:
-                start_after = saved.decode() if isinstance(saved, bytes) else str(saved)
-                stats.resumed_from = start_after
+            saved = await self.redis.hmget(ck, ["last_key", "source", "order"])  # type: ignore[misc]  # redis-py stubs
+            if saved[0] and (saved[1] is None or _text(saved[1]) == self.plan.source):
+                cursor = stats.resumed_from = _text(saved[0])
+                resume_order = _text(saved[2]) if saved[2] else "stream"  # older checkpoints
         budget_micros = (
             usd_to_micros(self.plan.budget_usd) if self.plan.budget_usd is not None else None
         )
@@ -148,102 +118,192 @@ class Backfill:
                 Keys.batch(self.plan.batch), "budget_micros", str(budget_micros)
             )
         price = usd_to_micros(self.settings.upstream.price_usd)
+        existing = self._existing_index()
         pending: list[JobSpec] = []
-        async for obj in self._list(start_after):
-            stats.listed += 1
-            key, size = obj["Key"], int(obj.get("Size", 0))
-            reason = self._skip_reason(key, size, obj["LastModified"])
-            if reason:
-                stats.skip(reason)
-            else:
-                if budget_micros is not None and (stats.matched + 1) * price > budget_micros:
-                    stats.budget_stop = True
+        lister: OrderedLister | None = None
+        if self.plan.manifest:
+            manifest = await asyncio.to_thread(load_manifest, self.s3, self.plan.source)
+            pages = ManifestReader(self.s3, manifest, cursor, versions=self.plan.versions).pages()
+        else:
+            lister = OrderedLister(
+                self.s3,
+                self.bucket,
+                self.prefix,
+                cursor,
+                parallel=self.plan.parallel,
+                resume_order=resume_order,
+            )
+            self._lister = lister
+            pages = lister.pages()
+        next_tick = 1000
+        try:
+            async for page in pages:
+                stats.listed += len(page.entries) + sum(page.skipped.values())
+                for reason, n in page.skipped.items():
+                    stats.skip(reason, n)
+                jobs = await self._candidates(page.entries, stats, existing)
+                for entry, src, dst, listed in jobs:
+                    if entry is None:
+                        continue
+                    if budget_micros is not None and (stats.matched + 1) * price > budget_micros:
+                        stats.budget_stop = True
+                        break
+                    stats.matched += 1
+                    stats.bytes += entry.size or 0
+                    stats.last_key = entry.cursor
+                    if self.plan.dry_run:
+                        continue
+                    try:
+                        pending.append(self.maker.spec(src, dst, listed))
+                    except ValueError:  # e.g. a destination that would overwrite the source
+                        stats.skip("invalid")
+                        stats.matched -= 1
+                        continue
+                    stats.dest_listed += listed
+                    if len(pending) >= self.plan.chunk:
+                        await self._flush(pending, stats, ck, entry.cursor)
+                        pending = []
+                if stats.budget_stop or stats.cancelled:
                     break
-                stats.matched += 1
-                stats.bytes += size
-                if not self.plan.dry_run:
-                    pending.append(
-                        build_spec(
-                            S3Object(
-                                bucket=self.bucket, key=key, etag=str(obj.get("ETag", "")) or None
-                            ),
-                            dest=self.plan.dest,
-                            batch=self.plan.batch,
-                            lane="bulk",
-                            settings=self.settings,
-                            **self.plan.params,
-                        )
-                    )
-            stats.last_key = key
-            if len(pending) >= self.plan.chunk:
-                await self._flush(pending, stats, ck)
-            if stats.listed % 1000 == 0:
-                self.on_progress(stats)
-        if pending:
-            await self._flush(pending, stats, ck)
+                if not self.plan.dry_run and await self._cancelled():
+                    stats.cancelled = True  # `upscale cancel --batch`: stop at this page
+                    break
+                stats.last_key = page.cursor
+                if stats.listed >= next_tick:
+                    next_tick = stats.listed + 1000
+                    self.on_progress(stats)
+        except ManifestError:
+            # A damaged data file yielded nothing; what earlier, verified files gave goes in,
+            # and the checkpoint stops before the damaged file: a re-run after the fix goes on.
+            if pending:
+                await self._flush(pending, stats, ck, stats.last_key)
+            await self._settle()
+            raise
+        else:
+            if pending:
+                await self._flush(pending, stats, ck, stats.last_key)
+            await self._settle()
+        finally:
+            await pages.aclose()  # stops the reader thread / listing tasks on any exit
+            if self._flushing is not None and not self._flushing.done():
+                self._flushing.cancel()
+            stats.requests = (lister.requests if lister else 0) + (
+                existing.requests if existing else 0
+            )
         if not self.plan.dry_run:
             await self.redis.hset(  # type: ignore[misc]
                 ck,
                 mapping={
                     "last_key": stats.last_key,
-                    "done": int(not stats.budget_stop),
+                    "order": self._lister.order if self._lister else "",
+                    "source": self.plan.source,
+                    "done": int(not (stats.budget_stop or stats.cancelled)),
                     "finished_at": int(time.time()),
                 },
             )
         self.on_progress(stats)
         return stats
 
-    def _skip_reason(self, key: str, size: int, modified: datetime) -> str | None:
+    async def _candidates(
+        self, entries: list[ObjectEntry], stats: BackfillStats, existing: ExistingOutputs | None
+    ) -> list[tuple[ObjectEntry | None, S3Object, S3Object, bool]]:
+        """The page's entries that pass the filters, with source, destination and whether the
+        destination listing found no output (entry None: left out, already counted)."""
+        out: list[tuple[ObjectEntry | None, S3Object, S3Object, bool]] = []
+        for e in entries:
+            reason = self._skip_reason(e.key, e.size, e.modified)
+            if reason:
+                stats.skip(reason)
+                continue
+            try:
+                src = self.maker.source(e)
+                dst = self.maker.dest(src)
+            except ValueError:
+                stats.skip("invalid")
+                continue
+            out.append((e, src, dst, False))
+        if existing is None or not out or self.plan.dry_run:
+            return out
+        same = [i for i, c in enumerate(out) if c[2].bucket == existing.bucket]
+        found = await asyncio.to_thread(existing.check, [out[i][2].key for i in same])
+        for i, state in zip(same, found, strict=True):
+            entry, s, d, _ = out[i]
+            if state == "exists":
+                stats.skip("output exists")
+                stats.existing += 1
+                out[i] = (None, s, d, False)
+            elif state == "new":
+                out[i] = (entry, s, d, True)
+        return out
+
+    async def _cancelled(self) -> bool:
+        return bool(await self.redis.hexists(Keys.batch(self.plan.batch), "cancelled_at"))  # type: ignore[misc]  # redis-py stubs
+
+    def _skip_reason(self, key: str, size: int | None, modified: datetime | None) -> str | None:
         if self.guard_prefix is not None and key.startswith(self.guard_prefix):
             return "own output"
+        if key.startswith(JobsSettings.REPORT_PREFIX) or self._in_reports(key):
+            return "own report"
         if key.endswith("/"):
             return "directory marker"
         return self.plan.filters.match(key, size, modified)
 
-    async def _flush(self, pending: list[JobSpec], stats: BackfillStats, ck: str) -> None:
-        await self._wait_for_room(len(pending))
-        results = await self.ledger.enqueue(pending)
-        for r in results:
-            if r.outcome == "duplicate":
-                stats.duplicates += 1
-            else:
-                stats.enqueued += 1
-        # Checkpoint only after the jobs are safely in Redis: a crash re-lists, dedup absorbs it.
+    async def _flush(
+        self, specs: list[JobSpec], stats: BackfillStats, ck: str, cursor: str
+    ) -> None:
+        """Start enqueuing `specs` once the previous chunk is in: one enqueue in flight while
+        the next chunk is built; chunks land (and are checkpointed) in order."""
+        await self._settle()
+        await self._wait_for_room(len(specs))
+        self._flushing = asyncio.create_task(self._enqueue(specs, stats, ck, cursor))
+
+    async def _settle(self) -> None:
+        if self._flushing is not None:
+            task, self._flushing = self._flushing, None
+            await task
+
+    async def _enqueue(
+        self, specs: list[JobSpec], stats: BackfillStats, ck: str, cursor: str
+    ) -> None:
+        results = await self.ledger.enqueue(specs)
+        dup = sum(1 for r in results if r.outcome == "duplicate")
+        refused = sum(1 for r in results if r.outcome == "refused")  # the batch was cancelled
+        stats.duplicates += dup
+        stats.enqueued += len(results) - dup - refused
+        stats.cancelled = stats.cancelled or refused > 0
+        # Checkpoint only after the jobs are safely in Redis: a crash re-reads, dedup absorbs it.
         await self.redis.hset(  # type: ignore[misc]
             ck,
             mapping={
-                "last_key": stats.last_key,
+                "last_key": cursor,
+                "order": self._lister.order if self._lister else "",
                 "listed": stats.listed,
                 "enqueued": stats.enqueued,
                 "source": self.plan.source,
                 "updated_at": int(time.time()),
             },
         )
-        pending.clear()
         self.on_progress(stats)
 
     async def _wait_for_room(self, n: int) -> None:
-        limit = self.plan.max_queue or max(1000, (self.settings.flow.rpm_ceiling or 600) * 10)
         # Polling is right here: the queue drains at the upstream's pace (jobs/s), so a 1 s
         # look costs nothing and needs no event plumbing from every worker.
-        while int(await self.redis.zcard(QUEUES["bulk"])) + n > limit:  # noqa: ASYNC110
+        while not await bulk_room(self.redis, self.settings, n, self.plan.max_queue):  # noqa: ASYNC110
             await asyncio.sleep(1.0)
 
-    async def _list(self, start_after: str) -> AsyncIterator[dict[str, Any]]:
-        """One page (1,000 keys) at a time, fetched in a thread: memory stays flat."""
-        token: str | None = None
-        while True:
-            kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": self.prefix, "MaxKeys": 1000}
-            if token:
-                kwargs["ContinuationToken"] = token
-            elif start_after:
-                kwargs["StartAfter"] = start_after
-            page = await asyncio.to_thread(self.s3.list_objects_v2, **kwargs)
-            for obj in page.get("Contents", []):
-                yield obj
-            if not page.get("IsTruncated"):
-                return
-            token = page.get("NextContinuationToken")
+
+def bulk_limit(settings: Settings) -> int:
+    """Jobs the bulk lane may hold: ~10 minutes of work at the rate ceiling (min 1,000)."""
+    return max(1000, (settings.flow.rpm_ceiling or 600) * 10)
+
+
+async def bulk_room(redis: Redis, settings: Settings, n: int, limit: int | None = None) -> bool:
+    """Whether `n` more jobs fit in the bulk lane (back-pressure for every bulk producer)."""
+    return int(await redis.zcard(QUEUES["bulk"])) + n <= (limit or bulk_limit(settings))
+
+
+def _text(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
 
 
 def stats_dict(stats: BackfillStats) -> dict[str, Any]:

@@ -2,6 +2,8 @@
 
 Three checks on the event itself (the worker adds a fourth: it skips any source whose S3
 metadata carries our job id, before any call):
+0. our own files: staged inputs, and completion reports (`.upscale-reports/` in any bucket, or
+   `UPSCALE_REPORT_URI`);
 1. provenance metadata in the event (SeaweedFS filer events carry user metadata);
 2. the object lies where the destination template writes (a fixed bucket/prefix, or a bucket
    named like `{bucket}-upscaled`);
@@ -14,18 +16,23 @@ import posixpath
 import re
 from dataclasses import dataclass
 
-from worker.api import META_JOB_ID, STAGING_PREFIX, S3Object
+from worker.api import META_JOB_ID, STAGING_PREFIX, JobsSettings, S3Object
 
 
 @dataclass(frozen=True)
 class RecursionGuard:
     template: str
     extra_prefixes: tuple[str, ...] = ()  # more s3://bucket/prefix locations that are outputs
+    report_uri: str | None = None  # `UPSCALE_REPORT_URI`: where completion reports go
 
     def reason(self, obj: S3Object, user_metadata: dict[str, str] | None = None) -> str | None:
         """Why `obj` must not be processed, or None if it is a genuine input."""
         if obj.key.startswith(STAGING_PREFIX):
             return "object is a staged input of upscale-queue"
+        if obj.key.startswith(JobsSettings.REPORT_PREFIX) or (
+            self.report_uri and obj.uri.startswith(self.report_uri.rstrip("/") + "/")
+        ):
+            return "object is a completion report of upscale-queue"
         if user_metadata and META_JOB_ID in {k.lower() for k in user_metadata}:
             return "object carries upscale-queue provenance metadata (our output)"
         bucket_part, _, key_part = self.template[len("s3://") :].partition("/")

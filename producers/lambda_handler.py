@@ -2,7 +2,10 @@
 
 Accepts an SQS event (S3 notifications inside; partial batch failures reported so only the
 failed messages are retried), a direct S3 event, an EventBridge event, or an S3 Batch
-Operations invocation (one job per task, per-task result codes).
+Operations invocation: its tasks go into the bulk lane under a batch named after the Batch
+Operations job (`s3-batch-<job id>`), with per-task result codes; while the bulk queue is over
+its limit every task is answered `TemporaryFailure`, so Batch Operations retries it later
+instead of the queue growing without bound.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import asyncio
 from typing import Any
 
 from producers.api import Producer
+from producers.backfill import bulk_room
 from producers.events import MalformedEvent, batch_operations_response, parse_batch_operations
 from producers.intake import IntakeReport, enqueue_notification, guard_for, specs_for
 
@@ -55,6 +59,12 @@ async def _batch_operations(producer: Producer, event: dict[str, Any]) -> dict[s
                 if isinstance(t, dict)
             },
         )
+    batch = batch_name(event)
+    if not await bulk_room(producer.redis, producer.settings, len(tasks)):
+        busy = "bulk queue is full (back-pressure): retry later"
+        return batch_operations_response(
+            event, {t.task_id: ("TemporaryFailure", busy) for t in tasks}
+        )
     guard = guard_for(producer)
     for task in tasks:
         report = IntakeReport()
@@ -66,10 +76,19 @@ async def _batch_operations(producer: Producer, event: dict[str, Any]) -> dict[s
             if not specs:
                 results[task.task_id] = ("Succeeded", f"skipped: {'; '.join(report.ignored)}")
                 continue
-            (r,) = await producer.enqueue_specs(specs)
+            bulk = [s.model_copy(update={"lane": "bulk", "batch": batch}) for s in specs]
+            (r,) = await producer.enqueue_specs(bulk)
             results[task.task_id] = ("Succeeded", f"{r.outcome} {r.job_id}")
         except ValueError as e:
             results[task.task_id] = ("PermanentFailure", str(e))
         except Exception as e:
             results[task.task_id] = ("TemporaryFailure", f"{type(e).__name__}: {e}")
     return batch_operations_response(event, results)
+
+
+def batch_name(event: dict[str, Any]) -> str:
+    """`s3-batch-<job id>`: one batch per Batch Operations job (status, spend, budget)."""
+    job = event.get("job")
+    raw = str(job.get("id") or "") if isinstance(job, dict) else ""
+    safe = "".join(c if c.isalnum() or c in "-._:@" else "-" for c in raw)[:180]
+    return f"s3-batch-{safe or 'unknown'}"

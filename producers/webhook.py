@@ -4,6 +4,7 @@
     POST /jobs              {"source": "s3://b/k", "prompt": ..., ...} or {"jobs": [...]}
     GET  /jobs/{job_id}     the ledger record
     GET  /batches/{batch}   a batch's progress and spend
+    POST /jobs/{job_id}/cancel, POST /batches/{batch}/cancel   `upscale cancel` (see its help)
     GET  /healthz           liveness (no auth)
 
 Every endpoint but /healthz needs `Authorization: Bearer <UPSCALE_API_TOKEN>`.
@@ -113,6 +114,23 @@ async def get_batch(request: web.Request) -> web.Response:
     return web.json_response(summary.model_dump(mode="json"))
 
 
+async def cancel_job(request: web.Request) -> web.Response:
+    job_id = request.match_info["job_id"]
+    (outcome,) = await request.app[PRODUCER].cancel([job_id])
+    if outcome == "missing":
+        return _error(404, "no such job")
+    return web.json_response({"job_id": job_id, "outcome": outcome})
+
+
+async def cancel_batch(request: web.Request) -> web.Response:
+    batch = request.match_info["batch"]
+    producer = request.app[PRODUCER]
+    if not (await producer.batch_summary(batch)).total:
+        return _error(404, "no such batch")
+    summary = await producer.cancel_batch(batch)
+    return web.json_response({"batch": batch, **summary.counts})
+
+
 async def healthz(_request: web.Request) -> web.Response:
     return web.json_response({"ok": True})
 
@@ -124,6 +142,8 @@ def create_app(producer: Producer) -> web.Application:
     app.router.add_post("/jobs", post_jobs)
     app.router.add_get("/jobs/{job_id}", get_job)
     app.router.add_get("/batches/{batch}", get_batch)
+    app.router.add_post("/jobs/{job_id}/cancel", cancel_job)
+    app.router.add_post("/batches/{batch}/cancel", cancel_batch)
     app.router.add_get("/healthz", healthz)
     return app
 

@@ -7,6 +7,8 @@ import io
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
 from urllib.parse import quote_plus
 
 from aiohttp import web
@@ -125,4 +127,23 @@ def fleet_status(
         finished_per_minute=[0] * 60,
         depth_per_minute=[None] * 60,
         flow_control=FlowStatus(manual_pause=pause, upstreams=[key]),
+    )
+
+
+@dataclass(frozen=True)
+class StoredOutput:
+    """What a job stored, read from S3 (a final record keeps only its destination)."""
+
+    resolution: str
+    content_type: str
+    size: int
+
+
+def stored_output(s3: Any, dest_uri: str) -> StoredOutput:
+    bucket, _, key = dest_uri.removeprefix("s3://").partition("/")
+    head = s3.head_object(Bucket=bucket, Key=key)
+    return StoredOutput(
+        resolution=head["Metadata"].get("upscale-resolution", ""),
+        content_type=head["ContentType"],
+        size=head["ContentLength"],
     )

@@ -8,8 +8,8 @@ are re-exported here. Everything here is re-exported or a thin wrapper over work
 - the job contract: `JobSpec`, `S3Object`, `UpscaleParams`, `Lane` (`LANES`), `job_id_for`,
   `render_destination`, `usd_to_micros`, `STAGING_PREFIX`, `META_JOB_ID`, the key
   names (`Keys`, `QUEUES`);
-- jobs: `JobStore` (deduplicating enqueue and ledger reads), `EnqueueResult`
-  (`EnqueueOutcome`), `JobRecord`, `JobState`;
+- jobs: `JobStore` (deduplicating enqueue, cancel and ledger reads), `EnqueueResult`
+  (`EnqueueOutcome`), `CancelSummary` (`CancelOutcome`), `JobRecord`, `JobState`;
 - the fleet: `Fleet` (pause, resume, flow-control status), `FlowStatus`, `UpstreamStatus`
   (one key of the pool), `PauseInfo`, `UnknownUpstream`, `fleet_metrics`;
 - what operators read (typed read models, dumped as JSON): `FleetStatus` (jobs per state,
@@ -22,6 +22,8 @@ are re-exported here. Everything here is re-exported or a thin wrapper over work
   `register_secret`;
 - S3: `make_s3_client`, `check_bucket` and the errors the CLI turns into one line
   (`StorageError`, `SourceMissing`, `AccessDenied`);
+- reports: `report_batch` (a batch's completion report, written to S3), `ReportResult`, and
+  what it raises when there is nothing to write (`NoSuchBatch`, `NothingToReport`);
 - processes: `run_worker_process`, `check_health` (`Check`).
 
 Heavy modules (boto3, the arq app) load on first use.
@@ -30,7 +32,7 @@ Heavy modules (boto3, the arq app) load on first use.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Collection, Iterable
 from typing import TYPE_CHECKING, Any
 
 from redis.asyncio import Redis
@@ -55,8 +57,10 @@ from worker.flow import FlowControl, PauseInfo
 from worker.flow.control import PauseReason, UnknownUpstream
 from worker.flow.status import FlowStatus, UpstreamStatus
 from worker.ledger import EnqueueResult, JobRecord, Ledger
-from worker.ledger.reads import LedgerReads
-from worker.ledger.records import EnqueueOutcome
+from worker.ledger.batches import CancelSummary, cancel_batch, final_jobs, reopen_batch
+from worker.ledger.reads import LedgerReads, text
+from worker.ledger.records import CancelOutcome, EnqueueOutcome
+from worker.ledger.transitions import DEFAULT_RETENTION_MS
 from worker.logs import configure_logging, redact, register_secret
 from worker.metrics import fleet_metrics
 from worker.redis_conn import RedisUnavailable, connect
@@ -78,6 +82,7 @@ from worker.settings import (
 
 if TYPE_CHECKING:
     from worker.health import Check
+    from worker.report.writer import NoSuchBatch, NothingToReport, ReportResult, report_batch
     from worker.storage import AccessDenied, SourceMissing, StorageError
 
 __all__ = [
@@ -89,6 +94,8 @@ __all__ = [
     "BatchSummary",
     "Budgets",
     "CallbackSettings",
+    "CancelOutcome",
+    "CancelSummary",
     "Check",
     "EnqueueOutcome",
     "EnqueueResult",
@@ -104,11 +111,14 @@ __all__ = [
     "Keys",
     "Lane",
     "LaneStatus",
+    "NoSuchBatch",
+    "NothingToReport",
     "OpsSettings",
     "PauseInfo",
     "ProducerSettings",
     "RedisSettings",
     "RedisUnavailable",
+    "ReportResult",
     "S3Object",
     "S3Settings",
     "Settings",
@@ -133,6 +143,7 @@ __all__ = [
     "redis_where",
     "register_secret",
     "render_destination",
+    "report_batch",
     "run_worker_process",
     "usd_to_micros",
 ]
@@ -143,6 +154,10 @@ _LAZY = {
     "SourceMissing": "worker.storage",
     "StorageError": "worker.storage",
     "Check": "worker.health",
+    "NoSuchBatch": "worker.report.writer",
+    "NothingToReport": "worker.report.writer",
+    "ReportResult": "worker.report.writer",
+    "report_batch": "worker.report.writer",
 }
 
 
@@ -153,12 +168,55 @@ def __getattr__(name: str) -> Any:
 
 
 class JobStore(LedgerReads):
-    """The ledger as producers see it: deduplicating enqueue plus every read (job records,
-    batches, spend, per-minute series, waits). The worker's transitions are not part of it."""
+    """The ledger as producers see it: deduplicating enqueue, cancel, plus every read (job
+    records, batches, spend, per-minute series, waits). The worker's transitions are not part
+    of it. `retention_ms`: how long a record it ends (cancel) stays (`UPSCALE_LEDGER_RETENTION`)."""
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, *, retention_ms: int = DEFAULT_RETENTION_MS) -> None:
         super().__init__(redis)
-        self._ledger = Ledger(redis)
+        self._ledger = Ledger(redis, retention_ms=retention_ms)
+
+    async def cancel(self, job_ids: Iterable[str]) -> list[CancelOutcome]:
+        """Cancel jobs: `cancelled` at once, or `after_call` (the output already paid for is
+        stored first), `final` (nothing to do) or `missing` (no such job)."""
+        ids = list(job_ids)
+        outcomes = await self._ledger.cancel(ids)
+        ended = [j for j, o in zip(ids, outcomes, strict=True) if o == "cancelled"]
+        batches: set[str] = set()
+        if ended:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for j in ended:
+                    pipe.hget(Keys.job(j), "batch")
+                batches = {text(b) for b in await pipe.execute() if b}
+        for batch in batches:
+            await self._batch_may_have_ended(batch)
+        return outcomes
+
+    async def cancel_batch(
+        self, batch: str, on_page: Callable[[CancelSummary], None] | None = None
+    ) -> CancelSummary:
+        """Cancel every open job of a batch and refuse new ones into it."""
+        summary = await cancel_batch(self.redis, self._ledger, batch, on_page)
+        await self._batch_may_have_ended(batch)
+        return summary
+
+    async def _batch_may_have_ended(self, batch: str) -> None:
+        """A cancel ended jobs outside any worker: a batch it ended gets its report (and its
+        notice) queued as a worker's last job of it would have."""
+        from arq.connections import ArqRedis
+
+        from worker.callbacks import queue_batch_notice_if_done
+
+        await queue_batch_notice_if_done(
+            ArqRedis(connection_pool=self.redis.connection_pool), batch
+        )
+
+    async def reopen_batch(self, batch: str) -> None:
+        await reopen_batch(self.redis, batch)
+
+    def final_jobs(self, batch: str, states: Collection[str]) -> AsyncIterator[list[str]]:
+        """A batch's final jobs in `states`, a page of ids at a time."""
+        return final_jobs(self.redis, batch, states)
 
     async def enqueue(
         self, specs: Iterable[JobSpec], *, requeue_failed: bool = False

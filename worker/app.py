@@ -17,7 +17,6 @@ from typing import Any
 
 import structlog
 from arq import Worker, func
-from pydantic import ValidationError
 
 from worker.callbacks import NOTIFY_FUNCTION, notify
 from worker.contract import ARQ_FUNCTION, JobSpec
@@ -30,6 +29,7 @@ from worker.lifecycle import Lifecycle
 from worker.logs import configure_logging
 from worker.poller import ResilientWorker
 from worker.redis_conn import REDIS_DOWN, connect, deserialize, serialize, settings_for
+from worker.report.job import report_function
 from worker.runtime import Runtime, create_runtime
 from worker.settings import Settings, get_settings
 
@@ -41,14 +41,20 @@ ARQ_MAX_TRIES = 1_000_000
 _RUNTIME_LOCK = asyncio.Lock()
 
 
-async def upscale(ctx: dict[str, Any], payload: dict[str, Any]) -> dict[str, Any]:
+async def upscale(ctx: dict[str, Any], payload: dict[str, Any] | None = None) -> dict[str, Any]:
+    """arq's entry point. The job's request is read from its ledger record (stored once); a
+    payload is accepted too (jobs queued by a version that sent the spec through arq)."""
     rt: Runtime = ctx["runtime"]
+    job_id: str = ctx["job_id"]
     try:
-        spec = JobSpec.model_validate(payload)
-    except ValidationError as e:
-        await record_invalid_payload(rt.ledger, ctx["job_id"], f"invalid job payload: {e}")
+        spec = JobSpec.model_validate(payload) if payload else await rt.ledger.spec(job_id)
+    except ValueError as e:  # pydantic's ValidationError included
+        await record_invalid_payload(rt.ledger, job_id, f"invalid job payload: {e}")
         return {"state": "failed", "error": "invalid payload"}
-    return await UpscaleJob(rt, spec, ctx["job_id"]).run()
+    if spec is None:
+        log.warning("job has no ledger record; enqueue it with upscale-queue", job_id=job_id)
+        return {"state": "failed", "error": "no ledger record"}
+    return await UpscaleJob(rt, spec, job_id).run()
 
 
 async def _process_runtime(ctx: dict[str, Any]) -> Runtime:
@@ -127,6 +133,7 @@ def worker_options(settings: Settings, lane: str = "live") -> dict[str, Any]:
                 max_tries=ARQ_MAX_TRIES,
                 timeout=min(60, jobs.job_timeout_s),
             ),
+            report_function(jobs.job_timeout_s),
         ],
         "queue_name": queue_for(lane),
         "redis_settings": settings_for(settings.redis),

@@ -1,7 +1,8 @@
 """Completion notices: POST a job's ledger record (or a batch summary) to its callback URL.
 
 Delivery is its own arq job (`notify`), queued when a job or a whole batch reaches a final
-state, so it never holds an upstream slot and retries with backoff on its own schedule. Each POST
+state, so it never holds an upstream slot and retries with backoff on its own schedule (a
+batch's end also queues its completion report the same way: `worker.report.job`). Each POST
 is signed: `X-Upscale-Signature: sha256=<hex>` = HMAC-SHA256(secret, "<timestamp>.<body>") with
 `X-Upscale-Timestamp` (unix seconds), so receivers can verify and reject replays. Callback hosts
 must be on the allow-list (no SSRF into the worker's network); delivery is recorded in the ledger.
@@ -21,7 +22,9 @@ import httpx
 import structlog
 from arq import ArqRedis, Retry
 
-from worker.contract import QUEUE_NAME, JobState, Keys
+from worker.contract import QUEUE_NAME, Keys
+from worker.report.batch import batch_end
+from worker.report.job import queue_report
 from worker.runtime import Runtime
 from worker.settings import CallbackSettings
 
@@ -69,11 +72,13 @@ async def queue_job_notice(redis: ArqRedis, job_id: str) -> None:
 
 
 async def queue_batch_notice_if_done(redis: ArqRedis, batch: str) -> None:
-    finals = [s.value for s in JobState if s.final]  # a batch counts its jobs per state
-    total, url, *counts = await redis.hmget(  # type: ignore[misc]
-        Keys.batch(batch), ["total", "callback_url", *finals]
-    )
-    if not url or not total or sum(int(c or 0) for c in counts) < int(total):
+    """A job of `batch` became final: if the batch has ended, queue its completion report
+    (once per end) and, if it has a callback URL, its notice."""
+    end_ms = await batch_end(redis, batch)
+    if end_ms is None:
+        return
+    await queue_report(redis, batch, end_ms)
+    if not await redis.hget(Keys.batch(batch), "callback_url"):  # type: ignore[misc]
         return
     await redis.enqueue_job(
         NOTIFY_FUNCTION, "batch", batch, _job_id=f"notify:batch:{batch}", _queue_name=QUEUE_NAME

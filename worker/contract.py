@@ -125,10 +125,16 @@ class JobState(StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     SKIPPED = "skipped"
+    CANCELLED = "cancelled"  # `upscale cancel`: no call after it; a call already paid is stored
 
     @property
     def final(self) -> bool:
-        return self in (JobState.SUCCEEDED, JobState.FAILED, JobState.SKIPPED)
+        return self in FINAL_STATES
+
+
+FINAL_STATES: frozenset[JobState] = frozenset(
+    {JobState.SUCCEEDED, JobState.FAILED, JobState.SKIPPED, JobState.CANCELLED}
+)
 
 
 class UpscaleParams(BaseModel):
@@ -157,6 +163,9 @@ class JobSpec(BaseModel):
     lane: Lane = "live"
     tags: dict[str, str] = Field(default_factory=dict)
     callback_url: str | None = None
+    # Not part of the identity: the producer listed the destination prefix just before enqueue
+    # and found no output there (a backfill), so the worker skips its destination HEAD.
+    dest_listed: bool = False
 
     @property
     def job_id(self) -> str:

@@ -78,8 +78,16 @@ class Keys:
         return f"{PREFIX}batch:{batch}"
 
     @staticmethod
-    def batch_jobs(batch: str) -> str:
-        return f"{PREFIX}batch:{batch}:jobs"
+    def batch_done(batch: str) -> str:
+        """A batch's final job ids in the order they ended (list; each id once): what its
+        completion report walks. Expires with the records once the report is written."""
+        return f"{PREFIX}batch:{batch}:done"
+
+    @staticmethod
+    def batch_open(batch: str) -> str:
+        """A batch's job ids not yet final (set): what `upscale cancel --batch` walks, so a
+        cancel costs the batch's size, not the backlog's."""
+        return f"{PREFIX}batch:{batch}:open"
 
     @staticmethod
     def batch_final_channel(batch: str) -> str:

@@ -79,7 +79,7 @@ def create_runtime(settings: Settings, redis: Redis) -> Runtime:
     return Runtime(
         settings=settings,
         redis=redis,
-        ledger=Ledger(redis),
+        ledger=Ledger(redis, retention_ms=settings.jobs.ledger_retention_s * 1000),
         flow=flow,
         storage=Storage(settings.s3),
         upstreams={m.name: make_upstream(m.upstream) for m in flow.pool},

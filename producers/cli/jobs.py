@@ -1,4 +1,4 @@
-"""Job commands: `enqueue`, `backfill`, `retry`."""
+"""Job commands: `enqueue`, `backfill` (`retry` and `cancel`: `producers.cli.control`)."""
 
 from __future__ import annotations
 
@@ -23,14 +23,6 @@ class Enqueued:
     state: str
     source: str
     dest: str
-
-
-@dataclass(frozen=True)
-class Retried:
-    """One job as `retry` reports it (`outcome` None: no such job)."""
-
-    job_id: str
-    outcome: EnqueueOutcome | None
 
 
 # -- enqueue ----------------------------------------------------------------------------------
@@ -74,8 +66,16 @@ def enqueue(sources: tuple[str, ...], as_json: bool, **opts: Any) -> None:
 
 
 # -- backfill ---------------------------------------------------------------------------------
-@main.command(help="Enqueue every matching object under s3://bucket/prefix (the bulk lane).")
-@click.argument("source")
+@main.command(
+    help="Enqueue every matching object under s3://bucket[/prefix], or every row of "
+    "--manifest (an S3 Inventory manifest.json, or a bucket,key[,version] CSV), into the bulk lane."
+)
+@click.argument("source", required=False)
+@click.option(
+    "--manifest",
+    help="s3://…/manifest.json (S3 Inventory: CSV, ORC, Parquet) or s3://…/list.csv[.gz].",
+)
+@click.option("--versions", is_flag=True, help="Manifest: non-latest versions too.")
 @click.option("--dest", help="Destination prefix (ending in '/') or template.")
 @click.option(
     "--include", multiple=True, help="Glob on key or basename, e.g. '*.png' (repeatable)."
@@ -94,21 +94,41 @@ def enqueue(sources: tuple[str, ...], as_json: bool, **opts: Any) -> None:
 @click.option("--resemblance", type=click.IntRange(1, 100))
 @click.option("--detail", type=click.IntRange(1, 100))
 @click.option("--max-queue", type=int, help="Back-pressure: keep at most this many jobs queued.")
-@click.option("--restart", is_flag=True, help="Ignore the checkpoint and list from the start.")
+@click.option(
+    "--skip-existing/--no-skip-existing",
+    default=True,
+    show_default=True,
+    help="List the destination and skip objects whose output is there (1 request per 1,000 "
+    "keys, no HEAD per job); --no-skip-existing to redo them (e.g. with a new --prompt).",
+)
+@click.option("--restart", is_flag=True, help="Ignore the checkpoint and start from the top.")
 @click.option(
     "--dry-run", is_flag=True, help="Count images and estimate the cost; enqueue nothing."
 )
 @click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
-def backfill(source: str, as_json: bool, **o: Any) -> None:
+def backfill(source: str | None, as_json: bool, **o: Any) -> None:
     from datetime import UTC, datetime
 
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    from producers.backfill import Backfill, BackfillPlan, BackfillStats, Filters, stats_dict
+    from producers.backfill import (
+        Backfill,
+        BackfillPlan,
+        BackfillStats,
+        Filters,
+        stats_dict,
+    )
+    from producers.backfill_plan import split_source
+    from producers.manifest import split_uri
     from worker.api import SourceMissing, check_bucket, make_s3_client
 
-    if not source.startswith("s3://"):
-        raise click.UsageError("SOURCE must be s3://bucket[/prefix]")
+    if bool(source) == bool(o["manifest"]):
+        raise click.UsageError("give SOURCE (s3://bucket[/prefix]) or --manifest s3://…, not both")
+    try:
+        bucket = split_uri(o["manifest"])[0] if o["manifest"] else split_source(source or "")[0]
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
+    origin = o["manifest"] or source or ""
     settings = get_settings()
 
     def utc(d: datetime | None) -> datetime | None:
@@ -117,11 +137,11 @@ def backfill(source: str, as_json: bool, **o: Any) -> None:
     batch = (
         o["batch"]
         or "backfill-"
-        + "".join(c if c.isalnum() or c in "-._" else "-" for c in source[5:]).strip("-")[:80]
+        + "".join(c if c.isalnum() or c in "-._" else "-" for c in origin[5:]).strip("-")[:80]
     )
     params = {k: o[k] for k in ("prompt", "resemblance", "detail") if o[k] is not None}
     plan = BackfillPlan(
-        source=source,
+        source=origin,
         batch=batch,
         dest=o["dest"],
         filters=Filters(
@@ -137,11 +157,13 @@ def backfill(source: str, as_json: bool, **o: Any) -> None:
         dry_run=o["dry_run"],
         max_queue=o["max_queue"],
         restart=o["restart"],
+        manifest=bool(o["manifest"]),
+        versions=o["versions"],
+        skip_existing=o["skip_existing"],
     )
 
     async def go(p: Producer) -> BackfillStats:
         # One quick request first: credentials, endpoint and bucket, before any progress bar.
-        bucket = source[5:].split("/")[0]
         try:
             await check_bucket(settings.s3, bucket)
         except SourceMissing:
@@ -154,13 +176,13 @@ def backfill(source: str, as_json: bool, **o: Any) -> None:
             console=err_console,
             transient=as_json,
         ) as bar:
-            task = bar.add_task("listing", total=None)
+            task = bar.add_task("reading the manifest" if plan.manifest else "listing", total=None)
 
             def show(st: BackfillStats) -> None:
                 rate = st.listed / st.elapsed if st.elapsed else 0
                 bar.update(
                     task,
-                    description=f"listed {st.listed:,}  matched {st.matched:,}  enqueued {st.enqueued:,}  dup {st.duplicates:,}  ({rate:,.0f} keys/s)",
+                    description=f"read {st.listed:,}  matched {st.matched:,}  enqueued {st.enqueued:,}  dup {st.duplicates:,}  ({rate:,.0f} keys/s)",
                 )
 
             if o["batch_callback"] and not plan.dry_run:
@@ -175,43 +197,25 @@ def backfill(source: str, as_json: bool, **o: Any) -> None:
         echo_json(d)
         return
     verb = "would enqueue" if plan.dry_run else "enqueued"
+    what = "rows" if plan.manifest else "objects"
     console.print(
-        f"{'[dry run] ' if plan.dry_run else ''}batch [bold]{batch}[/]: listed {st.listed:,} objects, "
+        f"{'[dry run] ' if plan.dry_run else ''}batch [bold]{batch}[/]: read {st.listed:,} {what}, "
         f"{st.matched:,} match ({st.bytes / 1e6:,.1f} MB); {verb} {st.matched if plan.dry_run else st.enqueued:,}"
         f"{'' if plan.dry_run else f', {st.duplicates:,} already queued/done'}; estimated cost ${d['estimated_cost_usd']:,.2f} "
         f"in {st.elapsed:.1f}s"
     )
     if st.skipped:
         console.print("  skipped: " + ", ".join(f"{n:,} {k}" for k, n in st.skipped.items()))
+    if st.existing:
+        console.print(
+            f"  {st.existing:,} already have an output at the destination "
+            "(--no-skip-existing to redo them)"
+        )
     if st.resumed_from:
-        console.print(f"  resumed after checkpoint key {st.resumed_from!r}")
+        console.print(f"  resumed after checkpoint {st.resumed_from!r}")
     if st.budget_stop:
         console.print(
             f"  stopped at the ${plan.budget_usd:,.2f} budget; re-run with a larger --budget to continue"
         )
     if not plan.dry_run:
         console.print(f"  follow it: upscale status --batch {batch}")
-
-
-# -- retry ------------------------------------------------------------------------------------
-@main.command(help="Re-enqueue failed jobs (attempts reset). Exits 1 if a job does not exist.")
-@click.argument("job_ids", nargs=-1, required=True)
-@click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
-def retry(job_ids: tuple[str, ...], as_json: bool) -> None:
-    async def go(p: Producer) -> list[Retried]:
-        out = []
-        for j in job_ids:
-            r = await p.retry(j)
-            out.append(Retried(j, None if r is None else r.outcome))
-        return out
-
-    rows = with_producer(go)
-    missing = [r.job_id for r in rows if r.outcome is None]
-    if as_json:
-        echo_json([asdict(r) for r in rows])
-    else:
-        for r in rows:
-            if r.outcome is not None:
-                console.print(f"{r.job_id}: {r.outcome}")
-    if missing:
-        raise CommandError(f"no such job: {', '.join(missing)}")

@@ -13,7 +13,7 @@ from infra.stack import LocalStack
 from producers.api import Producer
 from producers.backfill import Backfill, BackfillPlan, BackfillStats, Filters, checkpoint_key
 from producers.cli import main as cli
-from tests.integration.conftest import Buckets, put
+from tests.integration.conftest import Buckets, job_ids, put
 from tests.support import png
 from worker.contract import BULK_QUEUE_NAME, S3Object, job_id_for
 from worker.settings import Settings
@@ -89,3 +89,88 @@ def test_backfill_dry_run_cli_prints_count_and_cost(
     out = json.loads(r.output[r.output.index("{") :])
     assert out["matched"] == 7 and out["enqueued"] == 0
     assert out["estimated_cost_usd"] == pytest.approx(7 * 0.06)
+
+
+async def test_bucket_root_with_trailing_slash_and_parallel_prefixes(
+    stack: LocalStack, producer: Producer, settings: Settings, buckets: Buckets
+) -> None:
+    """`s3://bucket/` lists the whole bucket; several common prefixes are listed at once yet
+    handled in key order, so a run stopped anywhere resumes without skipping a key."""
+    data = png(8, 8)
+    keys = [f"{d}/k{i}.png" for d in ("a", "b", "b.x", "c") for i in range(6)] + ["top.png"]
+    for k in keys:
+        put(stack, buckets.src, k, data)
+    s3 = make_s3_client(settings.s3)
+    plan = BackfillPlan(source=f"s3://{buckets.src}/", batch="root", chunk=4, parallel=3)
+
+    class Interrupted(Exception):
+        pass
+
+    def stop(st: BackfillStats) -> None:
+        if st.enqueued >= 8:
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        await Backfill(producer.redis, settings, s3, plan, stop).run()
+    st = await Backfill(producer.redis, settings, s3, plan).run()
+    assert st.resumed_from and st.enqueued == len(keys) - 8 and st.duplicates == 0
+    assert await producer.redis.zcard(BULK_QUEUE_NAME) == len(keys)
+    # the same with no trailing slash, from scratch: all duplicates
+    again = await Backfill(
+        producer.redis,
+        settings,
+        s3,
+        BackfillPlan(source=f"s3://{buckets.src}", batch="root2", restart=True),
+    ).run()
+    assert again.duplicates == len(keys) and again.enqueued == 0
+
+
+async def test_skip_existing_outputs_by_listing_the_destination(
+    stack: LocalStack, producer: Producer, settings: Settings, buckets: Buckets
+) -> None:
+    data = png(8, 8)
+    for k in ("s/a.png", "s/a0.png", "s/b.jpg", "s/c.png"):
+        put(stack, buckets.src, k, data)
+    put(stack, buckets.dest, "s/a@2x.png", data)  # a's output exists
+    put(stack, buckets.dest, "s/b@2x.png", data)  # b's under another extension: unknown
+    s3 = make_s3_client(settings.s3)
+    st = await Backfill(
+        producer.redis, settings, s3, BackfillPlan(source=f"s3://{buckets.src}/s/", batch="sk")
+    ).run()
+    assert st.existing == 1 and st.skipped == {"output exists": 1}
+    assert st.enqueued == 3 and st.dest_listed == 2  # a0 and c: no output with their stem
+    listed = {}
+    for j in await job_ids(producer.redis):
+        rec = await producer.status(j)
+        assert rec is not None
+        listed[rec.source.rsplit("/", 1)[-1]] = bool((rec.payload or {}).get("dest_listed"))
+    assert listed == {"a0.png": True, "b.jpg": False, "c.png": True}
+    off = await Backfill(
+        producer.redis,
+        settings,
+        s3,
+        BackfillPlan(source=f"s3://{buckets.src}/s/", batch="sk2", skip_existing=False),
+    ).run()
+    assert off.existing == 0 and off.enqueued == 1 and off.duplicates == 3
+
+
+def test_spec_maker_makes_what_build_spec_makes(settings: Settings) -> None:
+    from producers.api import build_spec
+    from producers.backfill_plan import SpecMaker
+    from producers.listing import ObjectEntry
+
+    for dest in (None, "s3://out-bucket/2x/", "s3://out-bucket/{dirname}/{key_stem}.webp"):
+        plan = BackfillPlan(source="s3://b-src/p/", batch="x", dest=dest, params={"prompt": "p"})
+        maker = SpecMaker(settings, plan)
+        e = ObjectEntry(bucket="b-src", key="p/dir/a b.JPG", etag="abc", version_id="v")
+        src = maker.source(e)
+        fast = maker.spec(src, maker.dest(src))
+        slow = build_spec(
+            S3Object(bucket="b-src", key=e.key, etag="abc", version_id="v"),
+            dest=dest,
+            batch="x",
+            lane="bulk",
+            settings=settings,
+            prompt="p",
+        )
+        assert fast.to_payload() == slow.to_payload() and fast.job_id == slow.job_id

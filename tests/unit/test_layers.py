@@ -12,7 +12,7 @@ LAYERS: list[set[str]] = [
     {"contract", "formats", "keys", "lua", "settings", "redis_conn", "logs"},
     {"storage", "upstream", "results", "images", "output"},
     {"ledger", "flow", "fleet"},
-    {"runtime", "metrics", "health", "callbacks", "lifecycle", "gate_watch", "poller"},
+    {"runtime", "metrics", "health", "callbacks", "lifecycle", "gate_watch", "poller", "report"},
     {"outcomes", "job"},
     {"app", "api"},
 ]

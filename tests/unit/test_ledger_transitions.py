@@ -169,19 +169,46 @@ async def test_attempts_back_off_then_fail_and_keep_the_paid_result(r: Redis) ->
     assert await r.exists(Keys.paid(job))  # kept for `upscale retry`
 
 
-async def test_heal_requeues_a_job_nothing_would_run(r: Redis) -> None:
+async def test_heal_requeues_a_claimed_job_arq_dropped(r: Redis) -> None:
     ledger, job = await _enqueued(r)
-    await r.delete(Keys.arq_job(job))
+    assert await _claim(r, 10) == [job]
+    # arq gives up on it before our function runs (its own max tries): payload and entry go
+    await r.delete(Keys.arq_job(job), Keys.arq_in_progress(job))
     await r.zrem(QUEUES["live"], job)
     healed, _ = await ledger.heal(stale_ms=0, in_progress_ttl_ms=610_000, grace_ms=30_000)
     assert healed == [job]
     assert await r.zscore(QUEUES["live"], job) is not None
     payload = await r.get(Keys.arq_job(job))
     assert payload and b'"f":"upscale"' in payload
+    assert await ledger.spec(job) == _spec()  # the run reads its request from the record
     # a stale arq in-progress key (older than the grace, no run) is cleared
-    await r.psetex(Keys.arq_in_progress(job), 500_000, b"1")
+    assert await _claim(r, 10) == [job]
     healed, _ = await ledger.heal(stale_ms=0, in_progress_ttl_ms=610_000, grace_ms=30_000)
     assert healed == [job] and not await r.exists(Keys.arq_in_progress(job))
+
+
+async def test_heal_walks_claimed_jobs_not_the_backlog(r: Redis) -> None:
+    ledger = Ledger(r)
+    await ledger.enqueue([_spec(n) for n in range(50)])
+    assert await r.zcard(Keys.active) == 0  # queued jobs are indexed by their queue
+    claimed = await _claim(r, 10)
+    assert await r.zcard(Keys.active) == len(claimed) == 10
+    await r.delete(*(Keys.arq_in_progress(j) for j in claimed))  # arq put them back
+    healed, _ = await ledger.heal(stale_ms=0, in_progress_ttl_ms=610_000, grace_ms=30_000)
+    assert healed == [] and await r.zcard(Keys.active) == 0
+
+
+async def test_heal_returns_the_reservation_of_a_dead_holder_whatever_fills_the_cap(
+    r: Redis,
+) -> None:
+    ledger, job = await _enqueued(r)
+    slot = "default/dead"
+    await r.zadd(Keys.up("default").inflight, {slot: 1})  # its lease ran out long ago
+    await r.hset(Keys.budget_reserved, slot, f"{PRICE}|||{job}")  # type: ignore[misc]  # redis-py's async stubs
+    await r.incrby(Keys.budget_reserved_total, PRICE)
+    _, returned = await ledger.heal(stale_ms=0, in_progress_ttl_ms=610_000, grace_ms=30_000)
+    assert returned == 1 and int(await r.get(Keys.budget_reserved_total) or 0) == 0
+    assert await r.zscore(Keys.up("default").inflight, slot) is None
 
 
 async def test_heal_returns_a_reservation_no_call_holds(r: Redis) -> None:

@@ -63,7 +63,7 @@ def test_every_gauge_reads_the_model() -> None:
     }
     jobs = {s.labels["state"]: s.value for s in families["upscale_jobs"]}
     assert jobs == {"queued": 30, "running": 2, "waiting": 0, "succeeded": 0, "failed": 0,
-                    "skipped": 0}  # fmt: skip
+                    "skipped": 0, "cancelled": 0}  # fmt: skip
     assert [(s.labels["reason"], s.value) for s in families["upscale_paused"]] == [("credits", 1)]
     assert {s.labels["period"]: s.value for s in families["upscale_spend_usd"]} == {
         "today": 1.2,

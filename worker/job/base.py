@@ -15,6 +15,7 @@ from worker.contract import (
     S3Object,
 )
 from worker.ledger import Fenced
+from worker.ledger.transitions import Cancelled
 from worker.runtime import Runtime
 
 log = structlog.get_logger("worker.job")
@@ -43,14 +44,19 @@ class JobBase:
         """Back to the queue without using an attempt."""
         try:
             await self.rt.ledger.wait(self.job_id, self.token, reason, detail, delay_s)
+        except Cancelled:
+            raise  # it ended instead: the run stops (`UpscaleJob.run`)
         except Fenced:
             return
         metrics.JOB_WAITS.labels(reason.split(":", 1)[0]).inc()
         log.info("job waiting", reason=reason, retry_in_s=round(delay_s, 2))
 
     def _timing_fields(self) -> dict[str, str | int]:
-        """Timings and the fields gathered on the way, written with the final state."""
-        return {**self.fields, **{f"t_{k}_ms": v for k, v in self.timings.items()}}
+        """The fields gathered on the way and the run's total time, written with the final
+        state. The per-step times go to the metrics and the final log line, not the record:
+        a final record stays small (it outlives the job by the ledger's retention)."""
+        total = {"t_total_ms": self.timings["total"]} if "total" in self.timings else {}
+        return {**self.fields, **total}
 
     async def _drop_staged(self) -> None:
         if self.staged is not None:

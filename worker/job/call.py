@@ -14,7 +14,7 @@ from worker import metrics
 from worker.flow import ASK_AGAIN_S, PICKUP_LEAD_S, TIMED_DENIALS, Admitted, Denied
 from worker.job.base import OUTAGE_WAIT_S, JobBase, _ms, log
 from worker.keys import upstream_of
-from worker.ledger import KeyPaused, PaidOutput, PaidResult
+from worker.ledger import Fenced, KeyPaused, PaidOutput, PaidResult
 from worker.outcomes import JobFailed, JobWaits, outcome_for
 from worker.upstream import errors as ue
 from worker.upstream.base import CallResult, ImageInput, UpscaleRequest, Upstream
@@ -161,7 +161,7 @@ class CallStep(JobBase):
             at=time.time(),
         )
         saved = await self.rt.ledger.call_answered(
-            self.job_id, self.slot, paid, replayed=result.replayed
+            self.job_id, self.slot, paid, replayed=result.replayed, token=self.token
         )
         metrics.SPEND_USD.inc(cost / 1e6)
         log.info(
@@ -174,6 +174,10 @@ class CallStep(JobBase):
             saved=saved,
             rate_remaining=result.rate.remaining,
         )
+        if saved in ("stale", "fenced"):
+            # the money is on the books; a run that lost its lease writes nothing more (the
+            # newer run, or the next, stores the saved result)
+            raise Fenced(self.job_id)
         return paid
 
     async def _explain_fetch_failure(self, url: str, err: ue.UpstreamError) -> None:

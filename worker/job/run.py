@@ -10,6 +10,7 @@ cannot write: the ledger's scripts check its token.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 import structlog
@@ -17,13 +18,14 @@ from arq import Retry
 
 from worker import metrics
 from worker.callbacks import queue_batch_notice_if_done, queue_job_notice
+from worker.contract import FINAL_STATES
 from worker.job.base import OUTAGE_WAIT_S, log
 from worker.job.call import CallStep
 from worker.job.source import SourceStep
 from worker.job.store import StoreStep
 from worker.keys import upstream_of
 from worker.ledger import Fenced, StartResult
-from worker.ledger.transitions import FinalState
+from worker.ledger.transitions import Cancelled, FinalState
 from worker.outcomes import JobSkipped, outcome_for
 from worker.upstream import errors as ue
 
@@ -63,14 +65,21 @@ class UpscaleJob(SourceStep, CallStep, StoreStep):
                 async with asyncio.timeout(max(1.0, limit - min(5.0, limit * 0.1))):
                     out = await self._steps(st)
             except asyncio.CancelledError:
-                await asyncio.shield(self._hand_back("shutdown", "the worker stopped"))
+                with contextlib.suppress(Cancelled):  # cancelled meanwhile: nothing to hand back
+                    await asyncio.shield(self._hand_back("shutdown", "the worker stopped"))
                 raise
+            except Cancelled:
+                log.info("job cancelled (upscale cancel); this run stops without a call")
+                out = {"state": "cancelled"}
             except Fenced:
                 log.warning("run lost its lease (reclaimed); it stops without writing")
                 return {"state": "fenced"}
             except Exception as exc:
                 try:
                     out = await self._settle(exc)
+                except Cancelled:
+                    log.info("job cancelled (upscale cancel) after its attempt")
+                    out = {"state": "cancelled"}
                 except Fenced:  # reclaimed while it failed: the newer run decides
                     log.warning("run lost its lease (reclaimed); it stops without writing")
                     return {"state": "fenced"}
@@ -141,7 +150,7 @@ class UpscaleJob(SourceStep, CallStep, StoreStep):
 
     async def _after_final(self, state: str) -> None:
         """Count it and queue completion notices (their own arq job, off the upstream path)."""
-        if state not in ("succeeded", "failed", "skipped"):
+        if state not in FINAL_STATES:
             return
         metrics.JOBS_FINISHED.labels(state).inc()
         redis: Any = self.rt.redis  # an ArqRedis (worker.redis_conn.connect)

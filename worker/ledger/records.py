@@ -7,9 +7,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from worker.contract import JobSpec, JobState, micros_to_usd
+from worker.contract import JobSpec, JobState, S3Object, micros_to_usd
 
-EnqueueOutcome = Literal["created", "duplicate", "requeued"]
+EnqueueOutcome = Literal["created", "duplicate", "requeued", "refused"]
+CancelOutcome = Literal["cancelled", "after_call", "final", "missing"]
 StartOutcome = Literal["ok", "final", "busy", "missing"]
 CallState = Literal["sent", "answered", "pending", "refused", "unknown"]
 CallbackState = Literal["delivered", "retrying", "failed", "refused"]
@@ -91,6 +92,8 @@ class JobRecord(BaseModel):
     created_at: int | None = None
     updated_at: int | None = None
     reclaims: int = 0
+    note: str | None = None
+    cancel_requested: bool = False
     callback_state: CallbackState | None = None
     callback_attempts: int = 0
     callback_detail: str | None = None
@@ -104,6 +107,8 @@ class JobRecord(BaseModel):
         def opt(name: str) -> str | None:
             return h.get(name) or None
 
+        # a succeeded record without counters made the one billed call that is the rule
+        one = "1" if h.get("state") == "succeeded" and "calls" not in h else "0"
         timings = {
             k[2:-3]: int(v) for k, v in h.items() if k.startswith("t_") and k.endswith("_ms")
         }
@@ -116,10 +121,10 @@ class JobRecord(BaseModel):
             dest=h.get("dest", ""),
             batch=opt("batch"),
             lane=h.get("lane", "live"),
-            model=h.get("model", ""),
+            model=h.get("model") or _DEFAULT_MODEL,
             attempts=int(h.get("attempts", 0)),
-            calls=int(h.get("calls", 0)),
-            billed_calls=int(h.get("billed_calls", 0)),
+            calls=int(h.get("calls", one)),
+            billed_calls=int(h.get("billed_calls", one)),
             unknown_calls=int(h.get("unknown_calls", 0)),
             cost_usd=micros_to_usd(int(h.get("cost_micros", 0))),
             possible_usd=micros_to_usd(int(h.get("possible_micros", 0))),
@@ -136,10 +141,12 @@ class JobRecord(BaseModel):
             created_at=opt_int("created_at"),
             updated_at=opt_int("updated_at"),
             reclaims=int(h.get("reclaims", 0)),
+            note=opt("note"),
+            cancel_requested=h.get("cancel") == "1",
             callback_state=opt("callback_state"),
             callback_attempts=int(h.get("callback_attempts", 0)),
             callback_detail=opt("callback_detail"),
-            payload=json.loads(h["spec"]) if h.get("spec") else None,
+            payload=spec_payload(h),
         )
 
     @property
@@ -153,14 +160,67 @@ class JobRecord(BaseModel):
 
 
 def ledger_fields(spec: JobSpec) -> dict[str, str]:
-    return {
+    """The record's fields: the whole request, stored once (arq's payload names no spec), so a
+    run reads it from here and a job can be re-enqueued from its record (retry, heal,
+    reclaim). Empty parts are left out: a small record stays a compact hash in Redis."""
+    fields = {
         "source": spec.source.uri,
         "source_etag": spec.source.etag or "",
         "source_version": spec.source.version_id or "",
         "dest": spec.dest.uri,
         "batch": spec.batch or "",
-        "lane": spec.lane,
-        "model": spec.model,
-        # The whole request, so a job can be re-enqueued from its record (retry, heal, reclaim).
-        "spec": json.dumps(spec.to_payload(), separators=(",", ":")),
+        "lane": "" if spec.lane == "live" else spec.lane,  # left out: its default
+        "model": "" if spec.model == _DEFAULT_MODEL else spec.model,
     }
+    params = spec.params.model_dump(mode="json", exclude_none=True)
+    if params:
+        fields["params"] = _compact(params)
+    if spec.tags:
+        fields["tags"] = _compact(spec.tags)
+    if spec.callback_url:
+        fields["callback_url"] = spec.callback_url
+    if spec.dest_listed:
+        fields["dest_listed"] = "1"
+    return {k: v for k, v in fields.items() if v}
+
+
+_DEFAULT_MODEL: str = JobSpec.model_fields["model"].default
+
+
+def _compact(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def spec_payload(h: dict[str, str]) -> dict[str, Any] | None:
+    """The request a record holds, as `JobSpec` reads it; None when the record holds none (a
+    record written before it was stored as fields keeps it whole in `spec`). A succeeded or
+    skipped record keeps no parameters: only a failed or cancelled one may run again."""
+    if h.get("spec"):
+        return dict(json.loads(h["spec"]))
+    if not h.get("source") or not h.get("dest"):
+        return None
+    source = S3Object.parse(h["source"])
+    dest = S3Object.parse(h["dest"])
+    payload: dict[str, Any] = {
+        "source": {
+            "bucket": source.bucket,
+            "key": source.key,
+            "version_id": h.get("source_version") or None,
+            "etag": h.get("source_etag") or None,
+        },
+        "dest": {"bucket": dest.bucket, "key": dest.key},
+        "params": json.loads(h.get("params") or "{}"),
+        "batch": h.get("batch") or None,
+        "lane": h.get("lane") or "live",
+        "tags": json.loads(h.get("tags") or "{}"),
+        "callback_url": h.get("callback_url") or None,
+        "dest_listed": h.get("dest_listed") == "1",
+    }
+    if h.get("model"):
+        payload["model"] = h["model"]
+    return payload
+
+
+def spec_of(h: dict[str, str]) -> JobSpec | None:
+    payload = spec_payload(h)
+    return JobSpec.model_validate(payload) if payload is not None else None

@@ -2,7 +2,11 @@
 on Redis time, fenced by the run's token where it changes a run's state.
 
     enqueue -> start -> (call_begin -> call_answered | call_refused | call_unknown)*
-            -> stored | fail | wait | attempt_failed;   reclaim / heal put strays back.
+            -> stored | fail | wait | attempt_failed;   reclaim / heal put strays back;
+    cancel ends a job from outside (after storing what it had paid for).
+
+A final record is compacted and retired: a batch's goes on its done list (its report starts
+the retention), another expires after `retention_ms`; one that holds money never does.
 """
 
 from __future__ import annotations
@@ -22,28 +26,40 @@ from worker.keys import (
     PREFIX,
     QUEUES,
     Keys,
-    queue_for,
     upstream_of,
 )
 from worker.ledger.reads import LedgerReads, text
 from worker.ledger.records import (
     CallJournal,
+    CancelOutcome,
     EnqueueOutcome,
     EnqueueResult,
     PaidResult,
     StartResult,
     ledger_fields,
+    spec_of,
 )
 from worker.lua import register
-from worker.redis_conn import patiently, serialize
+from worker.redis_conn import patiently
 
-FinalState = Literal["succeeded", "failed", "skipped"]
+FinalState = Literal["succeeded", "failed", "skipped", "cancelled"]
 KEEP_FAILED_PAID_MS = 7 * 86_400_000  # a failed job's paid result, kept for `upscale retry`
+DEFAULT_RETENTION_MS = 86_400_000  # `UPSCALE_LEDGER_RETENTION`'s default (worker.settings)
 _ARQ = [ARQ_FUNCTION, ARQ_JOB_PREFIX, ARQ_IN_PROGRESS_PREFIX]
+# arq's payload: the function and no arguments (the run reads its spec from the ledger)
+_PAYLOAD_HEAD = b'{"t":null,"f":"' + ARQ_FUNCTION.encode() + b'","a":[],"k":{},"et":'
+
+
+def _compact_json(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
 class Fenced(Exception):
     """This run no longer holds the job's lease (it was reclaimed): it must not write."""
+
+
+class Cancelled(Fenced):
+    """`upscale cancel` ended the job: this run stops without writing (nothing was paid)."""
 
 
 class KeyPaused(Exception):
@@ -55,8 +71,9 @@ class KeyPaused(Exception):
 
 
 class Ledger(LedgerReads):
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, *, retention_ms: int = DEFAULT_RETENTION_MS) -> None:
         super().__init__(redis)
+        self.retention_ms = retention_ms
         self._scripts = {
             name: register(redis, name)
             for name in (
@@ -72,6 +89,7 @@ class Ledger(LedgerReads):
                 "call_unknown",
                 "reclaim",
                 "heal",
+                "cancel",
             )
         }
 
@@ -85,56 +103,45 @@ class Ledger(LedgerReads):
 
     # -- enqueue ------------------------------------------------------------------------
     async def enqueue(
-        self, specs: list[JobSpec], *, requeue_failed: bool = False, chunk: int = 1000
+        self, specs: list[JobSpec], *, requeue_failed: bool = False, chunk: int = 250
     ) -> list[EnqueueResult]:
-        """Create ledger records and arq jobs, deduplicated, pipelined in chunks."""
+        """Create ledger records and arq jobs, deduplicated: one script per `chunk` jobs, the
+        chunks pipelined (a few hundred jobs are a short, atomic step in Redis)."""
         results: list[EnqueueResult] = []
-        now_ms = int(time.time() * 1000)
+        payload = _PAYLOAD_HEAD + str(int(time.time() * 1000)).encode() + b"}"
         script = self._scripts["enqueue"]
-        for start in range(0, len(specs), chunk):
-            part = specs[start : start + chunk]
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for spec in part:
-                    job_id = spec.job_id
-                    payload = serialize(
-                        {
-                            "t": None,
-                            "f": ARQ_FUNCTION,
-                            "a": [spec.to_payload()],
-                            "k": {},
-                            "et": now_ms,
-                        }
+        ids = [spec.job_id for spec in specs]
+        head: list[str | bytes | int] = [
+            PREFIX,
+            ARQ_JOB_PREFIX,
+            ARQ_IN_PROGRESS_PREFIX,
+            payload,
+            int(requeue_failed),
+        ]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for start in range(0, len(specs), chunk):
+                jobs = [
+                    [job_id, spec.lane, spec.batch or "", ledger_fields(spec)]
+                    for job_id, spec in zip(
+                        ids[start : start + chunk], specs[start : start + chunk], strict=True
                     )
-                    other = "bulk" if spec.lane == "live" else "live"
-                    await script(
-                        keys=[
-                            Keys.job(job_id),
-                            Keys.arq_job(job_id),
-                            queue_for(spec.lane),
-                            queue_for(other),
-                            Keys.arq_in_progress(job_id),
-                        ],
-                        args=[
-                            PREFIX,
-                            job_id,
-                            payload,
-                            json.dumps(ledger_fields(spec)),
-                            spec.batch or "",
-                            "1" if requeue_failed else "0",
-                            spec.lane,
-                        ],
-                        client=pipe,
-                    )
-                replies = await pipe.execute()
-            for spec, (outcome, state) in zip(part, replies, strict=True):
-                o: EnqueueOutcome = text(outcome)  # type: ignore[assignment]  # the script's
-                results.append(EnqueueResult(job_id=spec.job_id, outcome=o, state=text(state)))
+                ]
+                await script(keys=[], args=[*head, _compact_json(jobs)], client=pipe)
+            replies = await pipe.execute()
+        flat = [text(v) for reply in replies for v in reply]
+        for i, job_id in enumerate(ids):
+            o: EnqueueOutcome = flat[2 * i]  # type: ignore[assignment]  # the script's values
+            results.append(EnqueueResult(job_id=job_id, outcome=o, state=flat[2 * i + 1]))
         return results
 
     # -- a run --------------------------------------------------------------------------
     async def start(self, job_id: str, token: str, lease_ms: int) -> StartResult:
         """Take the run lease; returns what the run needs to resume (paid result, journal)."""
-        reply = await self._run("start", [Keys.job(job_id), Keys.runs], [job_id, token, lease_ms])
+        reply = await self._run(
+            "start",
+            [Keys.job(job_id), Keys.runs],
+            [job_id, token, lease_ms, ARQ_JOB_PREFIX, self.retention_ms],
+        )
         outcome = text(reply[0])
         if outcome == "final":
             return StartResult(outcome="final", state=text(reply[1]))
@@ -150,6 +157,12 @@ class Ledger(LedgerReads):
             paid=PaidResult.model_validate_json(paid) if paid else None,
             journal=CallJournal.model_validate(journal) if journal else None,
         )
+
+    async def spec(self, job_id: str) -> JobSpec | None:
+        """The request a run carries out, from its record (None: no record). Raises
+        ValueError for one that does not parse."""
+        h = await patiently(lambda: self.redis.hgetall(Keys.job(job_id)), what="spec")  # type: ignore[arg-type,return-value]  # redis-py's async stubs
+        return spec_of({text(k): text(v) for k, v in h.items()})
 
     async def journal(self, job_id: str) -> CallJournal | None:
         h = await patiently(lambda: self.redis.hgetall(Keys.call(job_id)), what="journal")  # type: ignore[arg-type,return-value]  # redis-py's async stubs
@@ -173,10 +186,20 @@ class Ledger(LedgerReads):
         reply = await self._run(
             "wait",
             [Keys.job(job_id)],
-            [job_id, token, reason, detail[:300], int(max(0.0, delay_s) * 1000), *_ARQ],
+            [
+                job_id,
+                token,
+                reason,
+                detail[:300],
+                int(max(0.0, delay_s) * 1000),
+                *_ARQ,
+                self.retention_ms,
+            ],
         )
         if text(reply) == "fenced":
             raise Fenced(job_id)
+        if text(reply) == "cancelled":
+            raise Cancelled(job_id)
 
     async def attempt_failed(
         self,
@@ -203,11 +226,14 @@ class Ledger(LedgerReads):
                 int(backoff_max_s * 1000),
                 random.random(),
                 *_ARQ,
+                self.retention_ms,
             ],
         )
         outcome = text(reply[0])
         if outcome == "fenced":
             raise Fenced(job_id)
+        if outcome == "cancelled":
+            raise Cancelled(job_id)
         if outcome == "failed":
             return True, int(reply[1]), 0.0
         return False, int(reply[1]), int(reply[2]) / 1000
@@ -225,7 +251,7 @@ class Ledger(LedgerReads):
             await self._run(
                 "finish",
                 [Keys.job(job_id)],
-                [job_id, token, state, json.dumps(clean), KEEP_FAILED_PAID_MS],
+                [job_id, token, state, json.dumps(clean), KEEP_FAILED_PAID_MS, self.retention_ms],
             )
         )
         if reply == "fenced":
@@ -246,18 +272,23 @@ class Ledger(LedgerReads):
                 up.pause,
                 up.canary,
             ],
-            [job_id, token, slot, est_micros],
+            [job_id, token, slot, est_micros, ARQ_JOB_PREFIX, self.retention_ms],
         )
         if text(reply[0]) == "fenced":
             raise Fenced(job_id)
+        if text(reply[0]) == "cancelled":
+            raise Cancelled(job_id)
         if text(reply[0]) == "paused":
             raise KeyPaused(text(reply[1]))
         return CallJournal(n=int(reply[1]), idem=text(reply[2]), token=slot, state="sent")
 
     async def call_answered(
-        self, job_id: str, slot: str, paid: PaidResult, *, replayed: bool = False
+        self, job_id: str, slot: str, paid: PaidResult, *, replayed: bool = False, token: str = ""
     ) -> str:
-        """Save a paid answer with its spend: waits out a Redis outage for as long as it takes."""
+        """Save a paid answer with its spend: waits out a Redis outage for as long as it takes.
+        Returns 'saved' | 'duplicate' | 'pending' | 'stale' (a call its journal no longer holds,
+        or a job already final: counted, not this run's result) | 'fenced' (saved, but the run
+        `token` lost its lease: it must stop without writing)."""
         return text(
             await self._run(
                 "call_answered",
@@ -270,6 +301,7 @@ class Ledger(LedgerReads):
                     paid.model_dump_json(),
                     "1" if paid.pending_id else "0",
                     "1" if replayed else "0",
+                    token,
                 ],
                 patience_s=None,
             )
@@ -292,6 +324,25 @@ class Ledger(LedgerReads):
             [job_id, slot, "1" if drop_pending else "0"],
             patience_s=None,
         )
+
+    # -- cancel (any producer) ------------------------------------------------------------
+    async def cancel(self, job_ids: list[str], *, chunk: int = 1000) -> list[CancelOutcome]:
+        """End jobs `cancelled` (pipelined): at once where they hold no money, after storing
+        what was paid where they do (`after_call`)."""
+        out: list[CancelOutcome] = []
+        script = self._scripts["cancel"]
+        for start in range(0, len(job_ids), chunk):
+            part = job_ids[start : start + chunk]
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for job_id in part:
+                    await script(
+                        keys=[Keys.job(job_id)],
+                        args=[PREFIX, job_id, ARQ_JOB_PREFIX, self.retention_ms],
+                        client=pipe,
+                    )
+                replies = await pipe.execute()
+            out.extend(text(r) for r in replies)  # type: ignore[misc]  # the script's values
+        return out
 
     # -- recovery (any live worker) -----------------------------------------------------
     async def reclaim(self, limit: int = 200) -> list[str]:

@@ -4,9 +4,11 @@ local function k_job(id) return PFX .. 'job:' .. id end
 local function k_paid(id) return PFX .. 'paid:' .. id end
 local function k_call(id) return PFX .. 'call:' .. id end
 local function k_batch(b) return PFX .. 'batch:' .. b end
+local function k_batch_done(b) return PFX .. 'batch:' .. b .. ':done' end
+local function k_batch_open(b) return PFX .. 'batch:' .. b .. ':open' end
 -- The fleet's flow keys (`Keys.waiting_line` = flow:line, `Keys.wake` = flow:wake, ...).
 local function k_flow(name) return PFX .. 'flow:' .. name end
-local FINAL = {succeeded = true, failed = true, skipped = true}
+local FINAL = {succeeded = true, failed = true, skipped = true, cancelled = true}
 -- One upstream key's flow state (mirrors worker/keys.py `UpstreamKeys`: suffixes with '-').
 local function k_up(name, suffix) return PFX .. 'up:' .. name .. ':' .. suffix end
 -- The upstream key a slot token was admitted on: tokens are `<name>/<hex>`.

@@ -1,21 +1,31 @@
 --- @include "_now"
 --- @include "_keys"
 -- transition(job_id, new_state, now): move a job to a state, keeping the fleet and batch
--- counters, the active index (non-final jobs, for the healer) and the final events in step.
+-- counters, the active index and the final events in step. Never creates a record: a job whose
+-- record is gone (a Redis that lost it) is left alone ('' returned), not given a state alone.
+-- `active` holds the jobs a run has taken out of their queue (claimed / running), scored by
+-- when they were last looked at: the healer walks it, so its cost follows the fleet's runs,
+-- not the backlog. A job in its queue (queued, waiting) is indexed by the queue itself.
 local function transition(job_id, new_state, now)
   local ledger = k_job(job_id)
   local old = redis.call('HGET', ledger, 'state')
+  if not old then return '' end
   if old == new_state then return old end
   local batch = redis.call('HGET', ledger, 'batch')
-  if old then redis.call('HINCRBY', PFX .. 'states', old, -1) end
+  redis.call('HINCRBY', PFX .. 'states', old, -1)
   redis.call('HINCRBY', PFX .. 'states', new_state, 1)
   if batch and batch ~= '' then
     local bkey = k_batch(batch)
-    if old then redis.call('HINCRBY', bkey, old, -1) end
+    redis.call('HINCRBY', bkey, old, -1)
     redis.call('HINCRBY', bkey, new_state, 1)
     redis.call('HSET', bkey, 'updated_at', now)
+    if FINAL[new_state] then
+      redis.call('SREM', k_batch_open(batch), job_id)
+    elseif FINAL[old] then
+      redis.call('SADD', k_batch_open(batch), job_id)
+    end
   end
-  redis.call('HSET', ledger, 'state', new_state, 'updated_at', now, new_state .. '_at', now)
+  redis.call('HSET', ledger, 'state', new_state, 'updated_at', now)
   if FINAL[new_state] then
     redis.call('ZREM', PFX .. 'active', job_id)
     if new_state == 'failed' then
@@ -29,9 +39,69 @@ local function transition(job_id, new_state, now)
     redis.call('EXPIRE', minute, 7200)
     if batch and batch ~= '' then redis.call('PUBLISH', PFX .. 'batch-final:' .. batch, job_id) end
   else
-    redis.call('ZADD', PFX .. 'active', now, job_id)
+    -- a job that runs again (retry, cancel undone) must outlive any retention it was given
+    if FINAL[old] then redis.call('PERSIST', ledger) end
+    if new_state == 'running' then
+      redis.call('ZADD', PFX .. 'active', now, job_id)
+    else
+      redis.call('ZREM', PFX .. 'active', job_id)
+    end
   end
-  return old or ''
+  return old
+end
+
+-- born(job_id, state, now): the first state of a record just written by `enqueue`.
+local function born(job_id, state, now)
+  local batch = redis.call('HGET', k_job(job_id), 'batch')
+  redis.call('HINCRBY', PFX .. 'states', state, 1)
+  if batch and batch ~= '' then
+    redis.call('HINCRBY', k_batch(batch), state, 1)
+    redis.call('HSET', k_batch(batch), 'updated_at', now)
+    redis.call('SADD', k_batch_open(batch), job_id)
+  end
+  redis.call('HSET', k_job(job_id), 'state', state, 'updated_at', now)
+end
+
+-- Fields a final record keeps only while it may run again (`upscale retry`: failed, cancelled)
+-- or needs looking into; the per-run detail no final record keeps. A succeeded or skipped
+-- record keeps what its batch's report shows (the report names the batch and its date):
+-- state, source, destination, spend, note; the rest went to the metrics and the job's log
+-- lines. Short fields keep Redis's compact encoding: ~250 bytes a record (`make bench`).
+local RERUN_FIELDS = {'spec', 'params', 'tags', 'lane', 'model', 'dest_listed', 'request_ids',
+  'created_at', 'seed', 'output_etag', 'output_bytes', 'output_resolution', 'output_content_type',
+  't_total_ms', 'source_etag', 'batch', 'updated_at'}
+local RUN_FIELDS = {'run_token', 'runs', 'waits', 'wait_reason', 'wait_detail',
+  'queued_at', 'running_at', 'waiting_at', 'cancel'}
+
+-- retire(job_id, state, retention_ms): a job just became final. Its record is compacted; a
+-- batch's job goes on the batch's done list (once: its report walks it, and the report's
+-- writer starts the records' retention), another job's record expires after the retention.
+-- A record that holds money never expires: a call possibly billed stays on the books, and a
+-- kept paid result (a failed job's, for `upscale retry`) keeps its record as long as itself.
+local function retire(job_id, state, retention_ms)
+  local ledger = k_job(job_id)
+  local batch = redis.call('HGET', ledger, 'batch')
+  redis.call('HDEL', ledger, unpack(RUN_FIELDS))
+  if state == 'succeeded' or state == 'skipped' then
+    redis.call('HDEL', ledger, unpack(RERUN_FIELDS))
+    -- counters are kept where they tell something: a succeeded job's one billed call is the
+    -- rule (`JobRecord` reads it so), a second call or attempt, a reclaim is not
+    local calls, billed = unpack(redis.call('HMGET', ledger, 'calls', 'billed_calls'))
+    if state == 'succeeded' and calls == '1' and billed == '1' then
+      redis.call('HDEL', ledger, 'calls', 'billed_calls')
+    end
+  end
+  if batch and batch ~= '' then
+    -- once on the list: a job run again after it ended (`upscale retry`) is there already
+    if redis.call('HDEL', ledger, 'listed') == 0 then
+      redis.call('RPUSH', k_batch_done(batch), job_id)
+    end
+    redis.call('PERSIST', k_batch_done(batch))  -- the batch is open again until its report
+    return
+  end
+  if tonumber(redis.call('HGET', ledger, 'possible_micros') or '0') > 0 then return end
+  local keep = math.max(tonumber(retention_ms), redis.call('PTTL', k_paid(job_id)))
+  redis.call('PEXPIRE', ledger, keep)
 end
 
 -- set_fields(job_id, json): set fields from a JSON object; '' deletes a field.
@@ -55,7 +125,8 @@ local function end_run(job_id)
 end
 
 -- requeue(job_id, at_ms, fn, arq_job_prefix, arq_in_progress_prefix): put the job on its lane's
--- arq queue at `at_ms`, re-creating arq's payload from the ledger's spec if arq dropped it.
+-- arq queue at `at_ms`, re-creating arq's payload if arq dropped it. The payload names no
+-- spec: the job's run reads it from the ledger record (stored once).
 -- Work that holds money also goes in the queue's money-first set: a paid result (kept in
 -- `paid:` until stored; an upstream job still running keeps its 202 there too) or a call whose
 -- outcome is not known (`sent` by a run that died, `unknown`). The queue is claimed in score
@@ -63,19 +134,19 @@ end
 -- the upstream's idempotency window had expired.
 local function requeue(job_id, at_ms, fn, arq_job_prefix, arq_ip_prefix)
   local ledger = k_job(job_id)
+  if redis.call('EXISTS', ledger) == 0 then return false end
   local queue = k_queue(redis.call('HGET', ledger, 'lane') or 'live')
   local call_state = redis.call('HGET', k_call(job_id), 'state')
   if redis.call('EXISTS', k_paid(job_id)) == 1 or call_state == 'sent' or call_state == 'unknown' then
     redis.call('ZADD', k_first(queue), at_ms, job_id)
   end
   if redis.call('EXISTS', arq_job_prefix .. job_id) == 0 then
-    local spec = redis.call('HGET', ledger, 'spec')
-    if not spec then return false end
     redis.call('SET', arq_job_prefix .. job_id,
-      '{"t":null,"f":"' .. fn .. '","a":[' .. spec .. '],"k":{},"et":' .. at_ms .. '}')
+      '{"t":null,"f":"' .. fn .. '","a":[],"k":{},"et":' .. at_ms .. '}')
   end
   redis.call('DEL', arq_ip_prefix .. job_id)
   redis.call('ZADD', queue, at_ms, job_id)
+  redis.call('ZREM', PFX .. 'active', job_id)
   return true
 end
 
@@ -86,4 +157,32 @@ local function add_request_id(job_id, rid)
   local ids = cjson.decode(redis.call('HGET', ledger, 'request_ids') or '[]')
   table.insert(ids, rid)
   redis.call('HSET', ledger, 'request_ids', cjson.encode(ids))
+end
+
+-- holds_money(job_id): a paid result to store, or an upstream job still running (202) that
+-- bills when it completes: a cancelled job keeps going until that output is stored.
+local function holds_money(job_id)
+  return redis.call('EXISTS', k_paid(job_id)) == 1
+    or redis.call('HGET', k_call(job_id), 'state') == 'pending'
+end
+
+-- cancel_now(job_id, retention_ms, now): end a job `cancelled` (no run may write after it: its
+-- lease ends, so the run's next write is fenced). It leaves its queues and arq's payload goes.
+local function cancel_now(job_id, retention_ms, now, arq_job_prefix)
+  for _, q in ipairs({k_queue('live'), k_queue('bulk')}) do
+    redis.call('ZREM', q, job_id)
+    redis.call('ZREM', k_first(q), job_id)
+  end
+  redis.call('DEL', arq_job_prefix .. job_id)
+  redis.call('ZREM', k_flow('line'), job_id)
+  redis.call('ZREM', k_flow('line:seen'), job_id)
+  end_run(job_id)
+  transition(job_id, 'cancelled', now)
+  retire(job_id, 'cancelled', retention_ms)
+end
+
+-- cancel_requested(job_id): `upscale cancel` came while the job held money; it ends when that
+-- money is stored (or can no longer be: then `cancelled` at its next hand-back).
+local function cancel_requested(job_id)
+  return redis.call('HGET', k_job(job_id), 'cancel') == '1'
 end

@@ -3,8 +3,10 @@
 -- KEYS: 1 ledger
 -- ARGV: 1 prefix, 2 job id, 3 run token, 4 error class, 5 message, 6 max attempts,
 --       7 backoff base ms, 8 backoff max ms, 9 jitter (0..1), 10 arq function,
---       11 arq job prefix, 12 arq in-progress prefix
--- Returns {'retry', attempts, delay ms} | {'failed', attempts} | {'fenced'}.
+--       11 arq job prefix, 12 arq in-progress prefix, 13 retention ms (final records)
+-- A job cancelled while it held money, and holding none now, ends `cancelled` instead.
+-- Returns {'retry', attempts, delay ms} | {'failed', attempts} | {'cancelled', attempts} |
+--         {'fenced'}.
 --- @include "_ledger"
 local job_id, token = ARGV[2], ARGV[3]
 if not owns(job_id, token) then return {'fenced'} end
@@ -16,7 +18,12 @@ if attempts >= tonumber(ARGV[6]) then
   redis.call('HSET', KEYS[1], 'error', ARGV[5] .. ' (gave up after ' .. attempts .. ' attempts)')
   redis.call('HDEL', KEYS[1], 'wait_reason', 'wait_detail')
   transition(job_id, 'failed', now)
+  retire(job_id, 'failed', ARGV[13])
   return {'failed', attempts}
+end
+if cancel_requested(job_id) and not holds_money(job_id) then
+  cancel_now(job_id, ARGV[13], now, ARGV[11])
+  return {'cancelled', attempts}
 end
 local base, cap = tonumber(ARGV[7]), tonumber(ARGV[8])
 local ceiling = math.min(cap, base * 2 ^ attempts)

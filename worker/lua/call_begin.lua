@@ -10,12 +10,20 @@
 -- wallet after its 402). The key's canary call alone goes through a pause.
 -- KEYS: 1 ledger, 2 call journal, 3 the key's rate window (zset), 4 its bulk rate window,
 --   5 the fleet's manual pause (hash), 6 the key's pause (hash), 7 the key's canary lock
--- ARGV: 1 prefix, 2 job id, 3 run token, 4 slot token (from admission), 5 estimated micros
--- Returns {'ok', call number, idempotency key} | {'fenced'} | {'paused', reason}.
+-- A cancelled job journals no call: `upscale cancel` marked it while it held money that is
+-- gone since, so it ends `cancelled` here (a cancel of a job holding none fences its run).
+-- ARGV: 1 prefix, 2 job id, 3 run token, 4 slot token (from admission), 5 estimated micros,
+--       6 arq job prefix, 7 retention ms (final records)
+-- Returns {'ok', call number, idempotency key} | {'fenced'} | {'paused', reason} |
+--         {'cancelled'}.
 --- @include "_ledger"
 --- @include "_money"
 local job_id, token, slot = ARGV[2], ARGV[3], ARGV[4]
 if not owns(job_id, token) then return {'fenced'} end
+if cancel_requested(job_id) then
+  cancel_now(job_id, ARGV[7], now_ms(), ARGV[6])
+  return {'cancelled'}
+end
 local paused = redis.call('HGET', KEYS[5], 'reason')
 if not paused and redis.call('GET', KEYS[7]) ~= slot then
   paused = redis.call('HGET', KEYS[6], 'reason')

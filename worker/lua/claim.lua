@@ -7,15 +7,19 @@
 -- KEYS: 1 the queue (zset: job id -> run-at ms), 2 its money-first set (zset: job id -> due ms)
 -- ARGV: 1 prefix, 2 arq's in-progress key prefix, 3 in-progress TTL ms, 4 how many to claim
 --   (n), 5 how many due entries to look at, at most
+-- A claimed job enters the ledger's `active` index (derived from the prefix): from here until
+-- a run puts it back in a queue or ends it, the healer watches it (arq may drop it unseen).
 -- Returns {id1, score1, id2, score2, ...}.
 --- @include "_now"
 local now = now_ms()
+local active = ARGV[1] .. 'active'
 local want, ttl = tonumber(ARGV[4]), tonumber(ARGV[3])
 local out, claimed = {}, 0
 local function take(job_id, score)
   local in_progress = ARGV[2] .. job_id
   if redis.call('EXISTS', in_progress) == 1 then return end
   redis.call('SET', in_progress, '1', 'PX', ttl)
+  redis.call('ZADD', active, now, job_id)
   out[#out + 1] = job_id
   out[#out + 1] = score
   claimed = claimed + 1

@@ -1,46 +1,79 @@
--- enqueue: create the ledger record and the arq job in one step, deduplicated.
--- KEYS: 1 ledger, 2 arq job, 3 this lane's queue, 4 the other lane's queue, 5 arq in-progress
--- ARGV: 1 prefix, 2 job id, 3 arq payload, 4 fields (json), 5 batch, 6 requeue_failed ('1'),
---       7 lane (live | bulk)
--- Returns {outcome, state}: outcome created | duplicate | requeued.
+-- enqueue: create ledger records and arq jobs, deduplicated, many jobs in one call (a backfill
+-- sends a few hundred at a time: one script per job cost more to send than to run).
+-- arq's payload names no spec: the run reads it from the ledger record (stored once).
+-- A failed or cancelled job is enqueued again only with requeue_failed (`upscale retry`).
+-- A new job is refused in a batch that `upscale cancel --batch` cancelled (a backfill still
+-- listing stops on it; `upscale retry --batch B --state cancelled` lifts it).
+-- KEYS: none (every key derives from the prefix and the job ids)
+-- ARGV: 1 prefix, 2 arq job prefix, 3 arq in-progress prefix, 4 arq payload,
+--       5 requeue_failed ('1'), 6 jobs: JSON array of [job id, lane (live | bulk), batch,
+--       record fields (object)]
+-- Returns {outcome1, state1, outcome2, state2, ...}: outcome created | duplicate | requeued |
+--         refused, in the order of the jobs.
 --- @include "_ledger"
-local ledger, arq_job, queue, other_queue = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local job_id, payload, fields, batch, requeue_failed = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
-local state = redis.call('HGET', ledger, 'state')
-if state == 'succeeded' or state == 'skipped' then return {'duplicate', state} end
-if state == 'failed' and requeue_failed ~= '1' then return {'duplicate', state} end
-local in_arq = redis.call('EXISTS', arq_job) == 1
-if state and in_arq then
-  -- A live request for a job still queued in the bulk lane (e.g. a fresh upload already in a
-  -- backfill) moves it to the live lane instead of leaving it behind the backlog.
-  if ARGV[7] == 'live' and redis.call('EXISTS', KEYS[5]) == 0
-     and redis.call('ZREM', other_queue, job_id) == 1 then
-    redis.call('ZADD', queue, now_ms(), job_id)
-    redis.call('HSET', ledger, 'lane', 'live')
+local arq_prefix, ip_prefix, payload, requeue_failed = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local cancelled_batches = {}
+
+local function batch_cancelled(batch)
+  if cancelled_batches[batch] == nil then
+    cancelled_batches[batch] = redis.call('HEXISTS', k_batch(batch), 'cancelled_at') == 1
   end
-  return {'duplicate', state}
+  return cancelled_batches[batch]
 end
-local now = now_ms()
-if not in_arq then
-  -- No TTL: a queued job must outlive any pause; the ledger, not a timer, decides its fate.
-  redis.call('SET', arq_job, payload)
-  redis.call('ZADD', queue, now, job_id)
-end
-if not state then
-  local f = cjson.decode(fields)
-  for k, v in pairs(f) do redis.call('HSET', ledger, k, v) end
-  redis.call('HSET', ledger, 'created_at', now, 'attempts', 0, 'calls', 0, 'cost_micros', 0)
-  if batch ~= '' then
-    redis.call('HINCRBY', k_batch(batch), 'total', 1)
-    redis.call('ZADD', PFX .. 'batches', 'NX', now, batch)
+
+local function enqueue(job_id, lane, batch, fields, now)
+  local ledger, arq_job = k_job(job_id), arq_prefix .. job_id
+  local queue = k_queue(lane)
+  local state = redis.call('HGET', ledger, 'state')
+  if state == 'succeeded' or state == 'skipped' then return 'duplicate', state end
+  local rerun = state == 'failed' or state == 'cancelled'
+  if rerun and requeue_failed ~= '1' then return 'duplicate', state end
+  local in_arq = redis.call('EXISTS', arq_job) == 1
+  if state and in_arq then
+    -- A live request for a job still queued in the bulk lane (e.g. a fresh upload already in
+    -- a backfill) moves it to the live lane instead of leaving it behind the backlog.
+    if lane == 'live' and redis.call('EXISTS', ip_prefix .. job_id) == 0
+       and redis.call('ZREM', k_queue('bulk'), job_id) == 1 then
+      redis.call('ZADD', queue, now, job_id)
+      redis.call('HDEL', ledger, 'lane')
+    end
+    return 'duplicate', state
+  end
+  if not state and batch ~= '' and batch_cancelled(batch) then return 'refused', 'cancelled' end
+  if not in_arq then
+    -- No TTL: a queued job must outlive any pause; the ledger, not a timer, decides its fate.
+    redis.call('SET', arq_job, payload)
+    redis.call('ZADD', queue, now, job_id)
+  end
+  if not state then
+    for k, v in pairs(fields) do redis.call('HSET', ledger, k, v) end
+    redis.call('HSET', ledger, 'created_at', now)
+    if batch ~= '' then
+      redis.call('HINCRBY', k_batch(batch), 'total', 1)
+      redis.call('ZADD', PFX .. 'batches', 'NX', now, batch)
+    end
+    born(job_id, 'queued', now)
+    return 'created', 'queued'
+  end
+  if rerun then
+    redis.call('HDEL', ledger, 'attempts')
+    -- it is on its batch's done list already (unless the report's retention ended the list)
+    local own = redis.call('HGET', ledger, 'batch') or ''
+    if own ~= '' and redis.call('EXISTS', k_batch_done(own)) == 1 then
+      redis.call('HSET', ledger, 'listed', 1)
+    end
+    -- a failed job's kept paid result is stored by the retry without a new call
+    redis.call('PERSIST', k_paid(job_id))
   end
   transition(job_id, 'queued', now)
-  return {'created', 'queued'}
+  return 'requeued', state
 end
-if state == 'failed' then
-  redis.call('HSET', ledger, 'attempts', 0)
-  -- a failed job's kept paid result is stored by the retry without a new call
-  redis.call('PERSIST', k_paid(job_id))
+
+local now = now_ms()
+local out = {}
+for _, job in ipairs(cjson.decode(ARGV[6])) do
+  local outcome, state = enqueue(job[1], job[2], job[3], job[4], now)
+  out[#out + 1] = outcome
+  out[#out + 1] = state
 end
-transition(job_id, 'queued', now)
-return {'requeued', state}
+return out

@@ -1,10 +1,14 @@
--- finish: a final state (succeeded | failed | skipped) with its fields.
+-- finish: a final state (succeeded | failed | skipped | cancelled) with its fields.
 -- succeeded/skipped drop the paid result and the call journal; failed keeps the paid result
--- (for `upscale retry`) for ARGV[6] ms.
+-- (for `upscale retry`) for ARGV[6] ms. A job cancelled while its paid call was in flight
+-- stores that output (it was paid) and ends `cancelled`, its note saying so.
+-- The record is compacted and retired (`retire` in _ledger.lua: the batch's done list, or
+-- its retention).
 -- KEYS: 1 ledger
 -- ARGV: 1 prefix, 2 job id, 3 run token ('' = unfenced: only for a record no run can own),
---       4 state, 5 fields (json; '' deletes a field), 6 keep paid ms (failed)
--- Returns 'ok' | 'fenced' | 'final' (already final: nothing changed).
+--       4 state, 5 fields (json; '' deletes a field), 6 keep paid ms (failed),
+--       7 retention ms (final records)
+-- Returns 'ok' | 'fenced' | 'final' (already final: nothing changed) | 'missing' (no record).
 --- @include "_ledger"
 local job_id, token, state = ARGV[2], ARGV[3], ARGV[4]
 local cur = redis.call('HGET', KEYS[1], 'state')
@@ -12,7 +16,10 @@ if not cur then return 'missing' end
 if token ~= '' and not owns(job_id, token) then return 'fenced' end
 if FINAL[cur] then return 'final' end
 set_fields(job_id, ARGV[5])
-redis.call('HDEL', KEYS[1], 'wait_reason', 'wait_detail')
+if state == 'succeeded' and redis.call('HGET', KEYS[1], 'cancel') == '1' then
+  state = 'cancelled'
+  redis.call('HSET', KEYS[1], 'note', 'cancelled while its call was in flight: the paid output was stored')
+end
 end_run(job_id)
 if state == 'failed' then
   if redis.call('EXISTS', k_paid(job_id)) == 1 then
@@ -22,4 +29,5 @@ else
   redis.call('DEL', k_paid(job_id), k_call(job_id))
 end
 transition(job_id, state, now_ms())
+retire(job_id, state, ARGV[7])
 return 'ok'

@@ -9,13 +9,22 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, BeforeValidator, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from worker.contract import DEFAULT_DEST_TEMPLATE
 from worker.formats import OutputFormat
 from worker.settings.pool import UpstreamSpec
 from worker.settings.sections import ImageMode, ResponseFormat, Route
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
+
+
+def duration_s(v: object) -> object:
+    """`90`, `90s`, `30m`, `24h` or `7d` as seconds (anything else is left to the int check)."""
+    if isinstance(v, str) and v.strip()[-1:].lower() in _UNITS and v.strip()[:-1].isdigit():
+        return int(v.strip()[:-1]) * _UNITS[v.strip()[-1].lower()]
+    return v
 
 
 class SettingsFields(BaseSettings):
@@ -170,6 +179,21 @@ class SettingsFields(BaseSettings):
         default=True, description="Re-encode inputs over max_input_bytes to fit (else fail)."
     )
     max_result_bytes: int = Field(default=512 * 1024 * 1024, ge=1)
+    # completion reports (`worker.report`)
+    report_uri: str | None = Field(
+        default=None,
+        pattern=r"^s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/.*)?$",
+        description="Where batch completion reports go, as s3://bucket/prefix/ (one folder per "
+        "batch). Unset: `.upscale-reports/<batch>/` in the batch's first destination bucket.",
+    )
+    ledger_retention_s: Annotated[int, BeforeValidator(duration_s)] = Field(
+        default=86_400,
+        ge=1,
+        validation_alias=AliasChoices("UPSCALE_LEDGER_RETENTION", "UPSCALE_LEDGER_RETENTION_S"),
+        description="How long a final job record stays in Redis (seconds, or 30m / 24h / 7d; "
+        "a batch's records: after its report is written). Records holding money never expire; "
+        "after expiry the output's job-id metadata still prevents a second purchase.",
+    )
 
     # --- callbacks ----------------------------------------------------------------------
     callback_secret: SecretStr = Field(

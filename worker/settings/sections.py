@@ -9,7 +9,7 @@ prefix the section already says (`redis_url` -> `redis.url`, `callback_hosts` ->
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
 from pydantic import SecretStr
@@ -144,6 +144,16 @@ class JobsSettings:
     convert_inputs: bool
     reencode_oversize: bool
     max_result_bytes: int
+    ledger_retention_s: int
+    # completion reports: `UPSCALE_REPORT_URI`, else this prefix in the batch's first
+    # destination bucket (the recursion guard ignores it in every bucket)
+    report_uri: str | None
+    REPORT_PREFIX: ClassVar[str] = ".upscale-reports/"
+
+    def report_root(self, dest_bucket: str) -> str:
+        """Where the folders of batch reports go: `s3://bucket/prefix/`."""
+        root = self.report_uri or f"s3://{dest_bucket}/{self.REPORT_PREFIX}"
+        return root if root.endswith("/") else root + "/"
 
     def lane_max_jobs(self, lane: str) -> int:
         """Concurrent jobs per process on `lane` (bulk: `bulk_max_jobs`, else `max_jobs`)."""
