@@ -71,6 +71,22 @@ class Run:
         victim.wait(10)
         self.procs.append(self.start_worker())
 
+    def kill_workers(self) -> None:
+        """SIGKILL every live worker and start as many replacements. Which process claimed
+        which job cannot be seen from outside (one may have claimed them all): killing them
+        all is how the one holding the jobs surely dies."""
+        live = [p for p in self.procs if p.poll() is None]
+        for victim in live:
+            victim.send_signal(signal.SIGKILL)
+        for victim in live:
+            victim.wait(10)
+        self.procs.extend(self.start_worker() for _ in live)
+
+    async def unstored(self) -> int:
+        """Jobs not final yet (their output not stored)."""
+        recs = [await self.producer.status(j) for j in self.job_ids]
+        return sum(1 for r in recs if r is None or not r.final)
+
 
 @dataclass
 class Report:
@@ -133,9 +149,9 @@ async def scenario(
             shas[res.job_id] = hashlib.sha256(data).hexdigest()[:16]
         t0 = time.monotonic()
         run = Run(stack, sim, producer, [start_worker() for _ in range(procs)], start_worker, ids)
+        all_final: float | None = None  # also when the fault itself timed out
         try:
             await fault(run)
-            all_final: float | None = None
             async with asyncio.timeout(deadline_s):
                 while True:
                     recs = [await producer.status(j) for j in ids]
@@ -210,6 +226,52 @@ async def in_flight(run: Run) -> None:
         return int((await run.sim_stats())["inflight"]) > 0
 
     await run.until(calls)
+
+
+async def answers_saved(run: Run) -> None:
+    """Wait until every job's paid answer is saved in the ledger, the simulator billed exactly
+    those calls, and no call is anywhere in the simulator (every call that arrived has been
+    answered): a kill now can lose no call, only the work after the answer."""
+
+    async def saved() -> bool:
+        recs = [await run.producer.status(j) for j in run.job_ids]
+        stats = await run.sim_stats()
+        return (
+            all(r is not None and r.billed_calls >= 1 for r in recs)
+            and sum(r.billed_calls for r in recs if r is not None) == stats["billed_calls"]
+            and stats["inflight"] == 0
+            and stats["calls"] == len(stats["log"])
+        )
+
+    await run.until(saved)
+
+
+def requests_waiting(port: int) -> int:
+    """Connections to a local server on `port` holding request bytes it has not read: with
+    the server stopped (SIGSTOP), each is a client blocked on a request (Linux /proc)."""
+    waiting = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                rows = f.read().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            cols = row.split()
+            local_port = int(cols[1].rsplit(":", 1)[1], 16)
+            rx_queue = int(cols[4].split(":")[1], 16)
+            if local_port == port and cols[3] == "01" and rx_queue > 0:  # 01: ESTABLISHED
+                waiting += 1
+    return waiting
+
+
+async def s3_request_hangs(run: Run) -> None:
+    """With S3 frozen: wait until a worker's request to it hangs there, unread."""
+
+    async def hanging() -> bool:
+        return requests_waiting(run.stack.s3_port) > 0
+
+    await run.until(hanging)
 
 
 async def redis_restart(run: Run) -> None:

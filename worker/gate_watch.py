@@ -11,12 +11,8 @@ import structlog
 from arq import Worker
 
 from worker.flow import PICKUP_LEAD_S, TIMED_DENIALS, Gate
-from worker.redis_conn import REDIS_DOWN
+from worker.redis_conn import REDIS_DOWN, note_away
 from worker.runtime import Runtime
-
-log = structlog.get_logger("worker.app")
-
-# Waiting hands the job back through arq's Retry, and every start costs an arq try: put the cap
 
 log = structlog.get_logger("worker.app")
 
@@ -31,6 +27,7 @@ async def watch_gate(rt: Runtime, workers: Sequence[Worker]) -> None:
     closed_by_us = False
     sampled_minute = 0
     while True:
+        wait_s = rt.settings.flow.pause_poll_s  # also after a failure before the gate was read
         try:
             if rt.draining:
                 for w in workers:
@@ -41,7 +38,6 @@ async def watch_gate(rt: Runtime, workers: Sequence[Worker]) -> None:
                 await rt.ledger.sample_depth(minute)  # the dashboard's depth-over-the-hour chart
                 sampled_minute = minute
             gate = await rt.flow.gate()
-            wait_s = rt.settings.flow.pause_poll_s
             if gate.state == "closed" and gate.reason in TIMED_DENIALS:
                 # it reopens at a known moment: pick again just before it (jobs wait out the
                 # rest in line) instead of up to a poll interval after it
@@ -58,9 +54,9 @@ async def watch_gate(rt: Runtime, workers: Sequence[Worker]) -> None:
                     w.allow_pick_jobs = True
                 closed_by_us = False
                 log.info("picking jobs again", gate=gate.state)
-        except REDIS_DOWN as e:
-            log.warning("gate watch: redis unavailable", error=type(e).__name__)
+        except REDIS_DOWN as e:  # also a full or read-only Redis: picking stays as it was
+            kind = note_away(e, "gate watch")
+            log.warning("gate watch: redis unavailable", error=type(e).__name__, kind=kind)
         except Exception:
             log.exception("gate watch failed")
-            wait_s = rt.settings.flow.pause_poll_s
         await asyncio.sleep(wait_s)

@@ -1,7 +1,8 @@
 """Health: the checks behind `upscale health` and the worker's /healthz and /readyz.
 
 Liveness (/healthz) is the process's event loop answering. Readiness (/readyz) is Redis and S3
-reachable: a worker that cannot reach them should get no traffic (and a rollout should wait).
+reachable, and Redis taking this worker's writes (a full or read-only Redis answers PING): a
+worker that cannot use them should get no traffic (and a rollout should wait).
 The upstream key is checked by `upscale health` with a request that is never billed.
 """
 
@@ -17,6 +18,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.asyncio import Redis
 
+from worker.redis_conn import last_away
 from worker.runtime import Runtime
 from worker.storage import Storage, StorageError
 from worker.upstream.base import Upstream
@@ -87,6 +89,8 @@ def health_app(rt: Runtime) -> web.Application:
 
     async def readyz(_: web.Request) -> web.Response:
         results = await run_checks(rt, upstream=False)
+        if results["redis"][0] and not rt.redis_ok:  # the worker's own writes are refused
+            results["redis"] = (False, f"redis does not take writes yet ({last_away() or 'away'})")
         # a draining worker takes no new work: send traffic (and rollouts) elsewhere
         results["picking"] = (not rt.draining, "draining" if rt.draining else "ok")
         ok = all(r[0] for r in results.values())

@@ -7,7 +7,8 @@ Every worker process runs one `Lifecycle` task that
 - heals what nothing else would (one process at a time): a non-final job with no run, no queue entry or a stale
   arq in-progress key is re-enqueued; reservations no call holds are returned.
 Reclaiming waits until this process has been connected for two heartbeats, so after a Redis
-restart every live owner renews its leases before anyone takes them over.
+restart every live owner renews its leases before anyone takes them over. Redis counts as back
+(readiness) only once a tick's write went through: a full or read-only Redis answers PING.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import time
 import structlog
 
 from worker.keys import Keys
-from worker.redis_conn import REDIS_DOWN
+from worker.redis_conn import REDIS_DOWN, note_away, note_back, refusal
 from worker.runtime import Runtime
 
 log = structlog.get_logger("worker.lifecycle")
@@ -26,6 +27,9 @@ log = structlog.get_logger("worker.lifecycle")
 HEAL_EVERY_S = 5.0  # one healer at a time for the whole fleet (a lock in Redis)
 HEAL_STALE_MS = 10_000  # look at a non-final job again after this long
 IN_PROGRESS_GRACE_MS = 10_000  # arq's in-progress key without a run, for longer: stale
+# An idle tick's write: ZADD XX of a member never in the set changes nothing, yet Redis refuses
+# it exactly when it refuses writes (OOM, READONLY, ...), which PING does not show.
+_PROBE_MEMBER = "-"
 
 
 class Lifecycle:
@@ -42,8 +46,15 @@ class Lifecycle:
             try:
                 await self.tick()
             except REDIS_DOWN as e:
+                kind = note_away(e, "heartbeat")
                 if self.rt.redis_ok:
-                    log.warning("redis unavailable; running jobs carry on", error=type(e).__name__)
+                    if refusal(e):
+                        log.error(
+                            "redis refuses writes; running jobs wait and hold their paid answers",
+                            kind=kind,
+                        )
+                    else:
+                        log.warning("redis unavailable; running jobs carry on", kind=kind)
                 self.rt.redis_ok = False
                 self._connected_since = None
             except Exception:  # never let the lifecycle task die
@@ -51,15 +62,16 @@ class Lifecycle:
             await asyncio.sleep(self.tick_s)
 
     async def tick(self) -> None:
-        ledger = self.rt.ledger
+        ledger, redis = self.rt.ledger, self.rt.redis
         if self.rt.runs:
             lost = await ledger.heartbeat(dict(self.rt.runs), self.lease_ms)
-        else:  # nothing to renew: still ask Redis, so "connected since" means what it says
-            await self.rt.redis.ping()
+        else:  # nothing to renew: still write, so "connected since" means what it says
+            await redis.zadd(Keys.runs, {_PROBE_MEMBER: 0}, xx=True)
             lost = []
         now = time.monotonic()
         if not self.rt.redis_ok:
             log.info("redis is back")
+            note_back()
         self.rt.redis_ok = True
         if self._connected_since is None:
             self._connected_since = now
@@ -76,7 +88,7 @@ class Lifecycle:
             log.warning(
                 "reclaimed runs whose worker stopped renewing", jobs=len(back), job_ids=back[:10]
             )
-        if now - self._last_heal >= HEAL_EVERY_S and await self.rt.redis.set(
+        if now - self._last_heal >= HEAL_EVERY_S and await redis.set(
             Keys.heal_lock, "1", nx=True, px=int(HEAL_EVERY_S * 1000)
         ):
             self._last_heal = now

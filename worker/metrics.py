@@ -19,6 +19,7 @@ from prometheus_client.core import GaugeMetricFamily
 from worker.contract import JobState
 from worker.fleet import FleetStatus
 from worker.flow.status import CIRCUIT_STATES
+from worker.redis_conn import watch_away
 
 UPSTREAM_CALLS = Counter(
     "upscale_upstream_calls_total",
@@ -36,6 +37,13 @@ JOBS_FINISHED = Counter(
 JOB_WAITS = Counter("upscale_job_waits_total", "Jobs handed back to wait, by reason.", ["reason"])
 RESULT_BYTES = Counter("upscale_result_bytes_total", "Bytes of results stored to S3.")
 SPEND_USD = Counter("upscale_spend_usd_total", "USD billed by upstream calls this process made.")
+REDIS_AWAY = Counter(
+    "upscale_redis_unavailable_total",
+    "Redis commands of this process that found Redis away and were waited out, by kind: "
+    "connection, timeout, or a refusal (oom, readonly, loading, masterdown, noreplicas, ...).",
+    ["kind"],
+)
+watch_away(lambda kind: REDIS_AWAY.labels(kind).inc())
 
 
 def fleet_metrics(status: FleetStatus) -> bytes:

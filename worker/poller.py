@@ -1,6 +1,6 @@
 """arq's `Worker`, made ours where it matters: its poll loop rides out a Redis outage (running
-jobs are never cancelled because a poll failed), and it picks due jobs with one script
-(`claim.lua`) instead of arq's round trips per candidate.
+jobs are never cancelled because a poll failed; a Redis that refuses writes is an outage too),
+and it picks due jobs with one script (`claim.lua`) instead of arq's round trips per candidate.
 """
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+from typing import Any
 
 import structlog
 from arq import Worker
@@ -16,7 +17,7 @@ from redis.commands.core import AsyncScript
 from worker.keys import ARQ_IN_PROGRESS_PREFIX, PREFIX, first_of
 from worker.ledger.reads import text
 from worker.lua import register
-from worker.redis_conn import REDIS_DOWN
+from worker.redis_conn import REDIS_DOWN, note_away, patiently
 from worker.runtime import Runtime
 
 log = structlog.get_logger("worker.app")
@@ -39,9 +40,19 @@ class ResilientWorker(Worker):
                 rt: Runtime | None = self.ctx.get("runtime")
                 if rt is not None:
                     rt.redis_ok = False
-                log.warning("redis unavailable; poll loop waiting", error=type(e).__name__)
+                kind = note_away(e, "poll")
+                log.warning(
+                    "redis unavailable; poll loop waiting", error=type(e).__name__, kind=kind
+                )
                 await asyncio.sleep(delay)
                 delay = min(5.0, delay * 2)
+
+    async def finish_job(self, *args: Any, **kwargs: Any) -> None:
+        """arq's bookkeeping after a run (its in-progress key, retry count, queue entry): waited
+        out like the ledger's writes, or a refused write would leave the job claimed until its
+        in-progress key expires."""
+        finish = super().finish_job
+        await patiently(lambda: finish(*args, **kwargs), what="arq finish")
 
     async def _iteration(self) -> None:
         """arq's poll iteration (0.28), but the pick is one atomic script (and finished tasks

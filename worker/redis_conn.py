@@ -1,4 +1,5 @@
-"""Redis connections shared by workers and producers: one serializer (JSON, never pickle)."""
+"""Redis connections shared by workers and producers: one serializer (JSON, never pickle), and
+what counts as Redis being away (`REDIS_DOWN`: waited out, never a failure)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,18 @@ from urllib.parse import urlsplit
 import structlog
 from arq.connections import ArqRedis, create_pool
 from arq.connections import RedisSettings as ArqRedisSettings
-from redis.exceptions import AuthenticationError, RedisError
+from redis._parsers.base import BaseParser
+from redis.exceptions import (
+    AuthenticationError,
+    BusyLoadingError,
+    ClusterDownError,
+    MasterDownError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    RedisError,
+    ResponseError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -120,13 +132,112 @@ def reason(e: BaseException) -> str:
     return text
 
 
-REDIS_DOWN: tuple[type[BaseException], ...] = (RedisConnectionError, RedisTimeoutError)
+class Refused(ResponseError):
+    """A refusal redis-py has no class of its own for (see `REFUSALS`)."""
+
+
+class NoReplicas(Refused):
+    """NOREPLICAS: fewer good replicas than `min-replicas-to-write`."""
+
+
+class PersistenceFailing(Refused):
+    """MISCONF: the last RDB save or AOF write failed, so writes are refused."""
+
+
+class ScriptBusy(Refused):
+    """BUSY: a script runs past `busy-reply-threshold`."""
+
+
+# Redis answering but refusing commands for a while: full at `maxmemory` with noeviction, a
+# replica or a demoted primary, loading its dataset, a replica without its primary, ... Each
+# passes (a failover, a restart, an operator freeing memory): wait, exactly as for a lost
+# connection. Error code (the reply's first word) -> class.
+REFUSALS: dict[str, type[RedisError]] = {
+    "OOM": OutOfMemoryError,
+    "READONLY": ReadOnlyError,
+    "LOADING": BusyLoadingError,
+    "MASTERDOWN": MasterDownError,
+    "TRYAGAIN": TryAgainError,
+    "CLUSTERDOWN": ClusterDownError,
+    "NOREPLICAS": NoReplicas,
+    "MISCONF": PersistenceFailing,
+    "BUSY": ScriptBusy,
+}
+# redis-py types OOM, READONLY and LOADING on every connection, the others only on a cluster's:
+# teach its error table the rest (every parser reads this one dict), so a plain connection
+# raises them typed too and `except REDIS_DOWN` catches them.
+for _code, _cls in REFUSALS.items():
+    BaseParser.EXCEPTION_CLASSES.setdefault(_code, _cls)
+
+REDIS_DOWN: tuple[type[BaseException], ...] = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    *dict.fromkeys(REFUSALS.values()),
+)
+
+_KIND = {cls: code.lower() for code, cls in REFUSALS.items()}
+
+
+def away_kind(e: BaseException) -> str:
+    """How Redis is away, for logs and metrics: `oom`, `readonly`, `loading`, ... (a refusal),
+    else `connection` or `timeout`."""
+    for cls in type(e).__mro__:
+        if cls in _KIND:
+            return _KIND[cls]
+    return "timeout" if isinstance(e, RedisTimeoutError) else "connection"
+
+
+def refusal(e: BaseException) -> bool:
+    """Redis answered but refused (as against: did not answer)."""
+    return away_kind(e) not in ("connection", "timeout")
+
+
+# Told of every command that found Redis away (the worker's metrics count them by kind).
+_watchers: list[Callable[[str], None]] = []
+_alerted = False  # an outage was logged as an error since a command last succeeded
+_last_kind = ""  # how Redis was last found away
+
+
+def watch_away(callback: Callable[[str], None]) -> None:
+    _watchers.append(callback)
+
+
+def note_away(e: BaseException, what: str) -> str:
+    """Count a command that found Redis away; the first refusal of an outage is logged as an
+    error (alert on it: writes wait, paid answers are held in memory until it passes)."""
+    global _alerted, _last_kind
+    kind = _last_kind = away_kind(e)
+    for watcher in _watchers:
+        watcher(kind)
+    if refusal(e) and not _alerted:
+        _alerted = True
+        _log.error(
+            "redis refuses commands; waiting, nothing is dropped",
+            kind=kind,
+            what=what,
+            detail=str(e).splitlines()[0][:200] if str(e) else "",
+        )
+    return kind
+
+
+def last_away() -> str:
+    """How Redis was last found away by this process ("" = never)."""
+    return _last_kind
+
+
+def note_back() -> None:
+    """A command succeeded after Redis was away: the next refusal is a new outage."""
+    global _alerted
+    if _alerted:
+        _alerted = False
+        _log.info("redis accepts commands again")
 
 
 async def patiently(
     call: Callable[[], Awaitable[T]], *, what: str, patience_s: float | None = 300.0
 ) -> T:
-    """Run a Redis call, riding out an outage (restart, failover) with backoff.
+    """Run a Redis call, riding out an outage (restart, failover, a full or read-only Redis)
+    with backoff.
 
     `patience_s=None` waits for as long as the process lives: used for what must not be lost
     (a paid answer that reached this worker).
@@ -134,11 +245,18 @@ async def patiently(
     delay, waited = 0.2, 0.0
     while True:
         try:
-            return await call()
+            result = await call()
         except REDIS_DOWN as e:
             if patience_s is not None and waited >= patience_s:
                 raise
-            _log.warning("redis unavailable; retrying", what=what, error=type(e).__name__)
+            kind = note_away(e, what)
+            _log.warning(
+                "redis unavailable; retrying", what=what, error=type(e).__name__, kind=kind
+            )
             await asyncio.sleep(delay)
             waited += delay
             delay = min(5.0, delay * 2)
+        else:
+            if waited:
+                note_back()
+            return result

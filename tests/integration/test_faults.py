@@ -9,6 +9,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import httpx
 import pytest
@@ -19,10 +20,12 @@ from tests.faults import (
     Fault,
     Report,
     Run,
+    answers_saved,
     in_flight,
     nothing,
     redis_restart,
     s3_down_20s,
+    s3_request_hangs,
     scenario,
 )
 from tests.integration.conftest import Buckets, Sim, WorkerProcs, drain, put, wait_state
@@ -111,6 +114,11 @@ async def test_sigkill_during_the_call(
         assert r.paid_twice == 0 and abs(r.ledger_usd - r.billed_usd) < 1e-9
 
 
+# A result arrives in 4 chunks, this far apart, until the kill: the last answered job is
+# still downloading for seconds after its answer is saved (and before that, every other one).
+CHUNK_DELAY_MS = 1000
+
+
 @pytest.mark.parametrize("phase", ["download", "upload"])
 async def test_sigkill_after_the_answer_never_pays_again(
     stack: LocalStack,
@@ -120,22 +128,24 @@ async def test_sigkill_after_the_answer_never_pays_again(
     workers: WorkerProcs,
     phase: str,
 ) -> None:
-    async def fault(run: Run) -> None:
-        async def answered() -> bool:
-            # every answer the upstream has sent is saved (none is between the socket and
-            # the ledger: that one-round-trip window is counted as possibly billed instead)
-            recs = [await producer.status(j) for j in run.job_ids]
-            saved = sum(r.billed_calls for r in recs if r is not None)
-            billed: int = (await run.sim_stats())["billed_calls"]
-            return saved > 0 and saved == billed
+    notes: dict[str, int] = {}
 
-        await run.until(answered)
+    async def fault(run: Run) -> None:
+        # every answer is saved and no call is left at the upstream: a kill now can only
+        # lose work done after an answer (a kill mid-call is `test_sigkill_during_the_call`)
+        await answers_saved(run)
         if phase == "upload":
             stack.freeze_s3(True)  # the worker's S3 requests hang mid-upload
-            await asyncio.sleep(1.0)
-        run.kill_worker()
-        if phase == "upload":
-            stack.freeze_s3(False)
+            try:
+                await run.sim.post("/_admin/config", json={"download_delay_ms": 0})
+                await s3_request_hangs(run)  # a job past its download: its upload hangs
+                notes["unstored_at_kill"] = await run.unstored()
+                run.kill_workers()
+            finally:
+                stack.freeze_s3(False)
+        else:
+            notes["unstored_at_kill"] = await run.unstored()
+            run.kill_workers()
         await run.sim.post("/_admin/config", json={"download_delay_ms": 0})
 
     r = await _run(
@@ -146,8 +156,10 @@ async def test_sigkill_after_the_answer_never_pays_again(
         f"SIGKILL mid-{phase}",
         fault,
         jobs=6,
-        sim_config={"download_delay_ms": 400 if phase == "download" else 0},
+        sim_config={"download_delay_ms": CHUNK_DELAY_MS},
     )
+    print(notes)
+    assert notes["unstored_at_kill"] > 0, "the kill found every output stored already"
     _all_done(r)
     assert r.paid_twice == 0 and r.bought_after_answer == 0, r
     assert abs(r.ledger_usd - r.billed_usd) < 1e-9
@@ -238,36 +250,60 @@ async def test_an_unexpected_exception_is_an_attempt_not_a_loss(
 
 
 async def test_sigterm_drain_never_reopens_picking_on_resume(
-    stack: LocalStack, sim: Sim, producer: Producer, buckets: Buckets, workers: WorkerProcs
+    stack: LocalStack,
+    sim: Sim,
+    producer: Producer,
+    buckets: Buckets,
+    workers: WorkerProcs,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
 ) -> None:
     sim.configure(latency_ms=[2500, 3000])
     ids = []
     for i in range(30):
         put(stack, buckets.src, f"d{i}.png", png(20, 20, color=(i, 2 * i, 3 * i)))
         ids.append((await producer.enqueue(f"s3://{buckets.src}/d{i}.png")).job_id)
-    (proc,) = workers.start(1, log_level="WARNING")
+    monkeypatch.setenv("UQ_TEST_WORKER_LOGS", str(tmp_path))  # its log says what it did
+    (proc,) = workers.start(1, log_level="INFO")
     async with asyncio.timeout(30):
         while sim.stats()["inflight"] == 0:
             await asyncio.sleep(0.05)
     await producer.flow.pause("manual", "test")
-    await asyncio.sleep(0.5)  # the worker sees the pause and stops picking
+    await _logged(tmp_path, "nothing can be admitted: not picking jobs")  # saw the pause
     proc.send_signal(signal.SIGTERM)
-    await asyncio.sleep(1.0)
-    runs_before = await _runs(producer, ids)
+    await _logged(tmp_path, "shutdown on SIGTERM")  # draining: picking is off for good
+    # Jobs no run holds now (no arq in-progress key): only a pick could give them a run.
+    idle = {j: n for j, n in (await _runs(producer, ids)).items() if not await _held(producer, j)}
     await producer.flow.resume()  # the fleet resumes while this worker drains
     assert await asyncio.to_thread(proc.wait, 60) == 0
-    assert await _runs(producer, ids) == runs_before, "the draining worker picked new jobs"
+    after = await _runs(producer, list(idle))
+    assert after == idle, "the draining worker picked new jobs"
     recs = [await producer.status(j) for j in ids]
     assert not [r for r in recs if r is None or r.state == "failed"]
     # whatever was paid was stored; the rest waits for the next worker
     assert all(r.state == "succeeded" for r in recs if r and r.billed_calls)
 
 
-async def _runs(producer: Producer, ids: list[str]) -> int:
-    total = 0
-    for j in ids:
-        total += int(await producer.redis.hget(Keys.job(j), "runs") or 0)  # type: ignore[misc]  # redis-py's async stubs
-    return total
+async def _logged(logs: Path, line: str, timeout: float = 30) -> None:
+    """Wait until a worker's log (`UQ_TEST_WORKER_LOGS`) holds `line`."""
+
+    def found() -> bool:
+        return any(line in p.read_text(errors="replace") for p in logs.glob("worker-*.log"))
+
+    async with asyncio.timeout(timeout):
+        while not await asyncio.to_thread(found):
+            await asyncio.sleep(0.05)
+
+
+async def _runs(producer: Producer, ids: list[str]) -> dict[str, int]:
+    return {
+        j: int(await producer.redis.hget(Keys.job(j), "runs") or 0)  # type: ignore[misc]  # redis-py's async stubs
+        for j in ids
+    }
+
+
+async def _held(producer: Producer, job_id: str) -> bool:
+    return bool(await producer.redis.exists(Keys.arq_in_progress(job_id)))
 
 
 async def test_metrics_port_serves_both_lanes(

@@ -4,14 +4,18 @@ the source (decoded in full off the event loop: a bad image fails before any cal
 from __future__ import annotations
 
 import asyncio
+import posixpath
 import time
 from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
 
 from worker.contract import (
     META_JOB_ID,
     STAGING_PREFIX,
     S3Object,
 )
+from worker.formats import EXTENSIONS, key_for
 from worker.images import ImageInfo, Prepared, prepare, validate
 from worker.job.base import JobBase, _ms, log
 from worker.ledger.transitions import FinalState
@@ -20,17 +24,67 @@ from worker.storage import (
     AccessDenied,
     Head,
     SourceMissing,
+    classify,
 )
 from worker.upstream.base import ImageInput
 
+Found = tuple[S3Object, Head]  # where this job's output is, and what its HEAD said
+
+
+def output_keys(dest_key: str) -> list[str]:
+    """Every key this job's output can be stored under: the destination's, and the same stem
+    with the extension of each format the output policy may store (`formats.key_for`: a `.jpg`
+    destination holding PNG is stored as `.png`). A key naming no format is used as it is."""
+    keys = [dest_key]
+    for fmt in EXTENSIONS:
+        if (key := key_for(dest_key, fmt)) not in keys:
+            keys.append(key)
+    return keys
+
 
 class SourceStep(JobBase):
-    _output_head: asyncio.Future[Head | None] | None = None
+    _output_head: asyncio.Future[Found | None] | None = None
 
     def _look_for_output(self) -> None:
-        """Start the destination's HEAD now, beside the run's start (one round trip off the
-        path of every job); `_already_stored` reads it."""
-        self._output_head = asyncio.ensure_future(self.rt.storage.head(self.spec.dest))
+        """Start looking for the output now, beside the run's start (one round trip off the
+        path of every job); `_already_stored` reads it. A backfill that listed the destination
+        just before enqueue (`dest_listed`) found none there: nothing to ask."""
+        if not self.spec.dest_listed:
+            self._output_head = asyncio.ensure_future(self._find_output())
+
+    async def _find_output(self) -> Found | None:
+        """This job's output (its job id in the metadata), whatever extension it was stored
+        under. One request when there is none, the common case: a HEAD when the destination
+        names no format, else one LIST of its stem's keys (any extension, one request, where a
+        HEAD per extension would be seven); the keys it finds are HEADed for the job id."""
+        dest, storage = self.spec.dest, self.rt.storage
+        keys = output_keys(dest.key)
+        if len(keys) > 1:
+            keys = await self._listed(dest.bucket, posixpath.splitext(dest.key)[0] + ".", keys)
+        objs = [S3Object(bucket=dest.bucket, key=k) for k in keys]
+        heads = await asyncio.gather(*(storage.head(o) for o in objs))
+        for obj, head in zip(objs, heads, strict=True):
+            if head is not None and head.metadata.get(META_JOB_ID) == self.job_id:
+                return obj, head
+        return None
+
+    async def _listed(self, bucket: str, prefix: str, keys: list[str]) -> list[str]:
+        """Those of `keys` (all under `prefix`) that exist, in their order. A listing cut short
+        (over 1,000 keys share the prefix) cannot prove absence: then all of them."""
+        where = f"list s3://{bucket}/{prefix}"
+        try:
+            page = await asyncio.to_thread(
+                self.rt.storage.s3.list_objects_v2, Bucket=bucket, Prefix=prefix
+            )
+        except (ClientError, BotoCoreError) as e:
+            err = classify(e, where)
+            if isinstance(err, SourceMissing):  # no such bucket: no output in it either
+                return []
+            raise err from None
+        if page.get("IsTruncated"):
+            return keys
+        present = {str(o["Key"]) for o in page.get("Contents", [])}
+        return [k for k in keys if k in present]
 
     def _forget_output(self) -> None:
         if self._output_head is not None and not self._output_head.done():
@@ -40,13 +94,16 @@ class SourceStep(JobBase):
         self._output_head = None
 
     async def _already_stored(self) -> dict[str, Any] | None:
+        if self.spec.dest_listed:
+            return None
         pending, self._output_head = self._output_head, None
         try:
-            head = await (pending or self.rt.storage.head(self.spec.dest))
+            found = await (pending or self._find_output())
         except AccessDenied as e:
             raise JobFailed("DestinationAccessDenied", str(e)) from None
-        if head is None or head.metadata.get(META_JOB_ID) != self.job_id:
+        if found is None:
             return None
+        dest, head = found
         rec = await self.rt.ledger.get(self.job_id)
         state: FinalState = "succeeded" if rec and rec.billed_calls else "skipped"
         await self.rt.ledger.finish(
@@ -58,11 +115,12 @@ class SourceStep(JobBase):
                 "output_etag": head.etag,
                 "output_resolution": head.metadata.get("upscale-resolution"),
                 "output_content_type": head.content_type,
+                "dest": dest.uri,  # where it is (another extension than asked, maybe)
                 "note": "destination already holds this job's output",
             },
         )
-        log.info("output already exists", state=state)
-        return {"state": state, "dest": self.spec.dest.uri}
+        log.info("output already exists", state=state, dest=dest.uri)
+        return {"state": state, "dest": dest.uri}
 
     async def _read_source(self, upstream: str) -> ImageInput:
         t0 = time.monotonic()
