@@ -74,6 +74,7 @@ class Backfill:
         self.maker = SpecMaker(settings, plan)
         # Recursion guard: never list our own outputs when they land in the same bucket.
         self.guard_prefix = self._destination_prefix() if self.bucket else None
+        self._report_uri = settings.jobs.report_uri or ""  # read once: this runs per key
         self._flushing: asyncio.Task[None] | None = None
         self._lister: OrderedLister | None = None
 
@@ -90,8 +91,7 @@ class Backfill:
         )
 
     def _in_reports(self, key: str) -> bool:
-        uri = self.settings.jobs.report_uri
-        return bool(uri) and f"s3://{self.bucket}/{key}".startswith(uri or "")
+        return bool(self._report_uri) and f"s3://{self.bucket}/{key}".startswith(self._report_uri)
 
     def _existing_index(self) -> ExistingOutputs | None:
         """The destination is listable when every output of this prefix goes to one bucket."""

@@ -120,6 +120,7 @@ class SpecMaker:
         # A single-object --dest is build_spec's own business (its overwrite check).
         self.fixed_dest = plan.dest is not None and not plan.dest.endswith("/")
         self.template = plan.dest or settings.jobs.dest_template
+        self.output_format = settings.jobs.output_format  # read once: `dest` runs per key
         self.buckets: set[str] = set()
 
     def source(self, e: ObjectEntry) -> S3Object:
@@ -135,7 +136,7 @@ class SpecMaker:
     def dest(self, src: S3Object) -> S3Object:
         if self.fixed_dest:
             return self.spec(src, None).dest
-        return render_destination(self.template, src, self.settings.jobs.output_format)
+        return render_destination(self.template, src, self.output_format)
 
     def spec(self, src: S3Object, dst: S3Object | None, dest_listed: bool = False) -> JobSpec:
         """The job for `src` (`dst`: from `dest`, None to let build_spec render it)."""

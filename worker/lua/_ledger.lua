@@ -50,18 +50,6 @@ local function transition(job_id, new_state, now)
   return old
 end
 
--- born(job_id, state, now): the first state of a record just written by `enqueue`.
-local function born(job_id, state, now)
-  local batch = redis.call('HGET', k_job(job_id), 'batch')
-  redis.call('HINCRBY', PFX .. 'states', state, 1)
-  if batch and batch ~= '' then
-    redis.call('HINCRBY', k_batch(batch), state, 1)
-    redis.call('HSET', k_batch(batch), 'updated_at', now)
-    redis.call('SADD', k_batch_open(batch), job_id)
-  end
-  redis.call('HSET', k_job(job_id), 'state', state, 'updated_at', now)
-end
-
 -- Fields a final record keeps only while it may run again (`upscale retry`: failed, cancelled)
 -- or needs looking into; the per-run detail no final record keeps. A succeeded or skipped
 -- record keeps what its batch's report shows (the report names the batch and its date):

@@ -21,7 +21,17 @@ local function batch_cancelled(batch)
   return cancelled_batches[batch]
 end
 
+-- New jobs' writes are gathered and made once per call: a backfill's 250 jobs are one MSET of
+-- arq payloads, one ZADD per queue, one SADD and one counter update per batch.
+local seen, payloads, queued, opened, created = {}, {}, {}, {}, {}
+
+local function add(t, k, ...)
+  t[k] = t[k] or {}
+  for _, v in ipairs({...}) do table.insert(t[k], v) end
+end
+
 local function enqueue(job_id, lane, batch, fields, now)
+  if seen[job_id] then return 'duplicate', 'queued' end  -- the same job twice in one call
   local ledger, arq_job = k_job(job_id), arq_prefix .. job_id
   local queue = k_queue(lane)
   local state = redis.call('HGET', ledger, 'state')
@@ -40,20 +50,27 @@ local function enqueue(job_id, lane, batch, fields, now)
     return 'duplicate', state
   end
   if not state and batch ~= '' and batch_cancelled(batch) then return 'refused', 'cancelled' end
-  if not in_arq then
+  if not state then
     -- No TTL: a queued job must outlive any pause; the ledger, not a timer, decides its fate.
+    if not in_arq then
+      table.insert(payloads, arq_job)
+      table.insert(payloads, payload)
+      add(queued, queue, now, job_id)
+    end
+    local h = {'created_at', now, 'state', 'queued', 'updated_at', now}
+    for k, v in pairs(fields) do
+      h[#h + 1] = k
+      h[#h + 1] = v
+    end
+    redis.call('HSET', ledger, unpack(h))
+    seen[job_id] = true
+    created[batch] = (created[batch] or 0) + 1
+    if batch ~= '' then add(opened, batch, job_id) end
+    return 'created', 'queued'
+  end
+  if not in_arq then
     redis.call('SET', arq_job, payload)
     redis.call('ZADD', queue, now, job_id)
-  end
-  if not state then
-    for k, v in pairs(fields) do redis.call('HSET', ledger, k, v) end
-    redis.call('HSET', ledger, 'created_at', now)
-    if batch ~= '' then
-      redis.call('HINCRBY', k_batch(batch), 'total', 1)
-      redis.call('ZADD', PFX .. 'batches', 'NX', now, batch)
-    end
-    born(job_id, 'queued', now)
-    return 'created', 'queued'
   end
   if rerun then
     redis.call('HDEL', ledger, 'attempts')
@@ -75,5 +92,19 @@ for _, job in ipairs(cjson.decode(ARGV[6])) do
   local outcome, state = enqueue(job[1], job[2], job[3], job[4], now)
   out[#out + 1] = outcome
   out[#out + 1] = state
+end
+-- the new jobs' writes, gathered
+if #payloads > 0 then redis.call('MSET', unpack(payloads)) end
+for queue, entries in pairs(queued) do redis.call('ZADD', queue, unpack(entries)) end
+for batch, n in pairs(created) do
+  redis.call('HINCRBY', PFX .. 'states', 'queued', n)
+  if batch ~= '' then
+    local bkey = k_batch(batch)
+    redis.call('HINCRBY', bkey, 'total', n)
+    redis.call('HINCRBY', bkey, 'queued', n)
+    redis.call('HSET', bkey, 'updated_at', now)
+    redis.call('ZADD', PFX .. 'batches', 'NX', now, batch)
+    redis.call('SADD', k_batch_open(batch), unpack(opened[batch]))
+  end
 end
 return out
