@@ -5,7 +5,8 @@
         print(r.job_id, r.outcome)
 
 Enqueue is deduplicated by the deterministic job id: the same object + destination + knobs is
-one job, however many times it is enqueued (a finished job is never redone unless asked).
+one job, however many times it is enqueued (a finished job is never redone unless asked). A
+source named without ETag / version id is read at enqueue (a HEAD): a replaced object is new.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable, Collection, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -42,6 +44,7 @@ from worker.api import (
     UpscaleParams,
     connect,
     get_settings,
+    make_s3_client,
     render_destination,
 )
 
@@ -50,6 +53,11 @@ if TYPE_CHECKING:
 
 RetryState = Literal["failed", "cancelled"]
 RETRY_FAILED: tuple[RetryState, ...] = ("failed",)
+PIN_THREADS = 32  # concurrent HEADs when many sources are enqueued at once
+
+
+class SourceNotFound(ValueError):
+    """An enqueued source object does not exist."""
 
 
 def build_spec(
@@ -112,6 +120,7 @@ class Producer:
         self.settings = settings or get_settings()
         self.ledger = JobStore(redis, retention_ms=self.settings.jobs.ledger_retention_s * 1000)
         self.flow = Fleet(redis, self.settings)
+        self._s3: Any = None  # on first use (`pin_sources`)
 
     @classmethod
     @asynccontextmanager
@@ -127,14 +136,59 @@ class Producer:
             await redis.aclose()
 
     async def enqueue(self, source: str | S3Object, **kwargs: Any) -> EnqueueResult:
+        """One job; without `etag` / `version_id` pinned to the object's content (a HEAD)."""
         spec = build_spec(source, settings=self.settings, **kwargs)
-        return (await self.ledger.enqueue([spec]))[0]
+        return (await self.ledger.enqueue(await self.pin_sources([spec])))[0]
 
     async def enqueue_specs(
         self, specs: Iterable[JobSpec], *, requeue_failed: bool = False
     ) -> list[EnqueueResult]:
-        """Bulk enqueue, pipelined (one round trip per 1,000 jobs), still deduplicated."""
-        return await self.ledger.enqueue(specs, requeue_failed=requeue_failed)
+        """Bulk enqueue, pipelined (one round trip per 1,000 jobs), deduplicated, pinned."""
+        pinned = await self.pin_sources(list(specs))
+        return await self.ledger.enqueue(pinned, requeue_failed=requeue_failed)
+
+    async def pin_sources(self, specs: list[JobSpec]) -> list[JobSpec]:
+        """`specs`, each source naming neither ETag nor version id given the object's current
+        ones (one HEAD each, concurrently): the job id then hashes the content asked for, so a
+        replaced object is a new job. Raises `SourceNotFound` (a `ValueError`) for a missing
+        object, `AccessDenied`, or botocore's errors when S3 is away."""
+        todo = [i for i, s in enumerate(specs) if not (s.source.etag or s.source.version_id)]
+        if not todo:
+            return specs
+        if self._s3 is None:
+            self._s3 = make_s3_client(self.settings.s3)
+        run = asyncio.get_running_loop().run_in_executor
+        workers = min(PIN_THREADS, len(todo), self.settings.s3.max_pool_connections)
+        pool = ThreadPoolExecutor(workers, thread_name_prefix="pin")
+        try:
+            heads = await asyncio.gather(*(run(pool, self._head, specs[i].source) for i in todo))
+        finally:  # never blocks the loop: after a failure the rest are dropped, not awaited
+            pool.shutdown(wait=False, cancel_futures=True)
+        out = list(specs)
+        for i, (etag, vid) in zip(todo, heads, strict=True):
+            src = out[i].source.model_copy(update={"etag": etag, "version_id": vid})
+            out[i] = out[i].model_copy(update={"source": src})
+        return out
+
+    def _head(self, obj: S3Object) -> tuple[str | None, str | None]:
+        """(ETag, version id) from a HEAD (`null`, an unversioned write's, names nothing)."""
+        from botocore.exceptions import ClientError  # boto loads only when a HEAD is needed
+
+        from worker.api import AccessDenied
+
+        try:
+            r = self._s3.head_object(Bucket=obj.bucket, Key=obj.key)
+        except ClientError as e:
+            status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if status == 404:
+                raise SourceNotFound(f"no such object {obj.uri}") from None
+            if status == 403:
+                why = "enqueue reads its ETag (s3:GetObject), or pass etag= / version_id="
+                raise AccessDenied(f"head {obj.uri}: access denied (403); {why}") from None
+            raise
+        etag = str(r.get("ETag") or "").strip('"') or None
+        version = r.get("VersionId")
+        return etag, (str(version) if version and version != "null" else None)
 
     async def retry(self, job_id: str) -> EnqueueResult | None:
         """Re-enqueue a failed or cancelled job from its ledger record (attempts reset)."""

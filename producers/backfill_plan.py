@@ -4,9 +4,11 @@ destination), its statistics, and the job for each object (`SpecMaker`)."""
 from __future__ import annotations
 
 import fnmatch
+import re
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import cached_property
 from typing import Any
 
 from producers.api import build_spec
@@ -27,9 +29,9 @@ class Filters:
         """None when the object qualifies, else the reason it is skipped. An unknown size or
         date (a plain CSV manifest) passes those filters: the worker checks the object."""
         base = key.rsplit("/", 1)[-1]
-        if self.include and not any(_glob(key, base, g) for g in self.include):
+        if self.include and not _globbed(self._include, key, base):
             return "filtered"
-        if any(_glob(key, base, g) for g in self.exclude):
+        if self.exclude and _globbed(self._exclude, key, base):
             return "filtered"
         if size is not None and (
             size < self.min_size or (self.max_size is not None and size > self.max_size)
@@ -41,9 +43,23 @@ class Filters:
             return "modified"
         return None
 
+    @cached_property
+    def _include(self) -> re.Pattern[str]:
+        return _compiled(self.include)
 
-def _glob(key: str, base: str, pattern: str) -> bool:
-    return fnmatch.fnmatchcase(key, pattern) or fnmatch.fnmatchcase(base, pattern)
+    @cached_property
+    def _exclude(self) -> re.Pattern[str]:
+        return _compiled(self.exclude)
+
+
+def _compiled(globs: list[str]) -> re.Pattern[str]:
+    """The globs as one regex, compiled once (this runs for every key of a backfill)."""
+    return re.compile("|".join(f"(?:{fnmatch.translate(g)})" for g in globs) or "(?!)")
+
+
+def _globbed(pattern: re.Pattern[str], key: str, base: str) -> bool:
+    """A glob matches the whole key or its basename (`*.png` and `photos/*/x.png` alike)."""
+    return pattern.match(key) is not None or pattern.match(base) is not None
 
 
 @dataclass

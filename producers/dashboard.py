@@ -9,9 +9,13 @@
     GET  /metrics          fleet gauges (one place, so N workers do not report N copies)
     GET  /healthz
 
-Reading is open (put it behind your network policy); every POST needs
-`Authorization: Bearer $UPSCALE_API_TOKEN`. The page takes the token once from `?token=` and
-keeps it in the tab's sessionStorage; without one it is read-only.
+It listens on loopback unless told otherwise (`--host 0.0.0.0` / `UPSCALE_DASHBOARD_HOST`).
+With `UPSCALE_API_TOKEN` set, everything but `/healthz` and `/metrics` (aggregate gauges, which
+Prometheus scrapes like every worker's) needs it: the reads show job ids, keys, errors and spend.
+Reads take `Authorization: Bearer <token>` or the page's cookie; every POST needs the header.
+The page takes the token once from `?token=`: the server answers with an HttpOnly, SameSite=Strict
+cookie (so the page's own reads carry it) and the page keeps it in the tab's sessionStorage for
+its buttons. With no token configured the reads are open and nothing can be written.
 """
 
 from __future__ import annotations
@@ -33,16 +37,46 @@ PRODUCER: web.AppKey[Producer] = web.AppKey("producer", Producer)
 MAX_FAILURES = 1000
 
 
+COOKIE = "uq_token"
+OPEN_PATHS = {"/healthz", "/metrics"}
+
+
+def _token(request: web.Request) -> str:
+    return request.app[PRODUCER].settings.producers.api_token.get_secret_value()
+
+
 @web.middleware
-async def writes_need_token(
+async def token_required(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
-    if request.method in ("GET", "HEAD"):
+    token = _token(request)
+    header = request.headers.get("Authorization", "")
+    if request.method not in ("GET", "HEAD"):  # writes: the header only (no cross-site POST)
+        if not bearer_matches(header, token):
+            return web.json_response(
+                {"error": "read-only: a valid bearer token is needed"}, status=401
+            )
         return await handler(request)
-    token = request.app[PRODUCER].settings.producers.api_token.get_secret_value()
-    if not bearer_matches(request.headers.get("Authorization", ""), token):
-        return web.json_response({"error": "read-only: a valid bearer token is needed"}, status=401)
-    return await handler(request)
+    if not token or request.path in OPEN_PATHS:
+        return await handler(request)
+    given = request.query.get("token") if request.path == "/" else None
+    if (
+        bearer_matches(header, token)
+        or bearer_matches(f"Bearer {request.cookies.get(COOKIE, '')}", token)
+        or (given is not None and bearer_matches(f"Bearer {given}", token))
+    ):
+        response = await handler(request)
+        if given is not None:  # the page's own reads carry it from now on
+            response.set_cookie(COOKIE, token, httponly=True, samesite="Strict", path="/")
+        return response
+    if request.path == "/":
+        return web.Response(
+            status=401,
+            text="upscale-queue dashboard: open it as /?token=<UPSCALE_API_TOKEN>\n",
+        )
+    return web.json_response(
+        {"error": "a valid bearer token is needed (UPSCALE_API_TOKEN is set)"}, status=401
+    )
 
 
 async def status(request: web.Request) -> web.Response:
@@ -101,7 +135,7 @@ async def healthz(_request: web.Request) -> web.Response:
 
 
 def create_app(producer: Producer) -> web.Application:
-    app = web.Application(middlewares=[errors_middleware, writes_need_token])
+    app = web.Application(middlewares=[errors_middleware, token_required])
     app[PRODUCER] = producer
     app.router.add_get("/", page)
     app.router.add_get("/api/status", status)

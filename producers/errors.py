@@ -150,82 +150,170 @@ def _validation_text(exc: ValidationError) -> str:
     )
 
 
-# -- S3 / AWS ----------------------------------------------------------------------------------
+# -- S3 / SQS (AWS) -----------------------------------------------------------------------------
 _CREDENTIAL_CODES = {
-    "InvalidAccessKeyId",
-    "SignatureDoesNotMatch",
-    "InvalidToken",
-    "ExpiredToken",
-    "InvalidClientTokenId",
-    "UnrecognizedClientException",
-}
+    "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken",
+    "InvalidClientTokenId", "UnrecognizedClientException",
+}  # fmt: skip
+_NO_QUEUE_CODES = {"AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"}
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """The AWS service a command talked to, where, where that came from (a flag, a variable,
+    the profile, AWS's default), the setting to change, and the region: what an error names."""
+
+    service: str  # "S3" or "SQS"
+    url: str  # "" = AWS's default, not known
+    origin: str
+    variable: str
+    region: str | None = None
+    region_origin: str = ""
+
+    def where(self, *, with_region: bool = False) -> str:
+        at = f"{self.service} at {self.url or 'its endpoint'} (from {self.origin}"
+        if with_region:
+            origin = self.region_origin or "boto3's chain"
+            at += f"; region {self.region} from {origin}" if self.region else "; no region"
+        return at + ")"
+
+
+def endpoint_of(
+    service: str, *, used: str | None = None, flag: str | None = None, region: str | None = None
+) -> Endpoint:
+    """Where the `service` ("s3" / "sqs") endpoint came from, in botocore's order: the command's
+    flag, `UPSCALE_S3_ENDPOINT_URL` (S3), `AWS_ENDPOINT_URL_<SERVICE>`, `AWS_ENDPOINT_URL`,
+    the AWS profile's `endpoint_url`, else AWS's own endpoint for the region."""
+    svc = service.upper()
+    ours = env_var("s3_endpoint_url") if svc == "S3" else "--endpoint-url"
+    env = next(
+        (v for v in (f"AWS_ENDPOINT_URL_{svc}", "AWS_ENDPOINT_URL") if os.environ.get(v)), ""
+    )
+    aws_host = (urlsplit(used or "").hostname or "").endswith((".amazonaws.com", ".api.aws"))
+    if flag or (svc == "S3" and _s3_setting("endpoint_url")):
+        origin, var = ours, ours
+    elif env:
+        origin, var = env, env
+    elif used and not aws_host:
+        profile = os.environ.get("AWS_PROFILE") or "default"
+        origin, var = f"the AWS profile {profile!r} (endpoint_url)", "AWS_PROFILE"
+    else:
+        hint = f"{ours} or AWS_ENDPOINT_URL_{svc}" if svc == "S3" else ours
+        origin, var = f"AWS's default (set {hint} for another)", ours
+    url = used or flag or (_s3_setting("endpoint_url") if svc == "S3" else None) or ""
+    where = urlsplit(url or os.environ.get(env, ""))
+    reg, reg_origin = _region_origin(region)
+    shown = f"{where.scheme}://{where.netloc}" if where.netloc else ""
+    return Endpoint(svc, shown, origin, var, reg, reg_origin)
+
+
+def _s3_setting(name: str) -> str | None:
+    try:
+        return getattr(get_settings().s3, name)  # type: ignore[no-any-return]
+    except Exception:  # the settings themselves are broken: another line names that
+        return None
+
+
+def _region_origin(used: str | None) -> tuple[str | None, str]:
+    """The region and the setting it came from (the same chain `make_s3_client` follows)."""
+    for value, origin in (
+        (_s3_setting("region"), env_var("s3_region")),
+        (os.environ.get("AWS_REGION"), "AWS_REGION"),
+        (os.environ.get("AWS_DEFAULT_REGION"), "AWS_DEFAULT_REGION"),
+    ):
+        if value and (used is None or value == used):
+            return value, origin
+    return used, "the AWS profile" if used else ""
+
+
+class AwsCallFailed(Exception):
+    """A botocore error of a client other than the worker's S3 storage (the SQS consumer's)."""
+
+    def __init__(self, endpoint: Endpoint, subject: str, cause: BaseException) -> None:
+        super().__init__(f"{endpoint.service} {subject}: {cause}")
+        self.endpoint, self.subject, self.cause = endpoint, subject, cause
 
 
 def _s3_problem(exc: BaseException) -> Problem | None:
     """botocore errors, bare or inside a `worker.storage.StorageError` (which names the bucket
-    or object as `what: ...`)."""
+    or object as `what: ...`) or an `AwsCallFailed` (which names its service and endpoint)."""
     from botocore import exceptions as bx  # here: boto is slow to import, most commands skip it
 
     from worker.api import AccessDenied, SourceMissing, StorageError
 
     subject = ""
-    if isinstance(exc, StorageError):
+    endpoint: Endpoint | None = None
+    if isinstance(exc, AwsCallFailed):
+        endpoint, subject, exc = exc.endpoint, exc.subject, exc.cause
+    elif isinstance(exc, StorageError):
         subject = str(exc).split(": ")[0]
         cause = exc.__cause__ or exc.__context__
         if not isinstance(cause, bx.BotoCoreError | bx.ClientError):
             kind = EXIT_CONFIG if isinstance(exc, AccessDenied) else EXIT_UNAVAILABLE
             return Problem(str(exc), EXIT_FAILED if isinstance(exc, SourceMissing) else kind)
         exc = cause
-    keys = f"{env_var('s3_access_key_id')} and {env_var('s3_secret_access_key')}"
+    if not isinstance(exc, bx.BotoCoreError | bx.ClientError):
+        return None
+    if endpoint is None:
+        used = str(getattr(exc, "kwargs", {}).get("endpoint_url") or "") or None
+        endpoint = endpoint_of("s3", used=used)
+    return _aws_problem(exc, endpoint, subject)
+
+
+def _aws_problem(exc: BaseException, ep: Endpoint, subject: str) -> Problem:
+    from botocore import exceptions as bx
+
+    svc, key_var = ep.service, env_var("s3_access_key_id")
+    keys = f"{key_var} and {env_var('s3_secret_access_key')}"
+    if svc != "S3":  # the SQS client takes boto3's chain
+        keys, key_var = "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID"
     if isinstance(
         exc, bx.NoCredentialsError | bx.PartialCredentialsError | bx.CredentialRetrievalError
     ):
-        return Problem(
-            f"no usable AWS credentials for S3 ({exc}): set {keys}, or AWS_PROFILE / an IAM role",
-            EXIT_CONFIG,
-            env_var("s3_access_key_id"),
-        )
+        why = f"no usable AWS credentials for {svc} ({exc})"
+        return Problem(f"{why}: set {keys}, or AWS_PROFILE / an IAM role", EXIT_CONFIG, key_var)
     if isinstance(exc, bx.ProfileNotFound):
         return Problem(f"{exc}: fix AWS_PROFILE", EXIT_CONFIG, "AWS_PROFILE")
     if isinstance(exc, bx.NoRegionError):
-        var = env_var("s3_region")
-        return Problem(f"no AWS region: set AWS_REGION (or {var})", EXIT_CONFIG, "AWS_REGION")
+        fix = f"set AWS_REGION (or {env_var('s3_region')})"
+        return Problem(f"no AWS region for {svc}: {fix}", EXIT_CONFIG, "AWS_REGION")
     if isinstance(exc, bx.EndpointConnectionError | bx.ConnectionError | bx.HTTPClientError):
-        url = urlsplit(str(getattr(exc, "kwargs", {}).get("endpoint_url") or ""))
-        endpoint = f"{url.scheme}://{url.netloc}" if url.netloc else "its endpoint"
-        var = env_var("s3_endpoint_url")
         why = "no answer in time" if "timeout" in type(exc).__name__.lower() else "no connection"
-        return Problem(
-            f"cannot reach S3 at {endpoint} ({why}): check {var} (unset = AWS) and the network",
-            EXIT_UNAVAILABLE,
-            var,
-        )
+        fix = ep.variable + (" (unset = AWS)" if ep.variable.startswith("UPSCALE_") else "")
+        at = ep.where(with_region=ep.origin.startswith("AWS's default"))
+        line = f"cannot reach {at} ({why}): check {fix} and the network"
+        return Problem(line, EXIT_UNAVAILABLE, ep.variable)
     if isinstance(exc, bx.ClientError):
         err = exc.response.get("Error", {})
         code = str(err.get("Code") or "")
         status = str(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
-        what = subject or f"S3 {exc.operation_name}"
-        if code in _CREDENTIAL_CODES:
-            return Problem(
-                f"{what}: S3 rejected the credentials ({code}): check {keys} (or the AWS profile)",
-                EXIT_CONFIG,
-                env_var("s3_access_key_id"),
-            )
-        if code in ("NoSuchBucket",) or (status == "404" and "Bucket" in exc.operation_name):
-            return Problem(f"{what}: no such bucket", EXIT_FAILED)
-        if code in ("AccessDenied", "Forbidden", "AllAccessDisabled") or status == "403":
-            return Problem(
-                f"{what}: access denied ({code or status}): check the credentials and the "
-                "IAM policy",
-                EXIT_CONFIG,
-            )
-        detail = err.get("Message") or code or status
-        return Problem(
-            f"{what}: {detail}", EXIT_UNAVAILABLE if status.startswith("5") else EXIT_FAILED
+        what = (
+            subject if svc == "S3" and subject else f"{svc} {exc.operation_name} {subject}".strip()
         )
-    if isinstance(exc, bx.BotoCoreError):
-        return Problem(f"AWS: {exc}", EXIT_FAILED)
-    return None
+        if code in _CREDENTIAL_CODES:
+            why = f"{ep.where()} rejected the credentials ({code})"
+            return Problem(
+                f"{what}: {why}: check {keys} (or the AWS profile)", EXIT_CONFIG, key_var
+            )
+        if code in _NO_QUEUE_CODES:
+            return Problem(_no_queue(what, ep, subject), EXIT_FAILED, "AWS_REGION")
+        if code in ("NoSuchBucket",) or (status == "404" and "Bucket" in exc.operation_name):
+            return Problem(f"{what}: no such bucket at {ep.where(with_region=True)}", EXIT_FAILED)
+        if code in ("AccessDenied", "Forbidden", "AllAccessDisabled") or status == "403":
+            why = f"access denied ({code or status}) by {ep.where()}"
+            return Problem(f"{what}: {why}: check the credentials and the IAM policy", EXIT_CONFIG)
+        line = f"{what}: {err.get('Message') or code or status} ({ep.where(with_region=True)})"
+        return Problem(line, EXIT_UNAVAILABLE if status.startswith("5") else EXIT_FAILED)
+    return Problem(f"{svc}: {exc} ({ep.where(with_region=True)})", EXIT_FAILED)
+
+
+def _no_queue(what: str, ep: Endpoint, queue_url: str) -> str:
+    """A queue another region holds looks like no queue at all: say which region we asked."""
+    named = (re.findall(r"^https?://sqs[.-]([a-z0-9-]+)\.amazonaws\.com", queue_url) or [""])[0]
+    line = f"{what}: the queue does not exist at {ep.where(with_region=True)}"
+    if named and named != ep.region:
+        return line + f"; the queue URL names region {named}: set AWS_REGION={named}"
+    return line + "; check --queue-url and the region (AWS_REGION): a queue lives in one region"
 
 
 # -- click ------------------------------------------------------------------------------------

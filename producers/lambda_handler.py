@@ -6,6 +6,15 @@ Operations invocation: its tasks go into the bulk lane under a batch named after
 Operations job (`s3-batch-<job id>`), with per-task result codes; while the bulk queue is over
 its limit every task is answered `TemporaryFailure`, so Batch Operations retries it later
 instead of the queue growing without bound.
+
+A malformed SQS message (or one with broken records next to good ones) is reported as a batch
+item failure, never acknowledged: Lambda deletes every message it is not told failed, and what
+AWS users expect of a poison message is the source queue's redrive policy moving it, body intact,
+to its dead-letter queue after `maxReceiveCount` tries (`infra/terraform`: 5), where the console's
+DLQ redrive can send it back once the cause is fixed. Each one is logged with its reason and
+counted (`uq:intake` `malformed` / `rejected`); good records of the same message are enqueued at
+once and are duplicates on the retries. Logs follow `UPSCALE_LOG_FORMAT` (JSON lines for
+CloudWatch when `json`, or `auto` off a terminal).
 """
 
 from __future__ import annotations
@@ -13,10 +22,15 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import structlog
+
 from producers.api import Producer
 from producers.backfill import bulk_room
 from producers.events import MalformedEvent, batch_operations_response, parse_batch_operations
-from producers.intake import IntakeReport, enqueue_notification, guard_for, specs_for
+from producers.intake import IntakeReport, count, enqueue_notification, guard_for, specs_for
+from worker.api import configure_logging, get_settings
+
+log = structlog.get_logger("producers.lambda")
 
 
 def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
@@ -24,26 +38,42 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
 
 
 async def handle(event: dict[str, Any]) -> dict[str, Any]:
-    async with Producer.connect() as producer:
+    settings = get_settings()
+    configure_logging(settings.ops.log_format, settings.ops.log_level)  # once per process
+    async with Producer.connect(settings) as producer:
         if "invocationSchemaVersion" in event:
             return await _batch_operations(producer, event)
         records = event.get("Records")
         if isinstance(records, list) and records and records[0].get("eventSource") == "aws:sqs":
             return await _sqs(producer, records)
-        report = await enqueue_notification(producer, event)
+        report = await enqueue_notification(producer, event, source="lambda")
         return report.as_dict()
 
 
 async def _sqs(producer: Producer, records: list[dict[str, Any]]) -> dict[str, Any]:
-    failures = []
+    failures: list[dict[str, str]] = []
     for r in records:
+        message_id = str(r.get("messageId", ""))
         try:
-            await enqueue_notification(producer, r["body"])
-        except MalformedEvent:
-            continue  # a retry cannot fix it: acknowledge (it is logged by the parser's caller)
-        except Exception:
-            failures.append({"itemIdentifier": r.get("messageId", "")})
+            report = await enqueue_notification(producer, r["body"], source="lambda")
+        except MalformedEvent as e:  # counted and logged by intake; the redrive policy decides
+            _failed(failures, message_id, f"malformed: {e}")
+            continue
+        except Exception as e:  # Redis down etc.: retried
+            _failed(failures, message_id, f"not enqueued: {type(e).__name__}: {e}")
+            continue
+        if report.rejected:  # the good records are in; keep the broken ones on the queue
+            _failed(failures, message_id, "rejected records: " + "; ".join(report.rejected))
     return {"batchItemFailures": failures}
+
+
+def _failed(failures: list[dict[str, str]], message_id: str, reason: str) -> None:
+    log.warning(
+        "SQS message reported as a batch item failure (retried, then the queue's DLQ)",
+        message_id=message_id,
+        reason=reason[:1000],
+    )
+    failures.append({"itemIdentifier": message_id})
 
 
 async def _batch_operations(producer: Producer, event: dict[str, Any]) -> dict[str, Any]:
@@ -69,7 +99,9 @@ async def _batch_operations(producer: Producer, event: dict[str, Any]) -> dict[s
     for task in tasks:
         report = IntakeReport()
         try:
-            specs = specs_for([task.obj], guard, producer, report)
+            specs = await specs_for([task.obj], guard, producer, report)
+            if report.rejected or report.ignored:  # logged and counted like any event's
+                await count(producer, report, source="batch-operations")
             if report.rejected:
                 results[task.task_id] = ("PermanentFailure", "; ".join(report.rejected))
                 continue

@@ -1,10 +1,12 @@
 """What the webhook and the dashboard share: the bearer-token check, the error middleware, and
-running an aiohttp app built around a Producer until the process is stopped."""
+running an aiohttp app built around a Producer until the process is stopped. Both bind loopback
+by default (`upscale webhook|dashboard --host`); binding wider with no token is logged."""
 
 from __future__ import annotations
 
 import asyncio
 import hmac
+import ipaddress
 import signal
 from collections.abc import Awaitable, Callable
 
@@ -16,6 +18,14 @@ from producers.api import Producer
 from worker.api import Settings, connect
 
 log = structlog.get_logger("producers.serving")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether binding `host` keeps a server to this machine (the default of both servers)."""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def bearer_matches(authorization: str, token: str) -> bool:
@@ -57,6 +67,14 @@ async def serve_app(
     await runner.setup()
     await web.TCPSite(runner, host, port).start()
     log.info(f"{name} listening", url=f"http://{host}:{port}")
+    if not is_loopback(host) and not settings.producers.api_token.get_secret_value():
+        log.warning(
+            f"{name} is exposed beyond this host with no UPSCALE_API_TOKEN",
+            host=host,
+            effect="reads are open to anyone who can reach it"
+            if name == "dashboard"
+            else "every endpoint but /healthz answers 503",
+        )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

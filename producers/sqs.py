@@ -18,6 +18,7 @@ from typing import Any
 import structlog
 
 from producers.api import Producer
+from producers.errors import AwsCallFailed, Endpoint, endpoint_of
 from producers.events import MalformedEvent
 from producers.intake import enqueue_notification
 from worker.api import Keys
@@ -48,6 +49,7 @@ class SqsConsumer:
         wait_s: int = 20,
         batch: int = 10,
         visibility_s: int | None = None,
+        endpoint_flag: str | None = None,
     ) -> None:
         self.producer = producer
         self.sqs = sqs
@@ -57,6 +59,22 @@ class SqsConsumer:
         self.batch = min(10, max(1, batch))
         self.visibility_s = visibility_s
         self.stats = ConsumerStats()
+        meta = getattr(sqs, "meta", None)
+        self.endpoint: Endpoint = endpoint_of(
+            "sqs",
+            used=getattr(meta, "endpoint_url", None),
+            flag=endpoint_flag,
+            region=getattr(meta, "region_name", None),
+        )
+
+    async def _call(self, subject: str, fn: Any, **kwargs: Any) -> Any:
+        """One SQS request; its botocore error names SQS, the endpoint and where it came from."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            return await asyncio.to_thread(fn, **kwargs)
+        except (BotoCoreError, ClientError) as e:
+            raise AwsCallFailed(self.endpoint, subject, e) from e
 
     async def poll_once(self) -> int:
         """Receive one batch, enqueue, delete what is safely enqueued. Returns messages seen."""
@@ -67,13 +85,13 @@ class SqsConsumer:
         }
         if self.visibility_s:
             kwargs["VisibilityTimeout"] = self.visibility_s
-        resp = await asyncio.to_thread(self.sqs.receive_message, **kwargs)
+        resp = await self._call(self.queue_url, self.sqs.receive_message, **kwargs)
         messages = resp.get("Messages", [])
         done: list[dict[str, str]] = []
         for m in messages:
             self.stats.messages += 1
             try:
-                report = await enqueue_notification(self.producer, m["Body"])
+                report = await enqueue_notification(self.producer, m["Body"], source="sqs")
             except MalformedEvent as e:
                 await self._dead_letter(m, str(e))
                 self.stats.dead_lettered += 1
@@ -94,8 +112,8 @@ class SqsConsumer:
                     self.stats.dead_lettered += 1
             done.append({"Id": str(len(done)), "ReceiptHandle": m["ReceiptHandle"]})
         if done:
-            await asyncio.to_thread(
-                self.sqs.delete_message_batch, QueueUrl=self.queue_url, Entries=done
+            await self._call(
+                self.queue_url, self.sqs.delete_message_batch, QueueUrl=self.queue_url, Entries=done
             )
         return len(messages)
 
@@ -104,7 +122,8 @@ class SqsConsumer:
             "malformed message dead-lettered", reason=reason, message_id=message.get("MessageId")
         )
         if self.dlq_url:
-            await asyncio.to_thread(
+            await self._call(
+                self.dlq_url,
                 self.sqs.send_message,
                 QueueUrl=self.dlq_url,
                 MessageBody=message["Body"],

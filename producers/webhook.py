@@ -18,11 +18,11 @@ import structlog
 from aiohttp import web
 from pydantic import ValidationError
 
-from producers.api import Producer, build_spec
+from producers.api import Producer, SourceNotFound, build_spec
 from producers.events import MalformedEvent
 from producers.intake import enqueue_notification
 from producers.serving import bearer_matches, errors_middleware, serve_app
-from worker.api import Settings
+from worker.api import Settings, StorageError
 
 log = structlog.get_logger("producers.webhook")
 PRODUCER: web.AppKey[Producer] = web.AppKey("producer", Producer)
@@ -57,7 +57,7 @@ async def events(request: web.Request) -> web.Response:
     if not body:
         return _error(400, "empty body: expected an S3 notification")
     try:
-        report = await enqueue_notification(request.app[PRODUCER], body)
+        report = await enqueue_notification(request.app[PRODUCER], body, source="webhook")
     except MalformedEvent as e:
         return _error(400, f"malformed notification: {e}")
     except ValidationError as e:
@@ -94,7 +94,12 @@ async def post_jobs(request: web.Request) -> web.Response:
             specs.append(build_spec(settings=producer.settings, **item))
         except (ValueError, ValidationError, TypeError) as e:
             return _error(400, f"job {n}: {e}")
-    results = await producer.enqueue_specs(specs)
+    try:
+        results = await producer.enqueue_specs(specs)
+    except SourceNotFound as e:  # each source is read once at enqueue: its content is the job's
+        return _error(404, str(e))
+    except StorageError as e:
+        return _error(503, f"cannot read the source objects: {e}")
     return web.json_response(
         {"jobs": [{"job_id": r.job_id, "outcome": r.outcome, "state": r.state} for r in results]}
     )

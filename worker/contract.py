@@ -96,6 +96,8 @@ def render_destination(
     }
     if template.endswith("/"):
         template += "{key}"
+    if not values["dirname"]:  # a root-level key: `{dirname}/2x/...` must not render `//`
+        template = template.replace("{dirname}/", "")
     try:
         rendered = template.format(**values)
     except (KeyError, IndexError, ValueError) as e:

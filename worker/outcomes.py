@@ -1,6 +1,8 @@
 """One table from every exception a job can raise to what happens next.
 
-- `fail`: the job cannot succeed; it ends `failed` with a reason a person can act on.
+- `fail`: the job cannot succeed; it ends `failed` with a reason a person can act on, or
+  `skipped` (`JobSkipped`: superseded, deleted or our own output) when there is nothing to act
+  on: an operator alerting on `failed` is never paged for normal S3 life.
 - `wait`: nothing is wrong with the job (pause, 429, outage, budget); it goes back to its queue
   and no attempt is used.
 - `attempt`: a real failure; it uses an attempt and backs off (and fails at `max_attempts`).
@@ -36,7 +38,29 @@ class JobFailed(Exception):
 
 
 class JobSkipped(Exception):
-    """Nothing to do (e.g. the source is one of our own outputs): ends `skipped`, no call."""
+    """Nothing to do and nothing for a person to fix: ends `skipped` with the reason as its
+    note, no call. `kind` names the reason (the row's error class, for logs)."""
+
+    kind = "Skipped"
+
+
+class OwnOutput(JobSkipped):
+    """The source is one of our outputs (its provenance metadata): the recursion guard."""
+
+    kind = "OwnOutput"
+
+
+class Superseded(JobSkipped):
+    """The source has a newer version than the one the job asked for: that version has (or
+    gets) its own job, and an older one must not overwrite its output."""
+
+    kind = "Superseded"
+
+
+class SourceDeleted(JobSkipped):
+    """The source (or the asked version of it) was deleted after the job was made."""
+
+    kind = "SourceDeleted"
 
 
 class JobWaits(Exception):
@@ -66,8 +90,8 @@ def outcome_for(exc: BaseException, *, pause_poll_s: float, outage_wait_s: float
     match exc:
         case JobFailed():
             return Outcome("fail", exc.error_class, exc.message)
-        case JobSkipped():
-            return Outcome("fail", "Skipped", msg)
+        case JobSkipped():  # final, not retried; `run` ends it `skipped`, not `failed`
+            return Outcome("fail", exc.kind, msg)
         case JobWaits():
             return Outcome("wait", "", exc.detail, exc.reason, exc.wait_s)
         case KeyPaused():  # admitted, then paused before it left: admission picks again

@@ -166,6 +166,11 @@ class Storage:
             return None
         return _head(r)
 
+    async def head_current(self, obj: S3Object) -> Head | None:
+        """The key's current version (a HEAD without `VersionId`, whatever `obj` names): None
+        when there is none (deleted; in a versioned bucket, a delete marker)."""
+        return await self.head(S3Object(bucket=obj.bucket, key=obj.key))
+
     async def read_checked(
         self,
         obj: S3Object,

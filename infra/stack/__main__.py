@@ -3,6 +3,7 @@ and run until Ctrl-C (or SIGTERM)."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import signal
 import sys
@@ -11,7 +12,13 @@ import time
 from infra.stack.local import LocalStack
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    argparse.ArgumentParser(
+        prog="python -m infra.stack",
+        description="Start the local stack (redis-server, SeaweedFS S3, the gateway simulator) "
+        "on free loopback ports, print its environment as `export K=V` lines (eval them in "
+        "another shell) and run until Ctrl-C or SIGTERM.",
+    ).parse_args(argv)  # --help prints this and exits; anything else is a usage error
     t0 = time.monotonic()
     with LocalStack() as stack:
         for k, v in stack.env().items():

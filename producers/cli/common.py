@@ -65,5 +65,16 @@ def _aws_from_dotenv(path: str = ".env") -> None:
 @click.option(
     "--debug", is_flag=True, envvar="UPSCALE_DEBUG", help="Show tracebacks instead of one line."
 )
-def main(debug: bool) -> None:
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="The command's --json, given before its name (`upscale --json status`).",
+)
+@click.pass_context
+def main(ctx: click.Context, debug: bool, as_json: bool) -> None:
+    if as_json:  # every command's own `--json` defaults to on (click reads default_map per name)
+        group = ctx.command
+        assert isinstance(group, click.Group)
+        ctx.default_map = {name: {"as_json": True} for name in group.commands}
     _aws_from_dotenv()

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from producers.api import Producer, build_spec
+from producers.api import Producer, SourceNotFound, build_spec
 from producers.cli.common import JSON_HELP, console, echo_json, err_console, main, with_producer
 from producers.errors import CommandError
 from worker.api import EnqueueOutcome, get_settings
@@ -49,7 +49,10 @@ def enqueue(sources: tuple[str, ...], as_json: bool, **opts: Any) -> None:
 
     async def go(p: Producer) -> list[Enqueued]:
         specs = [build_spec(src, settings=p.settings, **opts) for src in sources]
-        results = await p.enqueue_specs(specs)
+        try:  # each source's ETag is read (one HEAD each): a replaced object is a new job
+            results = await p.enqueue_specs(specs)
+        except SourceNotFound as e:  # nothing was enqueued
+            raise CommandError(str(e)) from None
         return [
             Enqueued(r.job_id, r.outcome, r.state, s.source.uri, s.dest.uri)
             for r, s in zip(results, specs, strict=True)

@@ -62,8 +62,29 @@ async def _wait_for_redis(settings: Settings, seconds: float) -> None:
             return
 
 
+HOST_HELP = (
+    "Address to listen on: loopback by default; 0.0.0.0 (or {var}=0.0.0.0) exposes it, e.g. in a "
+    "container behind a Service."
+)
+DEFAULT_HOST = "127.0.0.1"
+
+
+def host_option(var: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """`--host` of a server command (loopback by default; `var` sets it too)."""
+    return click.option(
+        "--host",
+        default=DEFAULT_HOST,
+        show_default=True,
+        envvar=var,
+        help=HOST_HELP.format(var=var),
+    )
+
+
+WEBHOOK_PORT = 8070  # not 8080: the default gateway URL's port (and the simulator's)
+
+
 @main.command(help="Serve the status page, its JSON API and the fleet's /metrics.")
-@click.option("--host", default="0.0.0.0", show_default=True)
+@host_option("UPSCALE_DASHBOARD_HOST")
 @click.option("--port", default=8090, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="JSON log lines (and errors).")
 def dashboard(host: str, port: int, as_json: bool) -> None:
@@ -73,8 +94,8 @@ def dashboard(host: str, port: int, as_json: bool) -> None:
 
 
 @main.command(help="Serve bucket notifications and HTTP enqueue (needs UPSCALE_API_TOKEN).")
-@click.option("--host", default="0.0.0.0", show_default=True)
-@click.option("--port", default=8080, show_default=True)
+@host_option("UPSCALE_WEBHOOK_HOST")
+@click.option("--port", default=WEBHOOK_PORT, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="JSON log lines (and errors).")
 def webhook(host: str, port: int, as_json: bool) -> None:
     from producers.webhook import serve
@@ -115,19 +136,25 @@ def sqs(
     import dataclasses
 
     import boto3
+    from botocore.exceptions import BotoCoreError
 
+    from producers.errors import AwsCallFailed, endpoint_of
     from producers.sqs import SqsConsumer
 
     s = json_logs(as_json)
     configure_logging(s.ops.log_format, s.ops.log_level)
     # The region as for S3: UPSCALE_S3_REGION, AWS_REGION, then boto3's chain (the profile).
     region = s.s3.region or os.environ.get("AWS_REGION")
-    client = boto3.client("sqs", region_name=region, endpoint_url=endpoint_url)
+    try:
+        client = boto3.client("sqs", region_name=region, endpoint_url=endpoint_url)
+    except BotoCoreError as e:  # no region, a missing profile: name SQS, not S3
+        raise AwsCallFailed(endpoint_of("sqs", flag=endpoint_url), queue_url, e) from e
 
     async def go(p: Producer) -> Any:
-        return await SqsConsumer(p, client, queue_url, dlq_url=dlq_url, wait_s=wait).run(
-            until_empty=until_empty
+        consumer = SqsConsumer(
+            p, client, queue_url, dlq_url=dlq_url, wait_s=wait, endpoint_flag=endpoint_url
         )
+        return await consumer.run(until_empty=until_empty)
 
     st = with_producer(go)
     if as_json:

@@ -58,14 +58,22 @@ def newer_sequencer(a: str | None, b: str | None) -> bool:
 
 
 def latest_per_key(events: list[ObjectEvent]) -> list[ObjectEvent]:
-    """Drop events superseded by a later sequencer for the same bucket/key/version."""
-    best: dict[tuple[str, str, str | None], ObjectEvent] = {}
+    """Of the events for one bucket/key that carry a `sequencer`, only the latest (AWS: a key's
+    events are ordered by sequencer, not by arrival; an older version's job would only end
+    superseded in the worker). Events without one are all kept: the worker orders them by the
+    source's current version. The order of the rest is kept."""
+    kept: list[ObjectEvent] = []
+    latest: dict[tuple[str, str], int] = {}  # the key's sequenced event: its index in `kept`
     for ev in events:
-        k = (ev.bucket, ev.key, ev.version_id)
-        cur = best.get(k)
-        if cur is None or newer_sequencer(ev.sequencer, cur.sequencer):
-            best[k] = ev
-    return list(best.values())
+        k = (ev.bucket, ev.key)
+        if not ev.sequencer:
+            kept.append(ev)
+        elif k not in latest:
+            latest[k] = len(kept)
+            kept.append(ev)
+        elif newer_sequencer(ev.sequencer, kept[latest[k]].sequencer):
+            kept[latest[k]] = ev
+    return kept
 
 
 def each(items: list[tuple[str, Any]], out: ParsedNotification, fn: Callable[[Any], None]) -> None:

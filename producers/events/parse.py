@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from producers.events.model import MalformedEvent, ParsedNotification, each
+from producers.events.model import MalformedEvent, ParsedNotification, each, latest_per_key
 from producers.events.shapes import eventbridge, records, seaweedfs
 
 
@@ -15,6 +15,16 @@ def parse_notification(
     doc = _load(body)
     out = ParsedNotification()
     _dispatch(doc, out, eventbridge_keys_encoded, depth=0)
+    kept = latest_per_key(out.created)
+    if len(kept) < len(out.created):
+        ids = {id(ev) for ev in kept}
+        out.ignored += [
+            f"s3://{ev.bucket}/{ev.key} (sequencer {ev.sequencer}): a later event for the key "
+            "in the same notification supersedes it"
+            for ev in out.created
+            if id(ev) not in ids
+        ]
+        out.created = kept
     if out.rejected and not out.created and not out.ignored:
         raise MalformedEvent("; ".join(out.rejected))  # nothing usable at all
     return out

@@ -99,7 +99,7 @@ def seaweedfs(doc: dict[str, Any], out: ParsedNotification) -> None:
         out.ignored.append(f"filer event outside /buckets: {path!r}")
         return
     bucket, _, key = path[len("/buckets/") :].partition("/")
-    if kind != "create":
+    if kind not in ("create", "update"):
         out.ignored.append(f"filer {kind} {path}")
         return
     if not key or bucket == ".system" or key.startswith(".uploads/"):
@@ -108,16 +108,12 @@ def seaweedfs(doc: dict[str, Any], out: ParsedNotification) -> None:
     if not isinstance(entry, dict) or entry.get("is_directory"):
         out.ignored.append(f"filer directory {path}")
         return
-    ext = entry.get("extended") or {}
-    meta: dict[str, str] = {}
-    etag = None
-    if isinstance(ext, dict):
-        for name, value in ext.items():
-            text = b64_text(value)
-            if name.lower() == "seaweed-x-amz-etag":
-                etag = text.strip('"') if text else None
-            elif name.lower().startswith("x-amz-meta-"):
-                meta[name[len("x-amz-meta-") :].lower()] = text or ""
+    etag, meta = _filer_extended(entry)
+    if kind == "update" and not _content_changed(msg.get("old_entry"), entry, etag):
+        # An overwrite is an `update` of the key's entry; so is a metadata-only change (a
+        # copy onto itself, tags): only new content makes a job.
+        out.ignored.append(f"filer update of {path} without new content")
+        return
     attrs = entry.get("attributes") or {}
     out.created.append(
         ObjectEvent(
@@ -133,3 +129,34 @@ def seaweedfs(doc: dict[str, Any], out: ParsedNotification) -> None:
             user_metadata=meta,
         )
     )
+
+
+def _filer_extended(entry: dict[str, Any]) -> tuple[str | None, dict[str, str]]:
+    """A filer entry's S3 ETag and user metadata (its `extended` attributes, base64)."""
+    ext = entry.get("extended") or {}
+    meta: dict[str, str] = {}
+    etag = None
+    if isinstance(ext, dict):
+        for name, value in ext.items():
+            text = b64_text(value)
+            if name.lower() == "seaweed-x-amz-etag":
+                etag = text.strip('"') if text else None
+            elif name.lower().startswith("x-amz-meta-"):
+                meta[name[len("x-amz-meta-") :].lower()] = text or ""
+    return etag, meta
+
+
+def _content_changed(old: Any, new: dict[str, Any], new_etag: str | None) -> bool:
+    """Whether a filer `update` changed the object's bytes: the ETags differ, else (entries
+    without one) the MD5 or size. Nothing to compare: changed (a duplicate job id absorbs it)."""
+    if not isinstance(old, dict):
+        return True
+    old_etag, _ = _filer_extended(old)
+    if old_etag and new_etag:
+        return old_etag != new_etag
+    old_attrs, new_attrs = old.get("attributes") or {}, new.get("attributes") or {}
+    if not isinstance(old_attrs, dict) or not isinstance(new_attrs, dict):
+        return True
+    seen = [(old_attrs.get(f), new_attrs.get(f)) for f in ("md5", "file_size")]
+    compared = [(a, b) for a, b in seen if a is not None and b is not None]
+    return not compared or any(a != b for a, b in compared)

@@ -221,7 +221,10 @@ async def run_fleet(
     redis = Redis.from_url(stack.redis_url)
     await redis.flushdb()
     producer = Producer(redis, Settings())
-    specs = [build_spec(f"s3://{bucket}/{k}", settings=producer.settings) for k in keys]
+    # pinned here (enqueue would HEAD them anyway): the ids below are the enqueued jobs'
+    specs = await producer.pin_sources(
+        [build_spec(f"s3://{bucket}/{k}", settings=producer.settings) for k in keys]
+    )
     await producer.enqueue_specs(specs)
     due_at = time.time() + warm_s
     if warm_s:

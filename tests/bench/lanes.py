@@ -57,12 +57,11 @@ async def main_async() -> None:
             await asyncio.sleep(WARMUP_S)
             t_live = time.time()
             enqueued: dict[str, float] = {}
+            ids = []  # the enqueued jobs' ids (enqueue pins each to its ETag)
             for i, k in enumerate(keys[BULK:]):
-                await producer.enqueue(f"s3://lanes/{k}", batch=f"live-{i}")
+                ids.append((await producer.enqueue(f"s3://lanes/{k}", batch=f"live-{i}")).job_id)
                 enqueued[f"live-{i}"] = time.time()
                 await asyncio.sleep(LIVE_GAP_S)
-            ids = [build_spec(f"s3://lanes/{k}", settings=producer.settings).job_id
-                   for k in keys[BULK:]]  # fmt: skip
             await producer.wait_for_all(ids, timeout=120)
             t_done = time.time()
             console.print(f"live jobs done; measuring bulk for {AFTER_S:.0f} s more…")

@@ -57,6 +57,38 @@ def test_backfill_unreachable_s3(stack: LocalStack, closed_port: int, tmp_path: 
     assert r.rc == 69
 
 
+def test_aws_endpoint_url_nowhere_names_it_for_s3(
+    stack: LocalStack, closed_port: int, tmp_path: Path
+) -> None:
+    """S3 through `AWS_ENDPOINT_URL` (no UPSCALE_S3_ENDPOINT_URL): the line names the variable
+    that really set the endpoint, not the unset one."""
+    env = _stack_env(stack, AWS_ENDPOINT_URL=f"http://127.0.0.1:{closed_port}")
+    del env["UPSCALE_S3_ENDPOINT_URL"]
+    r = upscale("backfill", "s3://photos/", "--json", env=env, cwd=tmp_path)
+    line = assert_one_line(r, "cannot reach S3", f"127.0.0.1:{closed_port}", "AWS_ENDPOINT_URL")
+    assert "UPSCALE_S3_ENDPOINT_URL" not in line
+    assert json.loads(line)["variable"] == "AWS_ENDPOINT_URL" and r.rc == 69
+
+
+@pytest.mark.parametrize("how", ["flag", "AWS_ENDPOINT_URL_SQS", "AWS_ENDPOINT_URL"])
+def test_unreachable_sqs_names_sqs_and_where_its_endpoint_came_from(
+    how: str, stack: LocalStack, closed_port: int, tmp_path: Path
+) -> None:
+    nowhere = f"http://127.0.0.1:{closed_port}"
+    env = _stack_env(
+        stack, AWS_ACCESS_KEY_ID="x", AWS_SECRET_ACCESS_KEY="y", AWS_REGION="eu-west-1"
+    )
+    args = ["sqs", "--queue-url", f"{nowhere}/123/q", "--until-empty", "--wait", "0"]
+    if how == "flag":
+        args += ["--endpoint-url", nowhere]
+    else:
+        env[how] = nowhere
+    r = upscale(*args, env=env, cwd=tmp_path)
+    want = "--endpoint-url" if how == "flag" else how
+    line = assert_one_line(r, "cannot reach SQS", f"127.0.0.1:{closed_port}", f"from {want}")
+    assert "S3" not in line and r.rc == 69
+
+
 # -- upscale health: gateway URL, key, model, never billed ---------------------------------------
 def test_health_passes_and_accepts_a_v1_base_url(
     stack: LocalStack, sim: Sim, tmp_path: Path

@@ -49,10 +49,22 @@ async def test_dashboard_api_pause_resume_failures_retry_and_metrics(
     stack: LocalStack, sim: Sim, settings: Settings, producer: Producer, buckets: Buckets, dash: str
 ) -> None:
     ok, bad = await _paused_and_failed(stack, sim, settings, producer, buckets)
+    async with httpx.AsyncClient(base_url=dash) as anon:
+        # a token is set: reads need it too (job ids, keys, errors, spend); probes stay open
+        for path in ("/api/status", "/api/failures", "/api/batches"):
+            r = await anon.get(path)
+            assert r.status_code == 401 and "token" in r.json()["error"], path
+        page = await anon.get("/")
+        assert page.status_code == 401 and "?token=" in page.text
+        assert (await anon.get("/healthz")).status_code == 200
+        assert (await anon.get("/metrics")).status_code == 200
+        assert (await anon.get("/api/status", headers={"Authorization": "Bearer no"})).is_error
     async with httpx.AsyncClient(base_url=dash) as c:
-        page = await c.get("/")
+        page = await c.get(f"/?token={TOKEN}")  # as the page is opened: it sets the cookie
         assert page.status_code == 200 and "upscale-queue" in page.text
-        st = (await c.get("/api/status")).json()
+        cookie = page.headers["set-cookie"]
+        assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
+        st = (await c.get("/api/status")).json()  # the cookie carries the token
         assert st["pause"]["reason"] == "credits" and st["states"]["failed"] == 1
         assert len(st["finished_per_minute"]) == 60 and sum(st["finished_per_minute"]) >= 1
         assert any(v is not None for v in st["depth_per_minute"])  # sampled by the workers
@@ -64,7 +76,7 @@ async def test_dashboard_api_pause_resume_failures_retry_and_metrics(
         assert 'upscale_paused{reason="credits"} 1.0' in text
         assert 'upscale_queue_depth{lane="live"} 1.0' in text
         assert 'upscale_jobs{state="failed"} 1.0' in text
-        # read-only without the token
+        # writes need the header, never the cookie alone
         assert (await c.post("/api/resume")).status_code == 401
         auth = {"Authorization": f"Bearer {TOKEN}"}
         sim.wallet(add=5)
@@ -159,10 +171,25 @@ async def test_status_page_in_a_real_browser(
             await page.click("tr.failure button.retry")
             rec = await wait_state(producer, bad, "queued")
             assert rec.attempts == 0
-            # read-only without the token: the buttons are disabled
-            ro = await browser.new_page()
-            await ro.goto(dash)
-            await ro.wait_for_selector("#mode")
-            assert await ro.inner_text("#mode") == "read-only"
+            # a token is set: without it the page says how to open it, and shows nothing
+            other = await browser.new_page()  # a new context: no cookie
+            await other.goto(dash)
+            assert "?token=" in await other.inner_text("body")
         finally:
             await browser.close()
+
+
+async def test_dashboard_without_a_token_is_read_only(producer: Producer) -> None:
+    """No UPSCALE_API_TOKEN: reads are open (the server binds loopback by default), writes are
+    refused; the CLI's defaults bind 127.0.0.1 for both servers, the webhook off the gateway's
+    port."""
+    async with serving(create_app(producer)) as url, httpx.AsyncClient(base_url=url) as c:
+        assert (await c.get("/api/status")).status_code == 200
+        assert (await c.get("/")).status_code == 200
+        assert (await c.post("/api/resume")).status_code == 401
+    defaults = {
+        name: {p.name: p.default for p in cli.commands[name].params}
+        for name in ("dashboard", "webhook")
+    }
+    assert defaults["dashboard"]["host"] == defaults["webhook"]["host"] == "127.0.0.1"
+    assert defaults["webhook"]["port"] != 8080  # the default gateway URL's port

@@ -103,11 +103,14 @@ async def test_bulk_keeps_its_floor_while_live_never_stops(
     assert live_left, "bulk only moved after live finished: no floor"
 
 
-def test_status_shows_depth_rate_and_age_per_lane(stack_env: None, buckets: Buckets) -> None:
+def test_status_shows_depth_rate_and_age_per_lane(
+    stack_env: None, stack: LocalStack, buckets: Buckets
+) -> None:
     from click.testing import CliRunner
 
     from producers.cli import main as cli
 
+    put(stack, buckets.src, "a.png", png())  # enqueue reads its ETag: it must exist
     r = CliRunner().invoke(cli, ["enqueue", f"s3://{buckets.src}/a.png", "--batch", "s"])
     assert r.exit_code == 0, r.output
     r = CliRunner().invoke(cli, ["status"])

@@ -7,13 +7,16 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
+import structlog
 from pydantic import SecretStr
 from redis.asyncio import Redis
 
+from infra.stack import LocalStack
 from producers.api import Producer
 from producers.webhook import create_app
-from tests.integration.conftest import Buckets
-from tests.support import TOKEN, s3_event, serving
+from tests.integration.conftest import Buckets, put
+from tests.support import TOKEN, png, s3_event, serving
+from worker.keys import Keys
 from worker.settings import Settings
 
 
@@ -68,8 +71,10 @@ async def test_webhook_event_enqueues_decoded_key_once(
 
 
 async def test_http_enqueue_and_status(
-    webhook: httpx.AsyncClient, producer: Producer, buckets: Buckets
+    webhook: httpx.AsyncClient, producer: Producer, buckets: Buckets, stack: LocalStack
 ) -> None:
+    for key in ("x.png", "y.png"):  # enqueue reads each source's ETag: they must exist
+        put(stack, buckets.src, key, png())
     r = await webhook.post(
         "/jobs",
         json={
@@ -95,3 +100,27 @@ async def test_http_enqueue_and_status(
         "/jobs", json={"source": f"s3://{buckets.src}/x.png", "resemblance": 500}
     )
     assert bad.status_code == 400 and "resemblance" in bad.json()["error"]
+    gone = await webhook.post("/jobs", json={"source": f"s3://{buckets.src}/nope.png"})
+    assert gone.status_code == 404 and "no such object" in gone.json()["error"]
+    # cancel over HTTP: a queued job ends at once; an unknown one is a 404
+    cancelled = await webhook.post(f"/jobs/{ids[1]}/cancel")
+    assert cancelled.status_code == 200 and cancelled.json()["outcome"] == "cancelled"
+    assert (await webhook.post("/jobs/uq-nope/cancel")).status_code == 404
+    whole = await webhook.post("/batches/svc/cancel")
+    assert whole.status_code == 200 and whole.json()["cancelled"] == 1
+    assert (await webhook.post("/batches/nope/cancel")).status_code == 404
+
+
+async def test_webhook_ignores_our_outputs_with_a_logged_reason_not_retina_names(
+    webhook: httpx.AsyncClient, redis: Redis, buckets: Buckets, stack: LocalStack
+) -> None:
+    put(stack, buckets.src, "icons/logo@2x.png", png(8, 8))
+    with structlog.testing.capture_logs() as logs:
+        user = await webhook.post("/events", content=s3_event(buckets.src, "icons/logo@2x.png"))
+        ours = await webhook.post("/events", content=s3_event(buckets.dest, "icons/logo@2x.png"))
+    assert user.json()["enqueued"] == 1 and user.json()["ignored"] == []
+    (why,) = ours.json()["ignored"]
+    assert "destination location" in why
+    (line,) = [e for e in logs if e["event"] == "event ignored"]
+    assert line["source"] == "webhook" and buckets.dest in line["reason"]
+    assert await redis.hget(Keys.intake, "ignored") == b"1"  # type: ignore[misc]

@@ -281,3 +281,55 @@ def test_json_logs_keep_tracebacks_and_logger_names(tmp_path: Path) -> None:
     for ln in lines:
         assert "Traceback" in ln["exception"] and "ZeroDivisionError" in ln["exception"]
         assert "exc_info" not in ln
+
+
+# -- group-level --json, and which AWS service / endpoint / region an error names ---------------
+def test_json_before_the_command_name(closed_port: int, tmp_path: Path) -> None:
+    r = upscale("--json", "status", env=unreachable_env(closed_port), cwd=tmp_path)
+    assert_one_line(r, "REDIS_URL")
+    assert json.loads(r.err_lines[0])["exit_code"] == 69
+
+
+def test_sqs_errors_name_sqs_its_endpoint_origin_and_region(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from botocore.exceptions import ClientError, EndpointConnectionError
+
+    from producers.errors import AwsCallFailed, endpoint_of, explain
+
+    for k in list(os.environ):
+        if k.startswith(("UPSCALE_", "AWS_")):
+            monkeypatch.delenv(k)
+    monkeypatch.chdir(tmp_path)
+    from worker.settings import get_settings
+
+    get_settings.cache_clear()  # the endpoint's origin reads the settings
+    config = tmp_path / "aws-config"
+    config.write_text("[profile dev]\nendpoint_url = http://10.0.0.9:4566\nregion = ap-south-1\n")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
+    monkeypatch.setenv("AWS_PROFILE", "dev")
+    ep = endpoint_of("sqs", used="http://10.0.0.9:4566", region="ap-south-1")
+    assert ep.origin == "the AWS profile 'dev' (endpoint_url)" and ep.variable == "AWS_PROFILE"
+    assert ep.region_origin == "the AWS profile"
+    down = EndpointConnectionError(endpoint_url="http://10.0.0.9:4566/")
+    p = explain(AwsCallFailed(ep, "https://x/q", down))
+    assert "cannot reach SQS at http://10.0.0.9:4566 (from the AWS profile 'dev'" in p.message
+    assert p.exit_code == 69 and p.variable == "AWS_PROFILE"
+    # a queue URL naming another region than the client's: the fix is named
+    monkeypatch.setenv("AWS_REGION", "eu-west-1")
+    ep = endpoint_of("sqs", used="https://sqs.eu-west-1.amazonaws.com", region="eu-west-1")
+    assert ep.origin.startswith("AWS's default") and ep.region_origin == "AWS_REGION"
+    gone = ClientError(
+        {"Error": {"Code": "AWS.SimpleQueueService.NonExistentQueue", "Message": "nope"}},
+        "ReceiveMessage",
+    )
+    url = "https://sqs.us-east-1.amazonaws.com/123456789012/events"
+    p = explain(AwsCallFailed(ep, url, gone))
+    assert "region eu-west-1 from AWS_REGION" in p.message
+    assert "names region us-east-1: set AWS_REGION=us-east-1" in p.message
+    assert p.message.startswith("SQS ReceiveMessage") and p.variable == "AWS_REGION"
+    # S3 through AWS_ENDPOINT_URL_S3: named, not the unset UPSCALE_S3_ENDPOINT_URL
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://127.0.0.1:1")
+    p = explain(EndpointConnectionError(endpoint_url="http://127.0.0.1:1/photos"))
+    assert "cannot reach S3 at http://127.0.0.1:1 (from AWS_ENDPOINT_URL_S3" in p.message
+    assert p.variable == "AWS_ENDPOINT_URL_S3"

@@ -175,6 +175,7 @@ def test_seaweedfs_filer_events() -> None:
     assert ev.user_metadata == {"upscale-job-id": "uq-9"}
     assert ev.to_s3_object().etag == "0a1b2c"
     for ignored in (
+        filer("/buckets/photos/a.png", kind="rename"),
         filer("/buckets/photos/.uploads/abc/0001.part"),
         filer("/buckets/photos/dir", is_directory=True),
         filer("/buckets/photos"),
@@ -184,6 +185,31 @@ def test_seaweedfs_filer_events() -> None:
     ):
         parsed = parse_notification(ignored)
         assert parsed.created == [] and parsed.ignored, ignored
+
+
+def test_seaweedfs_update_with_new_content_is_a_new_object() -> None:
+    """An overwrite reaches the filer as an `update` of the key's entry (old and new entry):
+    new content (another ETag; without ETags, another MD5 or size) makes a job, a change of
+    metadata alone (a copy onto itself) does not."""
+
+    def update(old: dict[str, Any] | None, **new: Any) -> dict[str, Any]:
+        doc = filer("/buckets/photos/a.png", kind="update", **new)
+        doc["message"]["old_entry"] = old
+        return doc
+
+    def etag(e: str, **more: str) -> dict[str, str]:
+        return {"Seaweed-X-Amz-ETag": _b64(f'"{e}"'), **{k: _b64(v) for k, v in more.items()}}
+
+    old = {"name": "a.png", "attributes": {"file_size": 2048, "md5": "m1"}, "extended": etag("e1")}
+    (ev,) = parse_notification(update(old, extended=etag("e2"))).created
+    assert (ev.key, ev.etag, ev.event_name) == ("a.png", "e2", "ObjectCreated:Put")
+    same = parse_notification(update(old, extended=etag("e1", **{"X-Amz-Meta-X": "y"})))
+    assert same.created == [] and "without new content" in same.ignored[0]
+    bare = {"name": "a.png", "attributes": {"file_size": 2048, "md5": "m1"}}
+    changed = update(bare, attributes={"file_size": 2048, "md5": "m2"})
+    assert len(parse_notification(changed).created) == 1
+    assert parse_notification(update(bare, attributes=bare["attributes"])).created == []
+    assert len(parse_notification(update(None)).created) == 1  # nothing to compare: a job
 
 
 @pytest.mark.parametrize(
@@ -222,6 +248,23 @@ def test_sequencer_ordering() -> None:
     old = parse_notification({"Records": [s3_record("k.png", sequencer="0A")]}).created[0]
     new = parse_notification({"Records": [s3_record("k.png", sequencer="0B")]}).created[0]
     assert latest_per_key([new, old]) == [new]
+
+
+def test_a_later_version_in_the_same_notification_supersedes_the_older() -> None:
+    """AWS orders a key's events by sequencer, not by arrival: of v1 and v2 in one message only
+    v2 makes a job (v1 is listed as ignored); events without a sequencer are all kept."""
+    body = {
+        "Records": [
+            s3_record("k.png", versionId="v2", eTag="e2", sequencer="0B"),
+            s3_record("k.png", versionId="v1", eTag="e1", sequencer="0A"),
+            s3_record("other.png", sequencer="0A"),
+        ]
+    }
+    parsed = parse_notification(body)
+    assert [(e.key, e.version_id) for e in parsed.created] == [("k.png", "v2"), ("other.png", None)]
+    assert len(parsed.ignored) == 1 and "s3://photos/k.png (sequencer 0A)" in parsed.ignored[0]
+    unordered = {"Records": [s3_record("k.png", eTag=e, sequencer=None) for e in ("e1", "e2")]}
+    assert [e.etag for e in parse_notification(unordered).created] == ["e1", "e2"]
 
 
 def test_batch_operations_v1_and_v2() -> None:

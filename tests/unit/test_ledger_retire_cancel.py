@@ -209,3 +209,27 @@ async def test_an_answer_for_a_final_job_is_counted_but_keeps_no_result(r: Redis
     await ledger.finish(job, "run-b", "failed", {"error": "x"})  # keeps its fields for the check
     assert await ledger.call_answered(job, "default/a", _paid("r-a"), token="run-a") == "stale"
     assert (await _fields(r, job))["cost_micros"] == str(2 * PRICE)
+
+
+async def test_a_stale_runs_lost_call_leaves_the_newer_call_journaled(r: Redis) -> None:
+    ledger, job = await _job(r)
+    await _stalled_past_its_lease(ledger, r, job)  # reclaim counted call a as possibly billed
+    await ledger.start(job, "run-b", 20_000)
+    await ledger.call_begin(job, "run-b", "default/b", PRICE)
+    await ledger.call_unknown(job, "default/a")  # run a wakes: its connection was lost
+    await ledger.call_refused(job, "default/a", None)
+    journal = await ledger.journal(job)
+    assert journal is not None and journal.state == "sent" and journal.token == "default/b"
+    assert (await _fields(r, job))["possible_micros"] == str(PRICE)  # counted once
+
+
+async def test_writes_for_a_record_redis_lost_do_not_recreate_it(r: Redis) -> None:
+    ledger, job = await _job(r)
+    await ledger.start(job, "run", 20_000)
+    await ledger.call_begin(job, "run", "default/s", PRICE)
+    await r.delete(Keys.job(job))  # a restart without persistence
+    await ledger.call_unknown(job, "default/s")
+    assert await ledger.call_answered(job, "default/s", _paid("r")) == "orphan"
+    await ledger.reclaim()
+    assert not await r.exists(Keys.job(job))
+    assert int(await r.get(Keys.spend_total) or 0) >= PRICE  # the fleet's books still count it

@@ -5,16 +5,36 @@ from __future__ import annotations
 import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from worker.contract import S3Object
 from worker.images import ImageRejected
-from worker.outcomes import JobFailed, JobSkipped, JobWaits, outcome_for
+from worker.job.source import newer_version
+from worker.outcomes import (
+    JobFailed,
+    JobSkipped,
+    JobWaits,
+    OwnOutput,
+    SourceDeleted,
+    Superseded,
+    outcome_for,
+)
 from worker.results import DownloadFailed, ResultRejected
-from worker.storage import AccessDenied, SourceMissing, StorageRejected, StorageUnavailable
+from worker.storage import (
+    AccessDenied,
+    Head,
+    SourceMissing,
+    StorageRejected,
+    StorageUnavailable,
+)
 from worker.upstream import errors as ue
 
 CASES: list[tuple[BaseException, str, str, str]] = [
     # exception, action, error class or wait reason, flow effect
     (JobFailed("SourceMissing", "gone"), "fail", "SourceMissing", "none"),
+    # final without retry, and `skipped` (not `failed`): nothing for a person to act on
     (JobSkipped("ours"), "fail", "Skipped", "none"),
+    (OwnOutput("provenance metadata"), "fail", "OwnOutput", "none"),
+    (Superseded("superseded: newer version"), "fail", "Superseded", "none"),
+    (SourceDeleted("source deleted"), "fail", "SourceDeleted", "none"),
     (JobWaits("storage", 5, "S3 down"), "wait", "storage", "none"),
     (ue.OutOfCredits("no credits", status=402), "wait", "paused:credits", "pause"),
     (ue.AuthFailed("bad key", status=401), "wait", "paused:auth", "pause"),
@@ -62,3 +82,27 @@ def test_secrets_never_reach_the_message() -> None:
     url = "https://s3/x.png?X-Amz-Signature=abcdef0123&X-Amz-Credential=AKIA"
     o = outcome_for(RuntimeError(f"failed on {url}"), pause_poll_s=2, outage_wait_s=5)
     assert "abcdef0123" not in o.message and "AKIA" not in o.message
+
+
+def test_superseded_and_deleted_sources_are_skips_not_failures() -> None:
+    for exc in (Superseded("superseded: v2"), SourceDeleted("gone"), OwnOutput("ours")):
+        assert isinstance(exc, JobSkipped)  # `run` ends these `skipped`, with the message
+        assert outcome_for(exc, pause_poll_s=2, outage_wait_s=5).message == str(exc)
+
+
+def _head(etag: str, version_id: str | None = None) -> Head:
+    return Head(size=1, etag=etag, content_type=None, metadata={}, version_id=version_id)
+
+
+def test_newer_version_compares_version_ids_then_etags() -> None:
+    v1 = S3Object(bucket="bkt", key="a.png", version_id="v1", etag="e1")
+    assert newer_version(v1, _head("e1", "v1")) is None
+    assert "newer version (v2" in (newer_version(v1, _head("e2", "v2")) or "")
+    assert newer_version(v1, _head("e1", "v2"))  # the same bytes uploaded again: a new version
+    plain = S3Object(bucket="bkt", key="a.png", etag="e1")
+    assert newer_version(plain, _head("e1", "v9")) is None
+    assert "replaced (ETag now e2" in (newer_version(plain, _head("e2")) or "")
+    # `null` names every write while versioning is off: the ETag still tells them apart
+    null = S3Object(bucket="bkt", key="a.png", version_id="null", etag="e1")
+    assert newer_version(null, _head("e2", "null"))
+    assert newer_version(S3Object(bucket="bkt", key="a.png"), _head("e2", "v2")) is None

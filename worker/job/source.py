@@ -1,5 +1,7 @@
 """Step 0 and 1: the output may already be there (idempotent outputs); read, check and prepare
-the source (decoded in full off the event loop: a bad image fails before any call)."""
+the source (decoded in full off the event loop: a bad image fails before any call). A job for a
+version that is no longer the source's current one ends `skipped` (superseded) before any call:
+the output reflects the newest version of its source, whatever order the events came in."""
 
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from worker.formats import EXTENSIONS, key_for
 from worker.images import ImageInfo, Prepared, prepare, validate
 from worker.job.base import JobBase, _ms, log
 from worker.ledger.transitions import FinalState
-from worker.outcomes import JobFailed, JobSkipped
+from worker.outcomes import JobFailed, OwnOutput, SourceDeleted, Superseded
 from worker.storage import (
     AccessDenied,
     Head,
@@ -40,6 +42,23 @@ def output_keys(dest_key: str) -> list[str]:
         if (key := key_for(dest_key, fmt)) not in keys:
             keys.append(key)
     return keys
+
+
+def newer_version(src: S3Object, current: Head) -> str | None:
+    """Why `current` (the key's current version) is not the version the job `src` asked for,
+    or None when it is. Version ids are compared where both sides have one (S3 orders versions
+    itself: the current one is the newest), and ETags; a job with neither cannot tell."""
+    if src.version_id and current.version_id and current.version_id != src.version_id:
+        new, asked = current.version_id, src.version_id
+        return f"the source has a newer version ({new}; the job's is {asked})"
+    # Also under one version id: `null` names every write while versioning is off or suspended.
+    if src.etag and current.etag and current.etag != src.etag:
+        return f"the source was replaced (ETag now {current.etag}; the job's is {src.etag})"
+    return None
+
+
+def superseded(src: S3Object, why: str) -> Superseded:
+    return Superseded(f"superseded: {why}; {src.uri} as it is now makes its own job")
 
 
 class SourceStep(JobBase):
@@ -134,13 +153,11 @@ class SourceStep(JobBase):
         def check(head: Head) -> None:
             if META_JOB_ID in head.metadata:
                 # Recursion guard, last line: never upscale our own output.
-                raise JobSkipped("source is an upscale-queue output (provenance metadata)")
-            if src.etag and not src.version_id and head.etag != src.etag:
-                raise JobFailed(
-                    "SourceChanged",
-                    f"source {src.uri} changed since the job was made (etag {head.etag}, "
-                    f"expected {src.etag}); the newer version makes its own job",
-                )
+                raise OwnOutput("source is an upscale-queue output (provenance metadata)")
+            # Without a version id the GET read the current version: its ETag says if the
+            # object was replaced since the job was made (checked here: the body is not read).
+            if not src.version_id and (why := newer_version(src, head)):
+                raise superseded(src, why)
             if head.size > cap:
                 raise JobFailed(
                     "InputTooLarge",
@@ -151,7 +168,20 @@ class SourceStep(JobBase):
                 raise JobFailed("InvalidImage", "source object is empty (0 bytes)")
 
         try:
-            head, data = await storage.read_checked(src, max_bytes=cap, check=check)
+            read = storage.read_checked(src, max_bytes=cap, check=check)
+            if src.version_id:
+                # The GET reads the job's own version; the key's current one (a HEAD without
+                # the version id, beside the GET) says whether a newer one was uploaded since.
+                (head, data), current = await asyncio.gather(read, storage.head_current(src))
+                if current is None:
+                    raise SourceDeleted(
+                        f"source deleted: {src.uri} has no current version (deleted since the "
+                        f"job was made); version {src.version_id} is not upscaled"
+                    )
+                if why := newer_version(src, current):
+                    raise superseded(src, why)
+            else:
+                head, data = await read
             # Always decoded in full (off the event loop), even when the upstream fetches the
             # URL itself: a corrupt, truncated or bomb input must fail before any call.
             jobs = self.s.jobs
@@ -168,7 +198,11 @@ class SourceStep(JobBase):
 
             info, prepared = await asyncio.to_thread(check_and_prepare)
         except SourceMissing as e:
-            raise JobFailed("SourceMissing", f"source {src.uri} does not exist ({e})") from None
+            # Deleted since the job was made (enqueue checks that it exists): normal S3 life.
+            version = f" version {src.version_id}" if src.version_id else ""
+            raise SourceDeleted(
+                f"source deleted: {src.uri}{version} does not exist ({e})"
+            ) from None
         except AccessDenied as e:
             raise JobFailed("SourceAccessDenied", str(e)) from None
         self.timings["read"] = _ms(t0)

@@ -1,4 +1,5 @@
-"""Step 3: stream the paid result into S3 in the output format, with provenance metadata."""
+"""Step 3: stream the paid result into S3 in the output format, with provenance metadata; never
+over the output of a newer version of the source (checked right before the upload)."""
 
 from __future__ import annotations
 
@@ -14,9 +15,10 @@ from worker.contract import (
 )
 from worker.images import ImageInfo
 from worker.job.base import JobBase, _ms, log
+from worker.job.source import newer_version
 from worker.keys import Keys
 from worker.ledger import PaidOutput, PaidResult
-from worker.outcomes import JobFailed
+from worker.outcomes import JobFailed, Superseded
 from worker.results import DownloadFailed, ResultRejected, stream_b64, stream_url
 from worker.storage import (
     AccessDenied,
@@ -39,6 +41,7 @@ class StoreStep(JobBase):
             raise JobFailed(
                 "UnsafeContent", "the upstream's safety check withheld the image (call was billed)"
             )
+        await self._check_still_newest()
         t0 = time.monotonic()
         info: dict[str, Any] = {}
         for attempt in range(1, DOWNLOAD_TRIES + 1):
@@ -115,6 +118,28 @@ class StoreStep(JobBase):
             timings_ms=self.timings,
         )
         return {"state": "succeeded", "dest": dest.uri, "bytes": stored.size}
+
+    async def _check_still_newest(self) -> None:
+        """The source's current version is still the job's, right before the upload: a newer
+        version uploaded during the call has (or gets) its own job, whose output this one must
+        not overwrite. One HEAD. A re-check, not a fence: S3 conditional writes (`If-Match`)
+        are not on every S3, so a newer version's output stored between this HEAD and the end
+        of this upload is still overwritten (a window of one upload, not of a call)."""
+        src = self.spec.source
+        if not (src.version_id or src.etag):
+            return  # a job made without them cannot tell versions apart
+        try:
+            current = await self.rt.storage.head_current(src)
+        except AccessDenied:
+            return  # cannot tell; the read before the call found the job's version current
+        if current is None:
+            return  # deleted since the call: nothing newer to overwrite, the paid result is kept
+        if why := newer_version(src, current):
+            raise Superseded(
+                f"superseded after its call: {why}; this paid upscale of the older version "
+                "is not stored (it would overwrite the newer version's output); the call "
+                "stays in the spend"
+            )
 
     async def _discard_paid(self) -> None:
         await self.rt.redis.delete(Keys.paid(self.job_id))

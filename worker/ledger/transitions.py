@@ -288,7 +288,8 @@ class Ledger(LedgerReads):
         """Save a paid answer with its spend: waits out a Redis outage for as long as it takes.
         Returns 'saved' | 'duplicate' | 'pending' | 'stale' (a call its journal no longer holds,
         or a job already final: counted, not this run's result) | 'fenced' (saved, but the run
-        `token` lost its lease: it must stop without writing)."""
+        `token` lost its lease: it must stop without writing) | 'orphan' (the job has no record:
+        the run stores what it paid for)."""
         return text(
             await self._run(
                 "call_answered",

@@ -142,6 +142,7 @@ end
 local function add_request_id(job_id, rid)
   if rid == nil or rid == '' then return end
   local ledger = k_job(job_id)
+  if redis.call('EXISTS', ledger) == 0 then return end  -- never re-create a lost record
   local ids = cjson.decode(redis.call('HGET', ledger, 'request_ids') or '[]')
   table.insert(ids, rid)
   redis.call('HSET', ledger, 'request_ids', cjson.encode(ids))

@@ -24,12 +24,14 @@ end
 local function add_spend(job_id, micros, field, now, slot)
   if micros == 0 then return end
   local ledger = k_job(job_id)
-  redis.call('HINCRBY', ledger, field, micros)
+  -- a record a Redis lost is not re-created as a hash of counters: the fleet's books still count
+  local exists = redis.call('EXISTS', ledger) == 1
+  if exists then redis.call('HINCRBY', ledger, field, micros) end
   redis.call('INCRBY', PFX .. 'spend:total', micros)
   local up = slot_upstream(slot)
   if up then redis.call('INCRBY', k_up(up, 'spend'), micros) end
   redis.call('INCRBY', PFX .. 'spend:day:' .. utc_day(now), micros)
-  local batch = redis.call('HGET', ledger, 'batch')
+  local batch = exists and redis.call('HGET', ledger, 'batch')
   if batch and batch ~= '' then
     redis.call('INCRBY', PFX .. 'spend:batch:' .. batch, micros)
     redis.call('HINCRBY', k_batch(batch), 'spend_micros', micros)
@@ -70,13 +72,22 @@ end
 -- connection lost, crash) is counted as billed until proven otherwise.
 local function possibly_billed(job_id, token, now)
   local journal = k_call(job_id)
-  if redis.call('HGET', journal, 'state') == 'unknown' and redis.call('HGET', journal, 'token') == token then
+  local current = redis.call('HGET', journal, 'token') == token
+  if redis.call('HGET', journal, 'state') == 'unknown' and current then
     return  -- already counted (a retry whose first reply was lost)
+  end
+  if not current then
+    -- a stale run's call: reclaim counted it when it took the job; the journal is a newer call's
+    unreserve(token)
+    free_slot(token)
+    return
   end
   local est = unreserve(token)
   if est == 0 then est = tonumber(redis.call('HGET', journal, 'est') or '0') end
   add_spend(job_id, est, 'possible_micros', now, token)
-  redis.call('HINCRBY', k_job(job_id), 'unknown_calls', 1)
+  if redis.call('EXISTS', k_job(job_id)) == 1 then
+    redis.call('HINCRBY', k_job(job_id), 'unknown_calls', 1)
+  end
   -- the journal's `possible`: what the calls under the current idempotency key may have cost
   -- (asked again under it, each may have been billed, unless the upstream honours the key)
   redis.call('HSET', journal, 'state', 'unknown')

@@ -15,7 +15,8 @@
 --       7 pending ('1': async job accepted, billed when it completes), 8 replayed ('1': the
 --       upstream says this answer replays the earlier call with the same idempotency key),
 --       9 run token of the run that asked ('': none to fence)
--- Returns 'pending' | 'saved' | 'duplicate' | 'stale' | 'fenced'.
+-- Returns 'pending' | 'saved' | 'duplicate' | 'stale' | 'fenced' | 'orphan' (no record: saved
+-- nowhere, the run stores it).
 --- @include "_ledger"
 --- @include "_money"
 local job_id, slot, cost, pending = ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[7] == '1'
@@ -44,9 +45,12 @@ local function settle_possible(micros)
 end
 
 if not state then
-  -- no record (a Redis that lost it): nothing to write to; the output's metadata and the
-  -- upstream's bill remain the books
-  return 'stale'
+  -- no record (a Redis restarted without persistence lost it): nobody else will store this
+  -- paid answer, so its run does; the fleet's spend counts it (no record is re-created)
+  free_slot(slot)
+  unreserve(slot)
+  if not pending then add_spend(job_id, cost, 'cost_micros', now, slot) end
+  return 'orphan'
 end
 if not current or FINAL[state] then
   free_slot(slot)

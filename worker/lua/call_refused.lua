@@ -11,6 +11,7 @@ end
 add_request_id(job_id, ARGV[4])
 free_slot(slot)
 unreserve(slot)
-redis.call('HSET', KEYS[2], 'state', 'refused')
+-- a stale run's call (reclaimed, the journal holds a newer one) leaves the journal alone
+if redis.call('HGET', KEYS[2], 'token') == slot then redis.call('HSET', KEYS[2], 'state', 'refused') end
 if ARGV[5] == '1' then redis.call('DEL', k_paid(job_id)) end
 return 'ok'
