@@ -176,6 +176,8 @@ class UpstreamKeys:
     said: str  # hash: the upstream's x-ratelimit-* word, and a burst cap learned from a 429
     rate_429: str  # sorted set: recent 429s (learning a burst rule)
     rate_bulk: str  # sorted set: bulk call start times (bulk floor, even bulk pacing)
+    sent: str  # sorted set: calls that left in the last minute (slot -> send ms): calls/min
+    sent_bulk: str  # sorted set: the bulk lane's share of `sent`
     spend: str  # string: micro-USD billed or possibly billed on this key, ever
     reserved: str  # string: micro-USD reserved by this key's calls in flight
 

@@ -23,8 +23,10 @@ def main(argv: list[str] | None = None) -> None:
     with LocalStack() as stack:
         for k, v in stack.env().items():
             print(f"export {k}={json.dumps(v) if v.startswith('[') else v}")
+        sample = _sample(stack)
         print(
-            f"# local stack up in {time.monotonic() - t0:.1f}s (dir {stack.dir}); Ctrl-C stops it",
+            f"# local stack up in {time.monotonic() - t0:.1f}s (dir {stack.dir}); {sample} "
+            "ready for the README's examples; Ctrl-C stops it",
             file=sys.stderr,
             flush=True,
         )
@@ -33,6 +35,23 @@ def main(argv: list[str] | None = None) -> None:
         if stop:
             stop({signal.SIGINT, signal.SIGTERM})
     print("# local stack stopped", file=sys.stderr)
+
+
+def _sample(stack: LocalStack) -> str:
+    """The README's first example works as written: `s3://photos/cat.jpg` and the default
+    destination's bucket exist (a generated image, not a cat)."""
+    import io
+
+    from PIL import Image
+
+    from infra.stack.seaweedfs import ensure_buckets
+
+    s3 = stack.s3_client()
+    ensure_buckets(s3, "photos", "photos-upscaled")
+    buf = io.BytesIO()
+    Image.radial_gradient("L").convert("RGB").resize((320, 240)).save(buf, "JPEG")
+    s3.put_object(Bucket="photos", Key="cat.jpg", Body=buf.getvalue(), ContentType="image/jpeg")
+    return "s3://photos/cat.jpg"
 
 
 if __name__ == "__main__":

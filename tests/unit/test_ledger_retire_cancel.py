@@ -233,3 +233,12 @@ async def test_writes_for_a_record_redis_lost_do_not_recreate_it(r: Redis) -> No
     await ledger.reclaim()
     assert not await r.exists(Keys.job(job))
     assert int(await r.get(Keys.spend_total) or 0) >= PRICE  # the fleet's books still count it
+
+
+async def test_calls_per_minute_count_calls_that_left_not_admissions(r: Redis) -> None:
+    ledger, job = await _job(r)
+    up = Keys.up("default")
+    await r.zadd(up.rate, {"default/never-sent": 1, "default/s1": 1})  # two admissions
+    await ledger.start(job, "run", 20_000)
+    await ledger.call_begin(job, "run", "default/s1", PRICE)
+    assert await r.zcard(up.rate) == 2 and await r.zrange(up.sent, 0, -1) == [b"default/s1"]

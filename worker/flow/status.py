@@ -126,8 +126,8 @@ async def read_status(redis: Redis, pool: list[tuple[str, MemberFacts]]) -> Flow
             p.pttl(k.cooldown)
             p.hgetall(k.circuit)
             p.zcount(k.inflight, now_ms, "+inf")
-            p.zcount(k.rate, now_ms - 60_000, "+inf")
-            p.zcount(k.rate_bulk, now_ms - 60_000, "+inf")
+            p.zcount(k.sent, now_ms - 60_000, "+inf")  # calls that left, not admissions
+            p.zcount(k.sent_bulk, now_ms - 60_000, "+inf")
             p.hmget(k.said, ["limit", "remaining", "reset_at"])
             p.get(k.spend)
         replies = await p.execute()

@@ -55,4 +55,15 @@ redis.call('HSET', KEYS[2], 'n', n, 'idem', idem, 'token', slot, 'state', 'sent'
   'est', ARGV[5], 'sent_at', now)
 redis.call('ZADD', KEYS[3], 'XX', now, slot)
 redis.call('ZADD', KEYS[4], 'XX', now, slot)
+-- what `upscale status` shows as calls/min: calls that left. The rate windows also hold
+-- admissions never sent (counted against the limit until they age out), which are no calls.
+local up = slot_upstream(slot)
+if up then
+  local sent = {k_up(up, 'sent')}
+  if redis.call('ZSCORE', KEYS[4], slot) then sent[2] = k_up(up, 'sent-bulk') end
+  for _, key in ipairs(sent) do
+    redis.call('ZADD', key, now, slot)
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', now - 60000)
+  end
+end
 return {'ok', n, idem}
