@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import os
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -54,6 +55,11 @@ class StorageRejected(StorageError):
     """S3 refuses the request itself (bad metadata, size, storage class): a permanent failure."""
 
 
+class DestinationChanged(StorageError):
+    """A conditional write found the destination not as this run last saw it (412): another
+    writer (a newer run, a newer version's job) stored there meanwhile; nothing was written."""
+
+
 class StorageUnavailable(StorageError):
     """S3 is down, throttling or unreachable: wait and retry, never a failed try."""
 
@@ -99,6 +105,10 @@ def classify(exc: Exception, what: str) -> StorageError:
         err = exc.response.get("Error", {})
         code = str(err.get("Code", ""))
         status = str(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
+        if code in ("PreconditionFailed", "ConditionalRequestConflict") or status in ("412", "409"):
+            return DestinationChanged(
+                f"{what}: the destination changed meanwhile ({code or status})"
+            )
         if code in _NOT_FOUND or status == "404":
             return SourceMissing(f"{what}: not found ({code or status})")
         if code in _DENIED or status == "403":
@@ -110,6 +120,23 @@ def classify(exc: Exception, what: str) -> StorageError:
             )
         return StorageUnavailable(f"{what}: S3 error {code or status}")
     return StorageUnavailable(f"{what}: S3 unreachable ({type(exc).__name__})")
+
+
+class Unknown(enum.Enum):
+    """A destination this writer has not looked at: its write is unconditional."""
+
+    UNKNOWN = "unknown"
+
+
+UNKNOWN = Unknown.UNKNOWN
+
+
+def _condition(expect: str | Unknown | None) -> dict[str, str]:
+    if expect is UNKNOWN:
+        return {}
+    if expect is None:
+        return {"IfNoneMatch": "*"}
+    return {"IfMatch": f'"{expect}"'}
 
 
 @dataclass(frozen=True)
@@ -218,9 +245,15 @@ class Storage:
         chunks: AsyncIterator[bytes],
         *,
         describe: Callable[[bytes], tuple[str, dict[str, str]]],
+        expect: str | Unknown | None = UNKNOWN,
     ) -> Stored:
         """Stream chunks into `dest`: one PUT if small, multipart otherwise; memory stays at one
-        part. `describe(first_bytes)` returns (content type, metadata) once the header is known."""
+        part. `describe(first_bytes)` returns (content type, metadata) once the header is known.
+        `expect`: what the writer last saw at `dest` (None: nothing, else its ETag): the write
+        is conditional on it (`If-None-Match: *` / `If-Match`, on the PUT or the multipart
+        completion), so a writer that was overtaken replaces nothing (`DestinationChanged`).
+        An S3 without conditional writes ignores the headers."""
+        cond = _condition(expect)
         part_size = max(5 * 1024 * 1024, self.settings.upload_part_bytes)
         buf = bytearray()
         upload_id: str | None = None
@@ -272,6 +305,7 @@ class Storage:
                     Body=bytes(buf),
                     ContentType=ctype,
                     Metadata=meta,
+                    **cond,
                 )
                 return Stored(etag=str(r.get("ETag", "")).strip('"'), size=size)
             if buf:
@@ -283,6 +317,7 @@ class Storage:
                 Key=dest.key,
                 UploadId=upload_id,
                 MultipartUpload={"Parts": parts},
+                **cond,
             )
             return Stored(etag=str(r.get("ETag", "")).strip('"'), size=size)
         except BaseException:

@@ -80,7 +80,7 @@ def eventbridge(doc: dict[str, Any], out: ParsedNotification, keys_encoded: bool
             bucket=bucket,
             key=key,
             version_id=opt(obj.get("version-id")),
-            etag=opt(obj.get("etag")),
+            etag=opt(obj.get("etag") or obj.get("eTag")),  # AWS documents etag; moto sends eTag
             size=int_or_none(obj.get("size")),
             sequencer=opt(obj.get("sequencer")),
             event_name=f"ObjectCreated:{detail.get('reason', '')}".rstrip(":"),

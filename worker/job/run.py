@@ -21,7 +21,6 @@ from worker.callbacks import queue_batch_notice_if_done, queue_job_notice
 from worker.contract import FINAL_STATES
 from worker.job.base import OUTAGE_WAIT_S, log
 from worker.job.call import CallStep
-from worker.job.source import SourceStep
 from worker.job.store import StoreStep
 from worker.keys import upstream_of
 from worker.ledger import Fenced, StartResult
@@ -30,7 +29,7 @@ from worker.outcomes import JobSkipped, outcome_for
 from worker.upstream import errors as ue
 
 
-class UpscaleJob(SourceStep, CallStep, StoreStep):
+class UpscaleJob(CallStep, StoreStep):
     """One run of one job: the steps in order, and the outcome table applied to what they raise."""
 
     async def run(self) -> dict[str, Any]:

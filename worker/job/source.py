@@ -6,6 +6,7 @@ the output reflects the newest version of its source, whatever order the events 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import posixpath
 import time
 from typing import Any
@@ -64,11 +65,15 @@ def superseded(src: S3Object, why: str) -> Superseded:
 class SourceStep(JobBase):
     _output_head: asyncio.Future[Found | None] | None = None
 
+    seen: dict[str, str | None] | None = None  # the destination as this run saw it
+
     def _look_for_output(self) -> None:
         """Start looking for the output now, beside the run's start (one round trip off the
         path of every job); `_already_stored` reads it. A backfill that listed the destination
         just before enqueue (`dest_listed`) found none there: nothing to ask."""
-        if not self.spec.dest_listed:
+        if self.spec.dest_listed:
+            self.seen = dict.fromkeys(output_keys(self.spec.dest.key))
+        else:
             self._output_head = asyncio.ensure_future(self._find_output())
 
     async def _find_output(self) -> Found | None:
@@ -77,11 +82,14 @@ class SourceStep(JobBase):
         names no format, else one LIST of its stem's keys (any extension, one request, where a
         HEAD per extension would be seven); the keys it finds are HEADed for the job id."""
         dest, storage = self.spec.dest, self.rt.storage
-        keys = output_keys(dest.key)
+        candidates = keys = output_keys(dest.key)
         if len(keys) > 1:
             keys = await self._listed(dest.bucket, posixpath.splitext(dest.key)[0] + ".", keys)
         objs = [S3Object(bucket=dest.bucket, key=k) for k in keys]
         heads = await asyncio.gather(*(storage.head(o) for o in objs))
+        # what is there now, per key it may be stored under: its write is conditional on it
+        self.seen = dict.fromkeys(candidates)
+        self.seen.update({o.key: h.etag for o, h in zip(objs, heads, strict=True) if h})
         for obj, head in zip(objs, heads, strict=True):
             if head is not None and head.metadata.get(META_JOB_ID) == self.job_id:
                 return obj, head
@@ -120,8 +128,18 @@ class SourceStep(JobBase):
             found = await (pending or self._find_output())
         except AccessDenied as e:
             raise JobFailed("DestinationAccessDenied", str(e)) from None
-        if found is None:
-            return None
+        return None if found is None else await self._adopt(found)
+
+    async def _seen_at_start(self) -> None:
+        """A run that resumes a paid result skipped `_already_stored`: its look at the
+        destination (started with the run) still tells what its write is conditional on."""
+        if self.seen is None and self._output_head is not None:
+            with contextlib.suppress(Exception):  # unknown: the write is unconditional
+                await self._output_head
+
+    async def _adopt(self, found: Found) -> dict[str, Any]:
+        """The destination holds this job's output (stored by an earlier or another run): the
+        job ends with it, no call, nothing written."""
         dest, head = found
         rec = await self.rt.ledger.get(self.job_id)
         state: FinalState = "succeeded" if rec and rec.billed_calls else "skipped"

@@ -14,14 +14,15 @@ from worker.contract import (
     s3_key_quote,
 )
 from worker.images import ImageInfo
-from worker.job.base import JobBase, _ms, log
-from worker.job.source import newer_version
+from worker.job.base import _ms, log
+from worker.job.source import SourceStep, newer_version
 from worker.keys import Keys
 from worker.ledger import PaidOutput, PaidResult
 from worker.outcomes import JobFailed, Superseded
 from worker.results import DownloadFailed, ResultRejected, stream_b64, stream_url
 from worker.storage import (
     AccessDenied,
+    DestinationChanged,
     SourceMissing,
     StorageRejected,
     StorageUnavailable,
@@ -31,7 +32,10 @@ from worker.upstream import errors as ue
 DOWNLOAD_TRIES = 3  # a truncated or failed result download is retried (no new call)
 
 
-class StoreStep(JobBase):
+class StoreStep(SourceStep):
+    """Storing needs the destination as the run saw it (`SourceStep`): its write is
+    conditional on it."""
+
     async def _store(self, paid: PaidResult) -> dict[str, Any]:
         if not paid.outputs:
             await self._discard_paid()
@@ -42,6 +46,7 @@ class StoreStep(JobBase):
                 "UnsafeContent", "the upstream's safety check withheld the image (call was billed)"
             )
         await self._check_still_newest()
+        await self._seen_at_start()
         t0 = time.monotonic()
         info: dict[str, Any] = {}
         for attempt in range(1, DOWNLOAD_TRIES + 1):
@@ -56,8 +61,19 @@ class StoreStep(JobBase):
                     quality=self.s.jobs.output_quality,
                     max_source_bytes=self.s.jobs.max_source_bytes,
                     describe=self._describer(paid, out, info),
+                    seen=self.seen,
                 )
                 break
+            except DestinationChanged:
+                # Another writer stored there since this run looked (conditional write, 412):
+                # a run of this job that overtook this one, or a newer version's job.
+                found = await self._find_output()
+                if found is not None:
+                    return await self._adopt(found)
+                raise Superseded(
+                    f"superseded: {self.spec.dest.uri} was written by another job while this one "
+                    "ran (a newer version of the source?); this paid result is not written over it"
+                ) from None
             except DownloadFailed as e:
                 log.warning(
                     "result download failed; retrying the download", error=str(e), try_=attempt

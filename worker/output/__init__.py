@@ -19,7 +19,7 @@ this module (tests replace them here).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 
 import structlog
@@ -39,7 +39,7 @@ from worker.output.stream import (
     read,
     spool,
 )
-from worker.storage import Storage, Stored
+from worker.storage import UNKNOWN, Storage, Stored
 from worker.upstream.errors import ResultUnavailable
 
 __all__ = [
@@ -85,11 +85,14 @@ async def store(
     quality: int,
     max_source_bytes: int,
     describe: Describe,
+    seen: Mapping[str, str | None] | None = None,
 ) -> Output:
     """Store the result streamed by `chunks` under `dest` (or `dest` with the extension of the
     stored format) in the format `output_format` asks for. `describe(image)` gives the
     Content-Type and metadata of what is stored. `source_format`: the source's format when
-    this run read it (else a ranged read finds it)."""
+    this run read it (else a ranged read finds it). `seen`: what the run saw at each key it may
+    store under (None: nothing there, else the ETag): the write is conditional on it
+    (`Storage.upload_stream`'s `expect`); a key it did not look at is written unconditionally."""
     src = SourceReader(storage, source, max_source_bytes)
     # Before the download starts: an S3 outage here leaves no half-read stream behind.
     if output_format == "source" and source_format is None:
@@ -102,11 +105,13 @@ async def store(
     upstream = normalise(got.format)
     wanted = choose(output_format, upstream=upstream, source=source_format, dest_key=dest.key)
     if wanted == upstream:
-        return await _upload(storage, dest, upstream, got, chain(head, rest), describe)
+        return await _upload(storage, dest, upstream, got, chain(head, rest), describe, seen=seen)
     if got.width * got.height > REENCODE_MAX_PIXELS:
         note = f"kept as {upstream}: {got.resolution} is too large to re-encode as {wanted}"
         log.warning("result stored as the upstream made it", reason=note)
-        return await _upload(storage, dest, upstream, got, chain(head, rest), describe, note)
+        return await _upload(
+            storage, dest, upstream, got, chain(head, rest), describe, note, seen=seen
+        )
     spooled = await spool(head, rest)
     try:
         meta = await src.meta()
@@ -117,12 +122,12 @@ async def store(
     except Undecodable as e:
         note = f"kept as {upstream}: cannot re-encode it ({e})"
         log.warning("result stored as the upstream made it", reason=note)
-        return await _upload(storage, dest, upstream, got, read(spooled), describe, note)
+        return await _upload(storage, dest, upstream, got, read(spooled), describe, note, seen=seen)
     finally:
         spooled.close()
     log.info("result re-encoded", note=note)
     try:
-        return await _upload(storage, dest, wanted, image, read(encoded), describe, note)
+        return await _upload(storage, dest, wanted, image, read(encoded), describe, note, seen=seen)
     finally:
         encoded.close()
 
@@ -135,7 +140,12 @@ async def _upload(
     chunks: AsyncIterator[bytes],
     describe: Describe,
     note: str = "",
+    *,
+    seen: Mapping[str, str | None] | None = None,
 ) -> Output:
     final = S3Object(bucket=dest.bucket, key=key_for(dest.key, fmt))
-    stored = await storage.upload_stream(final, chunks, describe=lambda _first: describe(image))
+    expect = seen[final.key] if seen is not None and final.key in seen else UNKNOWN
+    stored = await storage.upload_stream(
+        final, chunks, describe=lambda _first: describe(image), expect=expect
+    )
     return Output(dest=final, stored=stored, image=image, note=note)
