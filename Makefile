@@ -54,7 +54,7 @@ bench: install
 	$(PY) -m tests.bench.pacing
 	$(PY) -m tests.bench.lanes
 	$(PY) -m tests.bench.pools
-	$(PY) -m tests.bench.backfill $${BENCH_BACKFILL_KEYS:-100000}
+	$(PY) -m tests.bench.backfill $${BENCH_BACKFILL_KEYS:-200000}
 	$(PY) -m tests.bench.ledger $${BENCH_LEDGER_QUEUED:-200000} $${BENCH_LEDGER_FINISHED:-20000}
 
 ## Real faults (worker SIGKILLs, Redis SIGKILL + AOF restart, S3 down, dropped answers) on

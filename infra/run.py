@@ -96,7 +96,7 @@ async def run_batch(settings: Settings, n_images: int) -> int:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await worker_task
             await worker.close()
-        return await _summary(producer, job_ids, batch)
+        return await _summary(producer, job_ids, batch, s3)
 
 
 async def _progress(
@@ -125,7 +125,18 @@ async def _progress(
             await asyncio.sleep(0.25)
 
 
-async def _summary(producer: Producer, job_ids: list[str], batch: str) -> int:
+def _output_resolution(s3: Any, dest: str) -> str:
+    """The stored output's size, from its S3 metadata (a final record keeps only where it is)."""
+    bucket, _, key = dest.removeprefix("s3://").partition("/")
+    try:
+        return str(
+            s3.head_object(Bucket=bucket, Key=key)["Metadata"].get("upscale-resolution", "?")
+        )
+    except Exception:  # a summary line, not a check: "?" says it
+        return "?"
+
+
+async def _summary(producer: Producer, job_ids: list[str], batch: str, s3: Any) -> int:
     table = Table(title=f"batch {batch}")
     for col in ("source", "state", "output", "resolution", "cost", "reason"):
         table.add_column(col, overflow="fold")
@@ -141,7 +152,7 @@ async def _summary(producer: Producer, job_ids: list[str], batch: str) -> int:
             rec.source,
             rec.state,
             rec.dest,
-            f"{src_res} -> {rec.output_resolution or '?'}",
+            f"{src_res} -> {_output_resolution(s3, rec.dest) if rec.dest else '?'}",
             f"${rec.cost_usd:.2f}",
             rec.error or "",
         )
