@@ -77,7 +77,11 @@ async def test_dedup_same_object_and_params_is_one_job(
     put(stack, buckets.src, "x.png", png())
     first = await producer.enqueue(f"s3://{buckets.src}/x.png")
     again = await producer.enqueue(f"s3://{buckets.src}/x.png")
-    other = await producer.enqueue(f"s3://{buckets.src}/x.png", prompt="different")
+    # other parameters are another job; its own destination (two jobs writing one key race: the
+    # output write is conditional, so the one that started first and stored later is skipped)
+    other = await producer.enqueue(
+        f"s3://{buckets.src}/x.png", prompt="different", dest=f"s3://{buckets.dest}/x-prompted.png"
+    )
     assert first.job_id == again.job_id and again.outcome == "duplicate"
     assert other.job_id != first.job_id
     await drain(settings)
