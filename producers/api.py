@@ -211,8 +211,7 @@ class Producer:
             await self.ledger.reopen_batch(batch)
         out: list[EnqueueResult] = []
         async for ids in self.ledger.final_jobs(batch, set(states)):
-            records = [await self.ledger.get(j) for j in ids]
-            specs = [spec_from_record(r) for r in records if r is not None]
+            specs = [spec_from_record(r) for r in await self.ledger.get_many(ids)]
             out += await self.ledger.enqueue(specs, requeue_failed=True)
             if on_page:
                 on_page(len(out))

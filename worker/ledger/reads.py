@@ -31,6 +31,18 @@ class LedgerReads:
             return None
         return JobRecord.from_hash(job_id, {text(k): text(v) for k, v in h.items()})
 
+    async def get_many(self, job_ids: list[str]) -> list[JobRecord]:
+        """Records of many jobs in one round trip (those that exist, in order)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.hgetall(Keys.job(job_id))
+            hashes = await pipe.execute()
+        return [
+            JobRecord.from_hash(j, {text(k): text(v) for k, v in h.items()})
+            for j, h in zip(job_ids, hashes, strict=True)
+            if h
+        ]
+
     async def _wait_on(
         self, channel: str, look: Callable[[], Awaitable[T | None]], timeout: float | None
     ) -> T:

@@ -66,6 +66,20 @@ local RUN_FIELDS = {'run_token', 'runs', 'waits', 'wait_reason', 'wait_detail',
 -- writer starts the records' retention), another job's record expires after the retention.
 -- A record that holds money never expires: a call possibly billed stays on the books, and a
 -- kept paid result (a failed job's, for `upscale retry`) keeps its record as long as itself.
+-- expire_final(job_id, retention_ms): start a final record's retention, unless it holds money:
+-- a call possibly billed keeps it for good, and so does a paid result kept for good; a paid
+-- result kept for a while (a failed job's, for `upscale retry`) keeps it at least as long.
+-- Returns whether the record got a TTL.
+local function expire_final(job_id, retention_ms)
+  local ledger = k_job(job_id)
+  local state, possible = unpack(redis.call('HMGET', ledger, 'state', 'possible_micros'))
+  if not (state and FINAL[state]) or (tonumber(possible) or 0) > 0 then return false end
+  local paid_ttl = redis.call('PTTL', k_paid(job_id))  -- -2: none, -1: kept for good
+  if paid_ttl == -1 then return false end
+  redis.call('PEXPIRE', ledger, math.max(tonumber(retention_ms), paid_ttl))
+  return true
+end
+
 local function retire(job_id, state, retention_ms)
   local ledger = k_job(job_id)
   local batch = redis.call('HGET', ledger, 'batch')
@@ -87,9 +101,7 @@ local function retire(job_id, state, retention_ms)
     redis.call('PERSIST', k_batch_done(batch))  -- the batch is open again until its report
     return
   end
-  if tonumber(redis.call('HGET', ledger, 'possible_micros') or '0') > 0 then return end
-  local keep = math.max(tonumber(retention_ms), redis.call('PTTL', k_paid(job_id)))
-  redis.call('PEXPIRE', ledger, keep)
+  expire_final(job_id, retention_ms)
 end
 
 -- set_fields(job_id, json): set fields from a JSON object; '' deletes a field.
