@@ -24,6 +24,7 @@ from redis.asyncio import Redis
 from producers.backfill_plan import (
     BackfillPlan,
     BackfillStats,
+    Dest,
     Filters,
     SpecMaker,
     checkpoint_key,
@@ -33,10 +34,10 @@ from producers.listing import ExistingOutputs, ObjectEntry, OrderedLister
 from producers.manifest import ManifestError, ManifestReader, load_manifest
 from worker.api import (
     QUEUES,
-    JobSpec,
     JobsSettings,
     JobStore,
     Keys,
+    NewJob,
     S3Object,
     Settings,
     render_destination,
@@ -97,8 +98,8 @@ class Backfill:
         """The destination is listable when every output of this prefix goes to one bucket."""
         if not self.plan.skip_existing or self.plan.manifest or self.maker.fixed_dest:
             return None
-        probe = self.maker.dest(S3Object(bucket=self.bucket, key=(self.prefix or "") + "p.png"))
-        return ExistingOutputs(self.s3, probe.bucket)
+        dest_bucket, _ = self.maker.dest(ObjectEntry(self.bucket, (self.prefix or "") + "p.png"))
+        return ExistingOutputs(self.s3, dest_bucket)
 
     async def run(self) -> BackfillStats:
         stats = BackfillStats()
@@ -119,7 +120,7 @@ class Backfill:
             )
         price = usd_to_micros(self.settings.upstream.price_usd)
         existing = self._existing_index()
-        pending: list[JobSpec] = []
+        pending: list[NewJob] = []
         lister: OrderedLister | None = None
         if self.plan.manifest:
             manifest = await asyncio.to_thread(load_manifest, self.s3, self.plan.source)
@@ -142,7 +143,7 @@ class Backfill:
                 for reason, n in page.skipped.items():
                     stats.skip(reason, n)
                 jobs = await self._candidates(page.entries, stats, existing)
-                for entry, src, dst, listed in jobs:
+                for entry, dst, listed in jobs:
                     if entry is None:
                         continue
                     if budget_micros is not None and (stats.matched + 1) * price > budget_micros:
@@ -153,12 +154,7 @@ class Backfill:
                     stats.last_key = entry.cursor
                     if self.plan.dry_run:
                         continue
-                    try:
-                        pending.append(self.maker.spec(src, dst, listed))
-                    except ValueError:  # e.g. a destination that would overwrite the source
-                        stats.skip("invalid")
-                        stats.matched -= 1
-                        continue
+                    pending.append(self.maker.job(entry, dst, listed))
                     stats.dest_listed += listed
                     if len(pending) >= self.plan.chunk:
                         await self._flush(pending, stats, ck, entry.cursor)
@@ -206,34 +202,33 @@ class Backfill:
 
     async def _candidates(
         self, entries: list[ObjectEntry], stats: BackfillStats, existing: ExistingOutputs | None
-    ) -> list[tuple[ObjectEntry | None, S3Object, S3Object, bool]]:
-        """The page's entries that pass the filters, with source, destination and whether the
-        destination listing found no output (entry None: left out, already counted)."""
-        out: list[tuple[ObjectEntry | None, S3Object, S3Object, bool]] = []
+    ) -> list[tuple[ObjectEntry | None, Dest, bool]]:
+        """The page's entries that pass the filters, with their destination and whether the
+        destination listing found no output there (entry None: left out, already counted)."""
+        out: list[tuple[ObjectEntry | None, Dest, bool]] = []
         for e in entries:
             reason = self._skip_reason(e.key, e.size, e.modified)
             if reason:
                 stats.skip(reason)
                 continue
             try:
-                src = self.maker.source(e)
-                dst = self.maker.dest(src)
-            except ValueError:
+                dst = self.maker.dest(e)
+            except ValueError:  # an invalid key, or a destination that would overwrite it
                 stats.skip("invalid")
                 continue
-            out.append((e, src, dst, False))
+            out.append((e, dst, False))
         if existing is None or not out or self.plan.dry_run:
             return out
-        same = [i for i, c in enumerate(out) if c[2].bucket == existing.bucket]
-        found = await asyncio.to_thread(existing.check, [out[i][2].key for i in same])
+        same = [i for i, c in enumerate(out) if c[1][0] == existing.bucket]
+        found = await asyncio.to_thread(existing.check, [out[i][1][1] for i in same])
         for i, state in zip(same, found, strict=True):
-            entry, s, d, _ = out[i]
+            entry, d, _ = out[i]
             if state == "exists":
                 stats.skip("output exists")
                 stats.existing += 1
-                out[i] = (None, s, d, False)
+                out[i] = (None, d, False)
             elif state == "new":
-                out[i] = (entry, s, d, True)
+                out[i] = (entry, d, True)
         return out
 
     async def _cancelled(self) -> bool:
@@ -248,14 +243,12 @@ class Backfill:
             return "directory marker"
         return self.plan.filters.match(key, size, modified)
 
-    async def _flush(
-        self, specs: list[JobSpec], stats: BackfillStats, ck: str, cursor: str
-    ) -> None:
+    async def _flush(self, jobs: list[NewJob], stats: BackfillStats, ck: str, cursor: str) -> None:
         """Start enqueuing `specs` once the previous chunk is in: one enqueue in flight while
         the next chunk is built; chunks land (and are checkpointed) in order."""
         await self._settle()
-        await self._wait_for_room(len(specs))
-        self._flushing = asyncio.create_task(self._enqueue(specs, stats, ck, cursor))
+        await self._wait_for_room(len(jobs))
+        self._flushing = asyncio.create_task(self._enqueue(jobs, stats, ck, cursor))
 
     async def _settle(self) -> None:
         if self._flushing is not None:
@@ -263,11 +256,11 @@ class Backfill:
             await task
 
     async def _enqueue(
-        self, specs: list[JobSpec], stats: BackfillStats, ck: str, cursor: str
+        self, jobs: list[NewJob], stats: BackfillStats, ck: str, cursor: str
     ) -> None:
-        results = await self.ledger.enqueue(specs)
-        dup = sum(1 for r in results if r.outcome == "duplicate")
-        refused = sum(1 for r in results if r.outcome == "refused")  # the batch was cancelled
+        results = await self.ledger.enqueue_new(jobs)
+        dup = sum(1 for outcome, _ in results if outcome == "duplicate")
+        refused = sum(1 for outcome, _ in results if outcome == "refused")  # batch cancelled
         stats.duplicates += dup
         stats.enqueued += len(results) - dup - refused
         stats.cancelled = stats.cancelled or refused > 0

@@ -6,7 +6,8 @@ is defined in `worker.contract`, which is not a second public module: the names 
 are re-exported here. Everything here is re-exported or a thin wrapper over worker parts.
 
 - the job contract: `JobSpec`, `S3Object`, `UpscaleParams`, `Lane` (`LANES`), `job_id_for`,
-  `render_destination`, `usd_to_micros`, `STAGING_PREFIX`, `META_JOB_ID`, the key
+  `render_destination`, and their plain-string forms for bulk intake (`JobIdentity`,
+  `destination_of`, `check_object`, `NewJob`, `ledger_fields`), `usd_to_micros`, `STAGING_PREFIX`, `META_JOB_ID`, the key
   names (`Keys`, `QUEUES`);
 - jobs: `JobStore` (deduplicating enqueue, cancel and ledger reads), `EnqueueResult`
   (`EnqueueOutcome`), `CancelSummary` (`CancelOutcome`), `JobRecord`, `JobState`;
@@ -42,12 +43,15 @@ from worker.contract import (
     META_JOB_ID,
     QUEUES,
     STAGING_PREFIX,
+    JobIdentity,
     JobSpec,
     JobState,
     Keys,
     Lane,
     S3Object,
     UpscaleParams,
+    check_object,
+    destination_of,
     job_id_for,
     render_destination,
     usd_to_micros,
@@ -56,10 +60,10 @@ from worker.fleet import BatchSummary, Budgets, FleetStatus, LaneStatus, SpendSu
 from worker.flow import FlowControl, PauseInfo
 from worker.flow.control import PauseReason, UnknownUpstream
 from worker.flow.status import FlowStatus, UpstreamStatus
-from worker.ledger import EnqueueResult, JobRecord, Ledger
+from worker.ledger import EnqueueResult, JobRecord, Ledger, NewJob
 from worker.ledger.batches import CancelSummary, cancel_batch, final_jobs, reopen_batch
 from worker.ledger.reads import LedgerReads, text
-from worker.ledger.records import CancelOutcome, EnqueueOutcome
+from worker.ledger.records import CancelOutcome, EnqueueOutcome, ledger_fields
 from worker.ledger.transitions import DEFAULT_RETENTION_MS
 from worker.logs import configure_logging, redact, register_secret
 from worker.metrics import fleet_metrics
@@ -103,6 +107,7 @@ __all__ = [
     "FleetStatus",
     "FlowSettings",
     "FlowStatus",
+    "JobIdentity",
     "JobRecord",
     "JobSpec",
     "JobState",
@@ -111,6 +116,7 @@ __all__ = [
     "Keys",
     "Lane",
     "LaneStatus",
+    "NewJob",
     "NoSuchBatch",
     "NothingToReport",
     "OpsSettings",
@@ -131,12 +137,15 @@ __all__ = [
     "UpstreamStatus",
     "check_bucket",
     "check_health",
+    "check_object",
     "configure_logging",
     "connect",
+    "destination_of",
     "env_var",
     "fleet_metrics",
     "get_settings",
     "job_id_for",
+    "ledger_fields",
     "make_s3_client",
     "redact",
     "redis_reason",
@@ -223,6 +232,11 @@ class JobStore(LedgerReads):
     ) -> list[EnqueueResult]:
         """Enqueue, pipelined, deduplicated by job id (`created`, `duplicate` or `requeued`)."""
         return await self._ledger.enqueue(list(specs), requeue_failed=requeue_failed)
+
+    async def enqueue_new(self, jobs: list[NewJob]) -> list[tuple[EnqueueOutcome, str]]:
+        """`enqueue` for jobs a bulk producer made itself (`SpecMaker.job`): (outcome, state)
+        per job, in order."""
+        return await self._ledger.enqueue_new(jobs)
 
 
 class Fleet:

@@ -11,6 +11,8 @@ import json
 import posixpath
 import re
 from enum import StrEnum
+from functools import cache
+from json.encoder import encode_basestring
 from typing import Annotated, Any, Literal, get_args
 from urllib.parse import quote, unquote
 
@@ -24,6 +26,7 @@ from worker.keys import BULK_QUEUE_NAME, QUEUE_NAME, QUEUES, Keys, queue_for
 # ---------------------------------------------------------------------------------------------
 
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
+_MAX_KEY = 1024
 
 
 class S3Object(BaseModel):
@@ -32,7 +35,7 @@ class S3Object(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     bucket: str
-    key: str = Field(min_length=1, max_length=1024)
+    key: str = Field(min_length=1, max_length=_MAX_KEY)
     version_id: str | None = None
     etag: str | None = None
 
@@ -82,33 +85,60 @@ def render_destination(
     template keeps the source key) gets that format's. Otherwise the format is known only at
     store time, where a key that names another format is corrected (`worker.output`).
     """
-    stem, dot_ext = posixpath.splitext(source.key)
+    bucket, key = destination_of(template, source.bucket, source.key, output_format)
+    return S3Object(bucket=bucket, key=key)
+
+
+def destination_of(
+    template: str, bucket: str, key: str, output_format: str | None = None
+) -> tuple[str, str]:
+    """`render_destination` on plain strings, validated as `S3Object` validates (a backfill
+    renders millions: no model per object). Raises ValueError."""
+    stem, dot_ext = posixpath.splitext(key)
     if not dot_ext or "/" in dot_ext:
-        stem, dot_ext = source.key, ".png"
+        stem, dot_ext = key, ".png"
     fixed_ext = template_ext(output_format)
-    values = {
-        "bucket": source.bucket,
-        "key": source.key,
-        "key_stem": stem,
-        "ext": fixed_ext or dot_ext[1:],
-        "basename": posixpath.basename(source.key),
-        "dirname": posixpath.dirname(source.key),
-    }
+    dirname = posixpath.dirname(key)
     if template.endswith("/"):
         template += "{key}"
-    if not values["dirname"]:  # a root-level key: `{dirname}/2x/...` must not render `//`
+    if not dirname:  # a root-level key: `{dirname}/2x/...` must not render `//`
         template = template.replace("{dirname}/", "")
     try:
-        rendered = template.format(**values)
+        rendered = template.format(
+            bucket=bucket,
+            key=key,
+            key_stem=stem,
+            ext=fixed_ext or dot_ext[1:],
+            basename=posixpath.basename(key),
+            dirname=dirname,
+        )
     except (KeyError, IndexError, ValueError) as e:
         raise ValueError(f"bad destination template {template!r}: unknown variable {e}") from e
-    dest = S3Object.parse(rendered)
+    if not rendered.startswith("s3://"):
+        raise ValueError(f"not an S3 URI (expected s3://bucket/key): {rendered!r}")
+    dest_bucket, sep, dest_key = rendered[5:].partition("/")
+    if not sep or not dest_key:
+        raise ValueError(f"S3 URI has no object key: {rendered!r}")
     fixed = FIXED.get(output_format or "")
     if fixed:
-        dest = S3Object(bucket=dest.bucket, key=key_for(dest.key, fixed))
-    if dest.bucket == source.bucket and dest.key == source.key:
-        raise ValueError(f"destination {dest.uri!r} would overwrite the source")
-    return dest
+        dest_key = key_for(dest_key, fixed)
+    check_object(dest_bucket, dest_key)
+    if dest_bucket == bucket and dest_key == key:
+        raise ValueError(f"destination 's3://{dest_bucket}/{dest_key}' would overwrite the source")
+    return dest_bucket, dest_key
+
+
+@cache
+def _bucket_ok(bucket: str) -> bool:
+    return _BUCKET_RE.match(bucket) is not None
+
+
+def check_object(bucket: str, key: str) -> None:
+    """What `S3Object` checks of a bucket and key, without building one (ValueError)."""
+    if not _bucket_ok(bucket):
+        raise ValueError(f"invalid S3 bucket name {bucket!r}")
+    if not 1 <= len(key) <= _MAX_KEY:
+        raise ValueError(f"S3 key of {len(key)} characters: 1 to {_MAX_KEY} allowed")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -182,16 +212,49 @@ def job_id_for(spec: JobSpec) -> str:
 
     Duplicate events and re-run backfills map to the same id, so they never pay twice.
     """
-    identity = {
-        "src": [spec.source.bucket, spec.source.key, spec.source.version_id, spec.source.etag],
-        "dst": [spec.dest.bucket, spec.dest.key],
-        "params": spec.params.model_dump(mode="json"),
-        "model": spec.model,
-    }
-    digest = hashlib.sha256(
-        json.dumps(identity, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-    ).hexdigest()
-    return f"uq-{digest[:32]}"
+    src, dst = spec.source, spec.dest
+    return JobIdentity(spec.params, spec.model).job_id(
+        src.bucket, src.key, src.version_id, src.etag, dst.bucket, dst.key
+    )
+
+
+class JobIdentity:
+    """Job ids of jobs that share parameters and model (a backfill's): the sha256 of
+    `{"dst":[b,k],"model":m,"params":{..},"src":[b,k,version,etag]}` (sorted keys, compact,
+    UTF-8), with the shared middle encoded once."""
+
+    def __init__(self, params: UpscaleParams, model: str) -> None:
+        self._middle = (
+            ',"model":'
+            + _id_json(model)
+            + ',"params":'
+            + _id_json(params.model_dump(mode="json"))
+            + ',"src":'
+        )
+
+    def job_id(
+        self,
+        src_bucket: str,
+        src_key: str,
+        version_id: str | None,
+        etag: str | None,
+        dest_bucket: str,
+        dest_key: str,
+    ) -> str:
+        identity = (
+            f'{{"dst":[{_str(dest_bucket)},{_str(dest_key)}]{self._middle}'
+            f"[{_str(src_bucket)},{_str(src_key)},{_str(version_id)},{_str(etag)}]}}"
+        )
+        return f"uq-{hashlib.sha256(identity.encode()).hexdigest()[:32]}"
+
+
+def _id_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _str(value: str | None) -> str:
+    """A string as `_id_json` writes it (the C encoder, without json.dumps' per-call setup)."""
+    return "null" if value is None else encode_basestring(value)
 
 
 def prompt_hash(prompt: str | None) -> str:
@@ -237,11 +300,14 @@ __all__ = [
     "QUEUES",
     "QUEUE_NAME",
     "STAGING_PREFIX",
+    "JobIdentity",
     "JobSpec",
     "JobState",
     "Keys",
     "S3Object",
     "UpscaleParams",
+    "check_object",
+    "destination_of",
     "job_id_for",
     "queue_for",
 ]

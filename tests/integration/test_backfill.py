@@ -155,22 +155,36 @@ async def test_skip_existing_outputs_by_listing_the_destination(
 
 
 def test_spec_maker_makes_what_build_spec_makes(settings: Settings) -> None:
+    """The backfill's jobs are made on plain strings: id and record exactly build_spec's."""
     from producers.api import build_spec
     from producers.backfill_plan import SpecMaker
     from producers.listing import ObjectEntry
+    from worker.api import ledger_fields
 
-    for dest in (None, "s3://out-bucket/2x/", "s3://out-bucket/{dirname}/{key_stem}.webp"):
-        plan = BackfillPlan(source="s3://b-src/p/", batch="x", dest=dest, params={"prompt": "p"})
-        maker = SpecMaker(settings, plan)
-        e = ObjectEntry(bucket="b-src", key="p/dir/a b.JPG", etag="abc", version_id="v")
-        src = maker.source(e)
-        fast = maker.spec(src, maker.dest(src))
-        slow = build_spec(
-            S3Object(bucket="b-src", key=e.key, etag="abc", version_id="v"),
-            dest=dest,
-            batch="x",
-            lane="bulk",
-            settings=settings,
-            prompt="p",
-        )
-        assert fast.to_payload() == slow.to_payload() and fast.job_id == slow.job_id
+    keys = ["p/dir/a b.JPG", "root.png", "p/no-ext", "p/ünï cödé/ç.webp", 'p/q"uote.v1/x']
+    dests = (None, "s3://out-bucket/2x/", "s3://out-bucket/{dirname}/{key_stem}.webp")
+    for dest in dests:
+        for params in ({"prompt": "p"}, {}, {"resemblance": 70, "seed": 3}):
+            plan = BackfillPlan(source="s3://b-src/p/", batch="x", dest=dest, params=params)
+            maker = SpecMaker(settings, plan)
+            for key in keys:
+                for etag, version in (('"abc"', "v"), (None, None), ("e", None)):
+                    e = ObjectEntry(bucket="b-src", key=key, etag=etag, version_id=version)
+                    for listed in (False, True):
+                        job = maker.job(e, maker.dest(e), listed)
+                        slow = build_spec(
+                            S3Object(bucket="b-src", key=key, etag=etag, version_id=version),
+                            dest=dest,
+                            batch="x",
+                            lane="bulk",
+                            settings=settings,
+                            **params,
+                        ).model_copy(update={"dest_listed": listed})
+                        assert job.job_id == slow.job_id
+                        assert (job.lane, job.batch) == ("bulk", "x")
+                        assert job.fields == ledger_fields(slow)
+    bad = SpecMaker(settings, BackfillPlan(source="s3://b-src/", batch="x", dest="s3://b-src/"))
+    with pytest.raises(ValueError, match="overwrite the source"):
+        bad.dest(ObjectEntry(bucket="b-src", key="a.png"))
+    with pytest.raises(ValueError, match="bucket"):
+        bad.dest(ObjectEntry(bucket="B_ad", key="a.png"))

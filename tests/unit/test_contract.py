@@ -66,3 +66,20 @@ def test_bad_requests_get_clear_errors() -> None:
 def test_keys_are_opaque() -> None:
     key = " lead/..//trail /%2B+é "
     assert S3Object.parse(f"s3://bkt/{key}").key == key
+
+
+def test_job_id_formula_is_stable() -> None:
+    """Ids are stored in outputs' metadata and in queued jobs: the formula never changes.
+    The reference is the original one-dict encoding."""
+    import hashlib
+    import json
+
+    spec = build_spec("s3://bkt/dir/ünï a.png", etag="e", prompt="p", seed=2, batch="b", settings=S)
+    identity = {
+        "src": [spec.source.bucket, spec.source.key, spec.source.version_id, spec.source.etag],
+        "dst": [spec.dest.bucket, spec.dest.key],
+        "params": spec.params.model_dump(mode="json"),
+        "model": spec.model,
+    }
+    blob = json.dumps(identity, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    assert spec.job_id == f"uq-{hashlib.sha256(blob.encode()).hexdigest()[:32]}"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from pydantic import BaseModel, Field
 
@@ -14,6 +14,16 @@ CancelOutcome = Literal["cancelled", "after_call", "final", "missing"]
 StartOutcome = Literal["ok", "final", "busy", "missing"]
 CallState = Literal["sent", "answered", "pending", "refused", "unknown"]
 CallbackState = Literal["delivered", "retrying", "failed", "refused"]
+
+
+class NewJob(NamedTuple):
+    """A job as `enqueue.lua` takes it (JSON writes it as a row): its id, lane, batch ("" for
+    none) and record fields (`ledger_fields`)."""
+
+    job_id: str
+    lane: str
+    batch: str
+    fields: dict[str, str]
 
 
 class EnqueueResult(BaseModel):

@@ -34,6 +34,7 @@ from worker.ledger.records import (
     CancelOutcome,
     EnqueueOutcome,
     EnqueueResult,
+    NewJob,
     PaidResult,
     StartResult,
     ledger_fields,
@@ -105,12 +106,23 @@ class Ledger(LedgerReads):
     async def enqueue(
         self, specs: list[JobSpec], *, requeue_failed: bool = False, chunk: int = 250
     ) -> list[EnqueueResult]:
-        """Create ledger records and arq jobs, deduplicated: one script per `chunk` jobs, the
-        chunks pipelined (a few hundred jobs are a short, atomic step in Redis)."""
-        results: list[EnqueueResult] = []
+        """Create ledger records and arq jobs, deduplicated (`created`, `duplicate`, `requeued`
+        or `refused`: a cancelled batch)."""
+        jobs = [NewJob(s.job_id, s.lane, s.batch or "", ledger_fields(s)) for s in specs]
+        replies = await self.enqueue_new(jobs, requeue_failed=requeue_failed, chunk=chunk)
+        return [
+            EnqueueResult(job_id=job.job_id, outcome=outcome, state=state)
+            for job, (outcome, state) in zip(jobs, replies, strict=True)
+        ]
+
+    async def enqueue_new(
+        self, jobs: list[NewJob], *, requeue_failed: bool = False, chunk: int = 250
+    ) -> list[tuple[EnqueueOutcome, str]]:
+        """`enqueue` for jobs already made (a backfill makes millions: no model per job): one
+        script per `chunk` jobs, the chunks pipelined (a few hundred jobs are a short, atomic
+        step in Redis). Returns (outcome, state) per job, in order."""
         payload = _PAYLOAD_HEAD + str(int(time.time() * 1000)).encode() + b"}"
         script = self._scripts["enqueue"]
-        ids = [spec.job_id for spec in specs]
         head: list[str | bytes | int] = [
             PREFIX,
             ARQ_JOB_PREFIX,
@@ -119,20 +131,13 @@ class Ledger(LedgerReads):
             int(requeue_failed),
         ]
         async with self.redis.pipeline(transaction=False) as pipe:
-            for start in range(0, len(specs), chunk):
-                jobs = [
-                    [job_id, spec.lane, spec.batch or "", ledger_fields(spec)]
-                    for job_id, spec in zip(
-                        ids[start : start + chunk], specs[start : start + chunk], strict=True
-                    )
-                ]
-                await script(keys=[], args=[*head, _compact_json(jobs)], client=pipe)
+            for start in range(0, len(jobs), chunk):
+                # a NewJob is a tuple: JSON writes it as the [job_id, lane, batch, fields] row
+                batch = _compact_json(jobs[start : start + chunk])
+                await script(keys=[], args=[*head, batch], client=pipe)
             replies = await pipe.execute()
         flat = [text(v) for reply in replies for v in reply]
-        for i, job_id in enumerate(ids):
-            o: EnqueueOutcome = flat[2 * i]  # type: ignore[assignment]  # the script's values
-            results.append(EnqueueResult(job_id=job_id, outcome=o, state=flat[2 * i + 1]))
-        return results
+        return list(zip(flat[::2], flat[1::2], strict=True))  # type: ignore[arg-type]  # the script's values
 
     # -- a run --------------------------------------------------------------------------
     async def start(self, job_id: str, token: str, lease_ms: int) -> StartResult:
