@@ -118,7 +118,7 @@ class Producer:
     def __init__(self, redis: Redis, settings: Settings | None = None) -> None:
         self.redis = redis
         self.settings = settings or get_settings()
-        self.ledger = JobStore(redis, retention_ms=self.settings.jobs.ledger_retention_s * 1000)
+        self.ledger = JobStore.for_settings(redis, self.settings)
         self.flow = Fleet(redis, self.settings)
         self._s3: Any = None  # on first use (`pin_sources`)
 

@@ -69,7 +69,7 @@ class Backfill:
         self.settings = settings
         self.s3 = s3
         self.plan = plan
-        self.ledger = JobStore(redis)
+        self.ledger = JobStore.for_settings(redis, settings)
         self.on_progress = on_progress or (lambda _s: None)
         self.bucket, self.prefix = ("", "") if plan.manifest else split_source(plan.source)
         self.maker = SpecMaker(settings, plan)

@@ -70,6 +70,7 @@ from worker.metrics import fleet_metrics
 from worker.redis_conn import RedisUnavailable, connect
 from worker.redis_conn import reason as redis_reason
 from worker.redis_conn import where as redis_where
+from worker.replicas import Replicas
 from worker.settings import (
     CallbackSettings,
     FlowSettings,
@@ -179,11 +180,27 @@ def __getattr__(name: str) -> Any:
 class JobStore(LedgerReads):
     """The ledger as producers see it: deduplicating enqueue, cancel, plus every read (job
     records, batches, spend, per-minute series, waits). The worker's transitions are not part
-    of it. `retention_ms`: how long a record it ends (cancel) stays (`UPSCALE_LEDGER_RETENTION`)."""
+    of it. `retention_ms`: how long a record it ends (cancel) stays (`UPSCALE_LEDGER_RETENTION`);
+    `redis_settings`: how many replicas acknowledge an enqueue (`UPSCALE_REDIS_WAIT_*`)."""
 
-    def __init__(self, redis: Redis, *, retention_ms: int = DEFAULT_RETENTION_MS) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        retention_ms: int = DEFAULT_RETENTION_MS,
+        redis_settings: RedisSettings | None = None,
+    ) -> None:
         super().__init__(redis)
-        self._ledger = Ledger(redis, retention_ms=retention_ms)
+        replicas = Replicas.from_settings(redis, redis_settings) if redis_settings else None
+        self._ledger = Ledger(redis, retention_ms=retention_ms, replicas=replicas)
+
+    @classmethod
+    def for_settings(cls, redis: Redis, settings: Settings) -> JobStore:
+        return cls(
+            redis,
+            retention_ms=settings.jobs.ledger_retention_s * 1000,
+            redis_settings=settings.redis,
+        )
 
     async def cancel(self, job_ids: Iterable[str]) -> list[CancelOutcome]:
         """Cancel jobs: `cancelled` at once, or `after_call` (the output already paid for is

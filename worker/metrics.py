@@ -20,6 +20,7 @@ from worker.contract import JobState
 from worker.fleet import FleetStatus
 from worker.flow.status import CIRCUIT_STATES
 from worker.redis_conn import watch_away
+from worker.replicas import watch_waits
 
 UPSTREAM_CALLS = Counter(
     "upscale_upstream_calls_total",
@@ -44,6 +45,24 @@ REDIS_AWAY = Counter(
     ["kind"],
 )
 watch_away(lambda kind: REDIS_AWAY.labels(kind).inc())
+REPLICA_WAIT = Histogram(
+    "upscale_redis_replica_wait_seconds",
+    "Time money writes waited for replicas to acknowledge them (Redis WAIT).",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1, 5, 30),
+)
+REPLICA_SHORT = Counter(
+    "upscale_redis_replica_short_total",
+    "Money writes whose first WAIT fell short of the replicas wanted (a lagging replica).",
+)
+
+
+def _replica_wait(seconds: float, short: bool) -> None:
+    REPLICA_WAIT.observe(seconds)
+    if short:
+        REPLICA_SHORT.inc()
+
+
+watch_waits(_replica_wait)
 
 
 def fleet_metrics(status: FleetStatus) -> bytes:

@@ -16,6 +16,7 @@ from worker.flow import FlowControl
 from worker.flow.waker import Waker
 from worker.ledger import Ledger
 from worker.logs import register_secret
+from worker.replicas import Replicas
 from worker.settings import Settings
 from worker.storage import Storage
 from worker.upstream import make_upstream
@@ -79,7 +80,11 @@ def create_runtime(settings: Settings, redis: Redis) -> Runtime:
     return Runtime(
         settings=settings,
         redis=redis,
-        ledger=Ledger(redis, retention_ms=settings.jobs.ledger_retention_s * 1000),
+        ledger=Ledger(
+            redis,
+            retention_ms=settings.jobs.ledger_retention_s * 1000,
+            replicas=Replicas.from_settings(redis, settings.redis),
+        ),
         flow=flow,
         storage=Storage(settings.s3),
         upstreams={m.name: make_upstream(m.upstream) for m in flow.pool},

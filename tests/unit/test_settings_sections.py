@@ -97,7 +97,11 @@ def test_sections_hold_the_values_from_the_environment(monkeypatch: pytest.Monke
         monkeypatch.setenv(k, v)
     s = Settings()
     assert s.redis == RedisSettings(
-        url="redis://r:6380/2", sentinels=("s1:26379", "s2:26379"), sentinel_master="mymaster"
+        url="redis://r:6380/2",
+        sentinels=("s1:26379", "s2:26379"),
+        sentinel_master="mymaster",
+        wait_replicas=None,
+        wait_timeout_ms=1000,
     )
     assert isinstance(s.s3, S3Settings)
     assert (s.s3.endpoint_url, s.s3.region, s.s3.presign_ttl_s) == (

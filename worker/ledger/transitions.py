@@ -42,6 +42,7 @@ from worker.ledger.records import (
 )
 from worker.lua import register
 from worker.redis_conn import patiently
+from worker.replicas import Replicas
 
 FinalState = Literal["succeeded", "failed", "skipped", "cancelled"]
 KEEP_FAILED_PAID_MS = 7 * 86_400_000  # a failed job's paid result, kept for `upscale retry`
@@ -72,9 +73,16 @@ class KeyPaused(Exception):
 
 
 class Ledger(LedgerReads):
-    def __init__(self, redis: Redis, *, retention_ms: int = DEFAULT_RETENTION_MS) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        retention_ms: int = DEFAULT_RETENTION_MS,
+        replicas: Replicas | None = None,
+    ) -> None:
         super().__init__(redis)
         self.retention_ms = retention_ms
+        self.replicas = replicas or Replicas(redis)
         self._scripts = {
             name: register(redis, name)
             for name in (
@@ -102,7 +110,24 @@ class Ledger(LedgerReads):
             lambda: script(keys=keys, args=[PREFIX, *args]), what=name, patience_s=patience_s
         )
 
-    # -- enqueue ------------------------------------------------------------------------
+    async def _durable(
+        self, name: str, keys: list[str], args: list[Any], patience_s: float | None = 300.0
+    ) -> Any:
+        """`_run` for a money write: returns once the replicas have it (`worker.replicas`).
+        The script and its WAIT share one connection; a connection lost in between runs the
+        script again (each durable script answers a retry of the same call as the first)."""
+        script = self._scripts[name]
+
+        async def write_and_ack() -> Any:
+            if await self.replicas.wanted() == 0:
+                return await script(keys=keys, args=[PREFIX, *args])
+            async with self.redis.client() as conn:
+                reply = await script(keys=keys, args=[PREFIX, *args], client=conn)
+                await self.replicas.ack(conn, name)
+                return reply
+
+        return await patiently(write_and_ack, what=name, patience_s=patience_s)
+
     async def enqueue(
         self, specs: list[JobSpec], *, requeue_failed: bool = False, chunk: int = 250
     ) -> list[EnqueueResult]:
@@ -130,14 +155,24 @@ class Ledger(LedgerReads):
             payload,
             int(requeue_failed),
         ]
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for start in range(0, len(jobs), chunk):
-                # a NewJob is a tuple: JSON writes it as the [job_id, lane, batch, fields] row
-                batch = _compact_json(jobs[start : start + chunk])
-                await script(keys=[], args=[*head, batch], client=pipe)
-            replies = await pipe.execute()
+        batches = [_compact_json(jobs[i : i + chunk]) for i in range(0, len(jobs), chunk)]
+        if await self.replicas.wanted() == 0:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for batch in batches:  # a NewJob is a tuple: JSON writes it as a row
+                    await script(keys=[], args=[*head, batch], client=pipe)
+                replies = await pipe.execute()
+        else:  # acknowledged only once the replicas have it: one connection for WAIT
+            replies = await self._enqueue_acked(script, head, batches)
         flat = [text(v) for reply in replies for v in reply]
         return list(zip(flat[::2], flat[1::2], strict=True))  # type: ignore[arg-type]  # the script's values
+
+    async def _enqueue_acked(
+        self, script: Any, head: list[str | bytes | int], batches: list[str]
+    ) -> list[Any]:
+        async with self.redis.client() as conn:
+            replies = [await script(keys=[], args=[*head, b], client=conn) for b in batches]
+            await self.replicas.ack(conn, "enqueue")
+            return replies
 
     # -- a run --------------------------------------------------------------------------
     async def start(self, job_id: str, token: str, lease_ms: int) -> StartResult:
@@ -266,7 +301,7 @@ class Ledger(LedgerReads):
     # -- the call journal ---------------------------------------------------------------
     async def call_begin(self, job_id: str, token: str, slot: str, est_micros: int) -> CallJournal:
         up = Keys.up(upstream_of(slot))
-        reply = await self._run(
+        reply = await self._durable(
             "call_begin",
             [
                 Keys.job(job_id),
@@ -296,7 +331,7 @@ class Ledger(LedgerReads):
         `token` lost its lease: it must stop without writing) | 'orphan' (the job has no record:
         the run stores what it paid for)."""
         return text(
-            await self._run(
+            await self._durable(
                 "call_answered",
                 [Keys.job(job_id), Keys.call(job_id), Keys.paid(job_id)],
                 [

@@ -51,6 +51,20 @@ class SettingsFields(BaseSettings):
         description='Sentinel "host:port" list; the primary is found by name (TLS: rediss://).',
     )
     redis_sentinel_master: str = "mymaster"
+    redis_wait_replicas: int | None = Field(
+        default=None,
+        ge=0,
+        description=(
+            "Replicas that must acknowledge a money write (enqueue, a call journaled before it "
+            "leaves, a saved answer) before it counts (Redis WAIT). Unset: every replica the "
+            "primary reports connected; 0: never wait."
+        ),
+    )
+    redis_wait_timeout_ms: int = Field(
+        default=1000,
+        ge=10,
+        description="How long one WAIT for replicas may take before the count is re-read.",
+    )
 
     # --- s3 -----------------------------------------------------------------------------
     s3_endpoint_url: str | None = Field(

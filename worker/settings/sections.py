@@ -28,11 +28,14 @@ def default_inflight_cap(route: Route) -> int:
 
 @dataclass(frozen=True, kw_only=True)
 class RedisSettings:
-    """`REDIS_URL`, `UPSCALE_REDIS_SENTINELS`, `UPSCALE_REDIS_SENTINEL_MASTER`."""
+    """`REDIS_URL`, `UPSCALE_REDIS_SENTINELS`, `UPSCALE_REDIS_SENTINEL_MASTER`,
+    `UPSCALE_REDIS_WAIT_REPLICAS`, `UPSCALE_REDIS_WAIT_TIMEOUT_MS`."""
 
     url: str
     sentinels: tuple[str, ...]
     sentinel_master: str
+    wait_replicas: int | None  # None: as many as the primary reports connected
+    wait_timeout_ms: int
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -1,0 +1,143 @@
+"""A replicated Redis as managed services run it: a primary, a replica (asynchronous
+replication, no persistence on either, as a managed Redis without AOF) and a Sentinel that
+promotes the replica when the primary dies. For failover fault tests and the `WAIT` bench.
+
+Only the Sentinel's own timing is shortened (`down-after-milliseconds` 1 s, as against 30 s by
+default): that is the deployment's choice, not the project's, and keeps a failover within a
+test's bounds.
+"""
+
+from __future__ import annotations
+
+import signal
+import tempfile
+import time
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import redis
+
+from infra.stack.processes import Proc, StackError, find_binary, free_port, wait_ready
+from infra.stack.redis_server import redis_ready
+
+MASTER = "mymaster"
+
+
+def _argv(port: int, data: Path, *extra: str) -> list[str]:
+    return [
+        find_binary("redis-server"),
+        "--port", str(port),
+        "--bind", "127.0.0.1",
+        "--dir", str(data),
+        "--appendonly", "no",
+        "--save", "",
+        "--maxmemory-policy", "noeviction",
+        "--daemonize", "no",
+        *extra,
+    ]  # fmt: skip
+
+
+def _info(port: int, section: str) -> dict[str, Any]:
+    with redis.Redis(port=port, socket_timeout=2) as r:
+        return dict(r.info(section))
+
+
+class ReplicatedRedis:
+    """`with ReplicatedRedis() as rr:` — `rr.env()` points workers and producers at it through
+    the Sentinel; `rr.kill_primary()` SIGKILLs the primary; `rr.primary_port()` asks the
+    Sentinel which one is primary now."""
+
+    def __init__(self) -> None:
+        self._tmp = tempfile.TemporaryDirectory(prefix="uq-replicated-")
+        self.dir = Path(self._tmp.name)
+        self.ports = {"a": free_port(), "b": free_port()}
+        self.sentinel_port = free_port()
+        self.procs: dict[str, Proc] = {}
+
+    def __enter__(self) -> ReplicatedRedis:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        a, b = self.ports["a"], self.ports["b"]
+        for name, extra in (("a", ()), ("b", ("--replicaof", "127.0.0.1", str(a)))):
+            data = self.dir / name
+            data.mkdir()
+            port = self.ports[name]
+            self._launch(name, _argv(port, data, *extra))
+            wait_ready(self.procs[name], partial(redis_ready, port), 20)
+        self.wait(lambda: _info(b, "replication").get("master_link_status") == "up", 20)
+        conf = self.dir / "sentinel.conf"
+        conf.write_text(
+            f"port {self.sentinel_port}\nbind 127.0.0.1\ndir {self.dir}\n"
+            f"sentinel monitor {MASTER} 127.0.0.1 {a} 1\n"
+            f"sentinel down-after-milliseconds {MASTER} 1000\n"
+            f"sentinel failover-timeout {MASTER} 10000\n"
+        )
+        self._launch("sentinel", [find_binary("redis-server"), str(conf), "--sentinel"])
+        wait_ready(self.procs["sentinel"], lambda: redis_ready(self.sentinel_port), 20)
+        # the Sentinel must know the replica before it can promote it
+        self.wait(lambda: self._master().get("slaves") == 1, 30)
+
+    def _launch(self, name: str, argv: list[str]) -> None:
+        proc = Proc(name, argv, self.dir, self.dir / f"{name}.log")
+        proc.start()
+        self.procs[name] = proc
+
+    @staticmethod
+    def wait(cond: Callable[[], bool], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if cond():
+                    return
+            except (OSError, redis.RedisError, KeyError):
+                pass
+            time.sleep(0.1)
+        raise StackError(f"replicated Redis not ready within {timeout:.0f} s")
+
+    def _master(self) -> dict[str, Any]:
+        return dict(_info(self.sentinel_port, "sentinel").get("master0") or {})
+
+    def primary_port(self) -> int:
+        """The primary as the Sentinel names it now."""
+        return int(str(self._master()["address"]).rsplit(":", 1)[1])
+
+    def kill_primary(self) -> int:
+        """SIGKILL the primary (no shutdown, nothing more replicated); returns its port."""
+        port = self.primary_port()
+        name = next(n for n, p in self.ports.items() if p == port)
+        self.procs[name].kill()
+        return port
+
+    def replica_frozen(self, frozen: bool) -> None:
+        """SIGSTOP / SIGCONT the replica: writes stop reaching it, as behind a slow link (the
+        primary still counts it connected until its replication timeout)."""
+        port = self.primary_port()
+        name = next(n for n, p in self.ports.items() if p != port)
+        self.procs[name].signal_group(signal.SIGSTOP if frozen else signal.SIGCONT)
+
+    def env(self) -> dict[str, str]:
+        return {
+            "REDIS_URL": f"redis://127.0.0.1:{self.ports['a']}/0",
+            "UPSCALE_REDIS_SENTINELS": f'["127.0.0.1:{self.sentinel_port}"]',
+            "UPSCALE_REDIS_SENTINEL_MASTER": MASTER,
+        }
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            proc.stop()
+        self.procs.clear()
+        self._tmp.cleanup()
