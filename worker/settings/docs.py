@@ -36,7 +36,8 @@ Every setting is an environment variable (prefix `UPSCALE_`; `REDIS_URL` also wo
 same line in a `.env` file in the working directory (the environment wins; `AWS_*` lines there
 reach boto3 too). List settings are JSON (`UPSCALE_RESULT_HOSTS='["cdn.example.com"]'`). A bad
 value stops any command with one line naming the variable and the fix (exit code 78), e.g.
-`error: UPSCALE_RATE_RPM='abc' is invalid: ... - fix or unset UPSCALE_RATE_RPM`.
+`error: UPSCALE_MAX_JOBS='abc' is invalid: Input should be a valid integer, ... - fix or unset
+UPSCALE_MAX_JOBS`.
 
 In Python, `get_settings()` (or `Settings()`) reads them; each component takes its section,
 `settings.<section>.<field>` (`settings.flow.rate_rpm`). Beyond these, boto3 reads its own

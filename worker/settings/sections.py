@@ -140,7 +140,8 @@ class UpstreamSettings(Section):
     )
     model: str = Field(
         default="ideogram/ideogram-upscale",
-        description="The model asked for on the gateway (`upscale health` checks it is offered).",
+        description="The model a job asks the gateway for, set at enqueue (`upscale health` "
+        "checks the gateway offers it).",
     )
     gateway_path: str = Field(
         default="/v1/images/generations",
