@@ -162,7 +162,7 @@ async def test_status_page_in_a_real_browser(
             reason = await page.inner_text("tr.failure .reason")
             assert "InvalidImage" in reason and "not an image" in reason
             assert "2" in await page.inner_text("#batches")
-            if os.environ.get("UQ_SCREENSHOT"):  # refreshes docs/dashboard.png for the README
+            if os.environ.get("UQ_SCREENSHOT"):  # refreshes docs/dashboard.png (docs/operations.md)
                 await page.screenshot(path=os.environ["UQ_SCREENSHOT"], full_page=True)
             sim.wallet(add=5)
             await page.click("#resume")

@@ -253,7 +253,7 @@ def test_region_comes_from_boto3_unless_set(
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
     monkeypatch.setenv("UPSCALE_S3_ACCESS_KEY_ID", "AKIAEXAMPLE")
     monkeypatch.setenv("UPSCALE_S3_SECRET_ACCESS_KEY", "secret-example")
-    assert Settings().s3_region is None
+    assert Settings().s3.region is None
     (tmp_path / ".env").write_text("AWS_REGION=eu-west-2\n")
     _aws_from_dotenv()  # what the CLI does first: AWS_* from .env reach boto3 too
     assert os.environ["AWS_REGION"] == "eu-west-2"
@@ -272,8 +272,8 @@ def test_settings_helpers(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("UPSCALE_REDIS_URL", "redis://h:1/0")
     assert env_var("redis_url") == "UPSCALE_REDIS_URL"  # the alias actually set
     for url in ("http://gw:8080", "http://gw:8080/", "http://gw:8080/v1", "http://gw:8080/v1/"):
-        assert Settings(gateway_url=url).gateway_url == "http://gw:8080"
-    assert Settings(gateway_url="https://gw/api/v1").gateway_url == "https://gw/api"
+        assert Settings(gateway_url=url).upstream.gateway_url == "http://gw:8080"
+    assert Settings(gateway_url="https://gw/api/v1").upstream.gateway_url == "https://gw/api"
 
 
 # -- event batches ---------------------------------------------------------------------------

@@ -1,5 +1,5 @@
-"""The worker package's layers, as the README's map draws them: a module imports only from its
-own layer and the ones before it (the import graph, read from the source)."""
+"""The worker package's layers, as docs/architecture.md's map draws them: a module imports only
+from its own layer and the ones before it (the import graph, read from the source)."""
 
 from __future__ import annotations
 
@@ -41,7 +41,9 @@ def _imports(path: Path) -> set[str]:
 def test_every_part_of_worker_has_a_layer() -> None:
     parts = {p.stem if p.is_file() else p.name for p in ROOT.iterdir()}
     parts = {p for p in parts if not p.startswith("__") and p != "py.typed"}
-    assert parts - set(LAYER) == set(), "add the new module to a layer (and the README's map)"
+    assert parts - set(LAYER) == set(), (
+        "add the new module to a layer (and to docs/architecture.md)"
+    )
 
 
 def test_no_module_imports_a_later_layer() -> None:

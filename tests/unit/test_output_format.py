@@ -89,8 +89,8 @@ def test_choose(
 
 def test_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     s = Settings()
-    assert s.output_format == "source" and s.output_quality == 92
-    assert Settings(output_format=" JPG ").output_format == "jpeg"
+    assert s.jobs.output_format == "source" and s.jobs.output_quality == 92
+    assert Settings(output_format=" JPG ").jobs.output_format == "jpeg"
     with pytest.raises(ValidationError, match="'source', 'upstream', 'png'"):
         Settings(output_format="tiff")
     with pytest.raises(ValidationError, match="output_quality"):

@@ -1,6 +1,7 @@
-"""The settings by concern: one flat parser of the environment (errors name the variable),
-read as frozen sections (`settings.redis`, `.s3`, `.upstream`, `.flow`, `.jobs`, `.callbacks`,
-`.producers`, `.ops`); pool members hold their own upstream and per-key flow sections."""
+"""The settings by concern: each declared once, in its section; one flat parser of the
+environment built from those declarations (errors name the variable), read as frozen sections
+(`settings.redis`, `.s3`, `.upstream`, `.flow`, `.jobs`, `.callbacks`, `.producers`, `.ops`);
+pool members hold their own upstream and per-key flow sections."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from pydantic import ValidationError
+from pydantic import SecretStr, ValidationError
 
 import worker.app
 from producers.errors import explain
@@ -31,12 +32,11 @@ from worker.settings import (
     UpstreamSettings,
     get_settings,
 )
+from worker.settings.fields import BY_NAME, SETTINGS, section_fields
+from worker.settings.sections import SECTIONS
 from worker.upstream.pool import load_pool
 
 ROOT = Path(__file__).resolve().parents[2]
-SECTIONS = ("redis", "s3", "upstream", "flow", "jobs", "callbacks", "producers", "ops")
-# How a section's field is named in the flat settings (and so in the environment).
-PREFIXES = {"redis": "redis_", "s3": "s3_", "callbacks": "callback_"}
 
 
 @pytest.fixture(autouse=True)
@@ -49,26 +49,62 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]
     yield
 
 
-def _flat_name(section: str, field: str) -> str:
-    prefixed = PREFIXES.get(section, "") + field
-    return prefixed if prefixed in Settings.model_fields else field
+def test_every_setting_is_declared_once_in_its_section() -> None:
+    """The flat fields of `Settings` are the sections' declarations (plus the pool), each
+    read into exactly one section field, under one flat name and its own variables."""
+    assert set(Settings.model_fields) == set(BY_NAME) | {"upstreams"}
+    assert len(BY_NAME) == len(SETTINGS), "two declarations share a flat name"
+    variables = [v.lower() for s in SETTINGS for v in s.env_names]
+    assert len(variables) == len(set(variables)), "two settings share a variable"
+    s, derived = Settings(), set()
+    for name, cls in SECTIONS.items():
+        section = getattr(s, name)
+        assert type(section) is cls  # `settings.<name>` is the section `SECTIONS` lists
+        declared = {x.field for x in SETTINGS if x.section == name}
+        own = {f for f, info in section_fields(cls).items() if info.is_required()}
+        assert set(section_fields(cls)) == declared | own
+        derived |= {(name, f) for f in own}
+        for x in SETTINGS:
+            if x.section == name:
+                assert x.info.description, f"{x.env_names[0]} has no description (the docs)"
+                assert Settings.model_fields[x.name].description == x.info.description
+    assert derived == {("flow", "inflight_cap")}  # `Settings.flow` computes it
 
 
-def test_every_setting_is_in_exactly_one_section() -> None:
+@pytest.mark.parametrize(
+    ("var", "value", "section", "field", "expected"),
+    [
+        # the variables that do not follow UPSCALE_ + prefix + field, and an old spelling
+        ("REDIS_URL", "redis://a:1/0", "redis", "url", "redis://a:1/0"),
+        ("UPSCALE_REDIS_URL", "redis://b:1/0", "redis", "url", "redis://b:1/0"),
+        ("UPSCALE_PRESIGN_TTL_S", "60", "s3", "presign_ttl_s", 60),
+        ("UPSCALE_UPLOAD_PART_BYTES", "6000000", "s3", "upload_part_bytes", 6_000_000),
+        ("UPSCALE_LEDGER_RETENTION", "7d", "jobs", "ledger_retention_s", 7 * 86_400),
+        ("UPSCALE_LEDGER_RETENTION_S", "90", "jobs", "ledger_retention_s", 90),
+        ("UPSCALE_CALLBACK_BACKOFF_S", "5", "callbacks", "backoff_s", 5.0),
+        ("UPSCALE_S3_ADDRESSING_STYLE", "path", "s3", "addressing_style", "path"),
+        ("upscale_max_jobs", "3", "jobs", "max_jobs", 3),  # any case, as before
+    ],
+)
+def test_each_variable_reaches_its_section_field(
+    var: str,
+    value: str,
+    section: str,
+    field: str,
+    expected: object,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv(var, value)
+    assert getattr(getattr(Settings(), section), field) == expected
+
+
+def test_dotenv_is_read_and_the_environment_wins(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / ".env").write_text("UPSCALE_MAX_JOBS=3\nUPSCALE_RATE_RPM=120\n")
+    monkeypatch.setenv("UPSCALE_RATE_RPM", "60")
     s = Settings()
-    seen: dict[str, str] = {}
-    for section in SECTIONS:
-        value = getattr(s, section)
-        own = KeyFlowSettings if section == "flow" else type(value)
-        for f in dataclasses.fields(value):
-            name = _flat_name(section, f.name)
-            if f.name == "inflight_cap" and own is KeyFlowSettings:
-                name = "max_inflight"  # resolved: the setting, else the route's default
-            assert name in Settings.model_fields, f"{section}.{f.name} is no setting"
-            assert name not in seen, f"{name} is in {seen[name]} and {section}"
-            seen[name] = section
-    # The pool's entries are read by `load_pool`, which builds each member's sections.
-    assert set(Settings.model_fields) - set(seen) == {"upstreams"}
+    assert (s.jobs.max_jobs, s.flow.rate_rpm) == (3, 60)
 
 
 def test_sections_hold_the_values_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -133,14 +169,16 @@ def test_sections_hold_the_values_from_the_environment(monkeypatch: pytest.Monke
         1000,
     )
     assert s.callbacks == CallbackSettings(
-        secret=s.callback_secret,
+        secret=SecretStr(""),
         hosts=(".example.com",),
         allow_http=False,
         max_tries=3,
         backoff_s=2.0,
     )
     assert s.producers == ProducerSettings(
-        api_token=s.api_token, eventbridge_keys_encoded=False, guard_prefixes=("s3://out/x/",)
+        api_token=SecretStr("tok-123456"),
+        eventbridge_keys_encoded=False,
+        guard_prefixes=("s3://out/x/",),
     )
     assert s.ops == OpsSettings(
         log_format="auto", log_level="DEBUG", metrics_port=9100, health_bucket=None

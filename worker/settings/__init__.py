@@ -1,14 +1,18 @@
 """All configuration, from the environment (prefix `UPSCALE_`; `REDIS_URL` also accepted).
 
-`Settings` parses the environment (and `.env`) in one flat model, so a bad value is reported by
-its variable; components take its sections (`settings.redis`, `.s3`, `.upstream`, `.flow`,
-`.jobs`, `.callbacks`, `.producers`, `.ops`): small frozen models holding only their fields.
-Nothing here is read at import: `get_settings()` parses on first call.
+Each setting is declared once, in its section (`settings.redis`, `.s3`, `.upstream`, `.flow`,
+`.jobs`, `.callbacks`, `.producers`, `.ops`: small frozen dataclasses holding only their
+fields); `Settings` parses the environment (and `.env`) into all of them at once, so a bad
+value is reported by its variable. Nothing here is read at import: `get_settings()` parses on
+first call.
 
-- `env`: every variable (field, default, bounds), as `SettingsFields`;
-- `parser`: `Settings` (those fields, their checks, the sections), `env_var`, `get_settings`;
-- `sections`: the section types and the route's default in-flight cap;
-- `pool`: `UpstreamSpec`, one entry of the pool of keys (`UPSCALE_UPSTREAMS`).
+- `sections`: the section types, and every setting in them (name, type, default, bounds,
+  variable, meaning);
+- `checks`: the checks and spellings a setting's type carries;
+- `fields`: the settings as one flat list (flat name, variables);
+- `parser`: `Settings` (those fields, the pool, the sections), `env_var`, `get_settings`;
+- `pool`: `UpstreamSpec`, one entry of the pool of keys (`UPSCALE_UPSTREAMS`);
+- `docs`: `docs/configuration.md`, rendered from the declarations (`make docs`).
 """
 
 from worker.settings.parser import Settings, env_var, get_settings

@@ -1,7 +1,8 @@
-"""`Settings`: the environment parsed in one flat model (the fields of `SettingsFields`), so a
-bad value is reported by its variable (`env_var`); its checks, and the sections components
-take (`settings.redis`, `.s3`, `.upstream`, `.flow`, `.jobs`, `.callbacks`, `.producers`,
-`.ops`). Nothing is read at import: `get_settings()` parses on first call.
+"""`Settings`: the environment parsed in one flat model, whose fields are the declarations of
+`sections` (`worker.settings.fields`), so a bad value is reported by its variable (`env_var`),
+all bad values at once; read as the sections components take (`settings.redis`, `.s3`,
+`.upstream`, `.flow`, `.jobs`, `.callbacks`, `.producers`, `.ops`). Nothing is read at import:
+`get_settings()` parses on first call.
 """
 
 from __future__ import annotations
@@ -9,18 +10,19 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import fields
 from functools import lru_cache
 from types import UnionType
 from typing import TYPE_CHECKING, Any, Self, TypeVar, Union, get_args, get_origin
-from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, PrivateAttr, ValidationInfo, field_validator
+from pydantic import AliasChoices, Field, PrivateAttr, SecretStr, ValidationInfo, create_model
+from pydantic import field_validator as check
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from worker.formats import OutputFormat, check_setting
-from worker.settings.env import SettingsFields
+from worker.settings.checks import http_url
+from worker.settings.fields import SETTINGS, flat_fields
 from worker.settings.pool import UpstreamSpec
 from worker.settings.sections import (
+    SECTIONS,
     CallbackSettings,
     FlowSettings,
     JobsSettings,
@@ -28,28 +30,51 @@ from worker.settings.sections import (
     ProducerSettings,
     RedisSettings,
     S3Settings,
+    Section,
     UpstreamSettings,
     default_inflight_cap,
 )
 
+_S = TypeVar("_S", bound=Section)
+
+# The declared settings as fields (built at import from the declarations; for the type checker
+# `Settings` has only its own: components read the sections, which it types).
 if TYPE_CHECKING:
-    from _typeshed import DataclassInstance
+    _Declared = BaseSettings
+else:
+    _Declared = create_model("_Declared", __base__=BaseSettings, **flat_fields())
 
-_S = TypeVar("_S", bound="DataclassInstance")  # a section
 
+class Settings(_Declared):
+    """Every setting (the fields of the sections, flat, plus the pool), checked, and read as
+    sections: built on first read, then kept (a job reads them on every step)."""
 
-class Settings(SettingsFields):
-    """The settings: every field of `SettingsFields`, checked, and read as sections (built on
-    first read, then kept: a job reads them on every step)."""
+    # `.env` in the working directory is read too (the environment wins). List settings are
+    # JSON, decoded by `_json_value` so a plain value gets a message saying so.
+    model_config = SettingsConfigDict(
+        env_prefix="UPSCALE_",
+        extra="ignore",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        enable_decoding=False,
+        frozen=True,  # read once; its sections are built from it and kept
+    )
 
-    _sections: dict[str, Any] = PrivateAttr(default_factory=dict)
+    upstreams: list[UpstreamSpec] = Field(
+        default_factory=list,
+        description="A pool of upstream keys: a JSON list, or the path of a JSON file holding "
+        "one (see the pool's fields below). Unset: one key named `default`, from the upstream "
+        "and flow settings.",
+    )
+
+    _sections: dict[type[Section], Section] = PrivateAttr(default_factory=dict)
 
     def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
         copy = super().model_copy(update=update, deep=deep)
         copy._sections = {}  # the copy's fields differ: its sections are its own
         return copy
 
-    @field_validator("*", mode="before")
+    @check("*", mode="before")
     @classmethod
     def _json_value(cls, v: Any, info: ValidationInfo) -> Any:
         """List (and dict) settings come from the environment as JSON: say so when they are not."""
@@ -68,7 +93,7 @@ class Settings(SettingsFields):
             example = json.dumps([x.strip() for x in v.split(",") if x.strip()] or ["..."])
             raise ValueError(f"expected a JSON list, e.g. '{example}'") from None
 
-    @field_validator("upstreams", mode="before")
+    @check("upstreams", mode="before")
     @classmethod
     def _upstreams_file(cls, v: Any) -> Any:
         """`UPSCALE_UPSTREAMS` may name a JSON file (e.g. a mounted ConfigMap) instead."""
@@ -84,7 +109,7 @@ class Settings(SettingsFields):
                 raise ValueError(f"the file {v.strip()} is not JSON ({e})") from None
         return v
 
-    @field_validator("upstreams")
+    @check("upstreams")
     @classmethod
     def _upstream_names(cls, v: list[UpstreamSpec]) -> list[UpstreamSpec]:
         names = [u.name for u in v]
@@ -93,106 +118,71 @@ class Settings(SettingsFields):
             raise ValueError(f"upstream names must be unique: {', '.join(dup)} appears twice")
         for u in v:
             if u.url is not None:
-                _http_url(u.url)
+                http_url(u.url)
         return v
-
-    @field_validator("redis_url")
-    @classmethod
-    def _redis_url(cls, v: str) -> str:
-        if urlsplit(v).scheme not in ("redis", "rediss", "unix"):
-            raise ValueError(
-                "expected redis://[:password@]host:port/db (rediss:// for TLS, unix:// for a socket)"
-            )
-        return v
-
-    @field_validator("gateway_url")
-    @classmethod
-    def _gateway_url(cls, v: str) -> str:
-        # The gateway's base URL: "…/v1" (how the OpenAI SDK spells it) is accepted as well.
-        v = _http_url(v).rstrip("/")
-        return v.removesuffix("/v1") if v.endswith("/v1") else v
-
-    @field_validator("ideogram_url", "s3_endpoint_url")
-    @classmethod
-    def _urls(cls, v: str | None) -> str | None:
-        return None if v is None else _http_url(v)
-
-    @field_validator("output_format", mode="before")
-    @classmethod
-    def _output_format_spelling(cls, v: Any) -> Any:
-        if isinstance(v, str):
-            v = v.strip().lower()
-            return "jpeg" if v == "jpg" else v
-        return v
-
-    @field_validator("output_format")
-    @classmethod
-    def _output_format_writable(cls, v: OutputFormat) -> OutputFormat:
-        check_setting(v)
-        return v
-
-    @field_validator("log_level")
-    @classmethod
-    def _log_level(cls, v: str) -> str:
-        if v.upper() not in _LEVELS:
-            raise ValueError(f"expected one of {', '.join(_LEVELS)}")
-        return v.upper()
 
     # --- the sections: what each component takes ---------------------------------------
     @property
     def redis(self) -> RedisSettings:
-        return self._cached("redis", lambda: _section(RedisSettings, self, "redis_"))
+        return self._section(RedisSettings)
 
     @property
     def s3(self) -> S3Settings:
-        return self._cached("s3", lambda: _section(S3Settings, self, "s3_"))
+        return self._section(S3Settings)
 
     @property
     def upstream(self) -> UpstreamSettings:
         """The upstream of the flat settings (pool member `default`, or what entries of
         `UPSCALE_UPSTREAMS` leave out)."""
-        return self._cached("upstream", lambda: _section(UpstreamSettings, self))
+        return self._section(UpstreamSettings)
 
     @property
     def flow(self) -> FlowSettings:
-        return self._cached(
-            "flow",
-            lambda: _section(
-                FlowSettings,
-                self,
-                inflight_cap=self.max_inflight or default_inflight_cap(self.route),
-            ),
+        return self._section(
+            FlowSettings,
+            lambda values: {
+                "inflight_cap": values["max_inflight"] or default_inflight_cap(self.upstream.route)
+            },
         )
 
     @property
     def jobs(self) -> JobsSettings:
-        return self._cached("jobs", lambda: _section(JobsSettings, self))
+        return self._section(JobsSettings)
 
     @property
     def callbacks(self) -> CallbackSettings:
-        return self._cached("callbacks", lambda: _section(CallbackSettings, self, "callback_"))
+        return self._section(CallbackSettings)
 
     @property
     def producers(self) -> ProducerSettings:
-        return self._cached("producers", lambda: _section(ProducerSettings, self))
+        return self._section(ProducerSettings)
 
     @property
     def ops(self) -> OpsSettings:
-        return self._cached("ops", lambda: _section(OpsSettings, self))
+        return self._section(OpsSettings)
 
-    def _cached(self, name: str, build: Callable[[], _S]) -> _S:
-        if name not in self._sections:
-            self._sections[name] = build()
-        section: _S = self._sections[name]
+    def _section(
+        self,
+        cls: type[_S],
+        derive: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+    ) -> _S:
+        """Section `cls` from the fields declared in it (lists become tuples: sections are
+        frozen), plus what `derive` computes from them."""
+        if cls not in self._sections:
+            values = {
+                s.field: tuple(v) if isinstance(v := getattr(self, s.name), list) else v
+                for s in SETTINGS
+                if s.section == _SECTION_NAMES[cls]
+            }
+            self._sections[cls] = cls(**values, **(derive(values) if derive else {}))
+        section = self._sections[cls]
+        assert isinstance(section, cls)
         return section
 
     def secrets(self) -> list[str]:
         """Every secret value set (never to be logged)."""
-        values = (self.api_key, self.callback_secret, self.api_token, self.s3_secret_access_key)
-        return [v.get_secret_value() for v in values if v is not None and v.get_secret_value()]
-
-
-_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+        values = (getattr(self, name) for name in type(self).model_fields)
+        return [s for v in values if isinstance(v, SecretStr) and (s := v.get_secret_value())]
 
 
 def _flat(annotation: Any) -> tuple[Any, ...]:
@@ -201,27 +191,7 @@ def _flat(annotation: Any) -> tuple[Any, ...]:
     return (annotation,)
 
 
-def _http_url(v: str) -> str:
-    v = v.strip()
-    parts = urlsplit(v)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ValueError("expected an http:// or https:// URL")
-    return v
-
-
-def _section(cls: type[_S], flat: Settings, prefix: str = "", **derived: Any) -> _S:
-    """Section `cls` from the flat settings: each field from the flat field `prefix` + its
-    name, else its name (`redis.url` <- `redis_url`, `s3.presign_ttl_s` <- `presign_ttl_s`),
-    or from `derived`; lists become tuples (sections are frozen)."""
-    values: dict[str, Any] = {}
-    for f in fields(cls):
-        if f.name in derived:
-            values[f.name] = derived[f.name]
-            continue
-        name = prefix + f.name if prefix + f.name in Settings.model_fields else f.name
-        value = getattr(flat, name)
-        values[f.name] = tuple(value) if isinstance(value, list) else value
-    return cls(**values)
+_SECTION_NAMES: dict[type[Section], str] = {cls: name for name, cls in SECTIONS.items()}
 
 
 def env_var(name: str) -> str:

@@ -20,17 +20,32 @@ class UpstreamSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: UpstreamName = Field(description="Shown in status, logs and metrics (never the key).")
-    route: Route | None = None
+    name: UpstreamName = Field(
+        description="Shown in status, logs and metrics (never the key); its state in Redis is "
+        "`uq:up:<name>:*`."
+    )
+    route: Route | None = Field(default=None, description="Unset: `UPSCALE_ROUTE`.")
     url: str | None = Field(
-        default=None, description="Base URL (the route's URL setting if unset)."
+        default=None,
+        description="Base URL; unset: the route's (`UPSCALE_GATEWAY_URL` / `UPSCALE_IDEOGRAM_URL`).",
     )
     api_key_env: str = Field(
-        default="UPSCALE_API_KEY", description="The environment variable that holds this key."
+        default="UPSCALE_API_KEY",
+        description="The variable that holds this key, in the environment or `.env` (a key is "
+        "never written in the list).",
     )
-    rpm: Annotated[int, Field(ge=1)] | Literal["auto"] | None = None
-    max_inflight: int | None = Field(default=None, ge=1)
-    price_usd: float | None = Field(default=None, ge=0)
+    rpm: Annotated[int, Field(ge=1)] | Literal["auto"] | None = Field(
+        default=None, description="This key's requests per minute; unset: `UPSCALE_RATE_RPM`."
+    )
+    max_inflight: int | None = Field(
+        default=None,
+        ge=1,
+        description="This key's in-flight cap; unset: on `UPSCALE_ROUTE`'s route as the "
+        "settings say (`UPSCALE_MAX_INFLIGHT`), on the other route that route's default.",
+    )
+    price_usd: float | None = Field(
+        default=None, ge=0, description="Per output image; unset: `UPSCALE_PRICE_USD`."
+    )
     budget_usd: float | None = Field(
         default=None, ge=0, description="This key's own cap on spend (billed or possibly billed)."
     )
