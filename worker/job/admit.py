@@ -22,7 +22,7 @@ class Slot:
     """An admitted call: its slot in the fleet's flow control, and how long it waited."""
 
     admitted: Admitted
-    wait_ms: int | None  # None: admitted at once
+    wait_ms: int | None  # how long admission took (None: under a millisecond)
 
     @property
     def token(self) -> str:

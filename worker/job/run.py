@@ -65,8 +65,8 @@ class Run:
     @property
     def pending_slot(self) -> str:
         """The slot of the upstream job an earlier run left pending ('' if none)."""
-        pending = self.journal is not None and self.journal.state == "pending"
-        return self.journal.token if self.journal is not None and pending else ""
+        j = self.journal
+        return j.token if j is not None and j.state == "pending" else ""
 
     @property
     def prefer(self) -> str:
