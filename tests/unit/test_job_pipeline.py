@@ -12,10 +12,14 @@ import pytest
 from arq import Retry
 from redis.asyncio import Redis
 
-from tests.unit.job_fakes import DEST, client_error, fakes, png
+from tests.unit.job_fakes import DEST, FakeUpstream, client_error, fakes, png
 from worker.contract import META_JOB_ID, JobState
-from worker.job import run_job
+from worker.job import buy, run_job
+from worker.job.admit import Slot
 from worker.job.pipeline import __doc__ as pipeline_doc
+from worker.job.run import Job, Run
+from worker.job.source import Source
+from worker.ledger import PaidResult
 
 
 async def test_one_call_one_stored_output_and_a_final_job_is_not_run_again(r: Redis) -> None:
@@ -60,6 +64,33 @@ async def test_a_source_that_cannot_succeed_fails_before_any_call(r: Redis) -> N
         reply = await run_job(f.rt, job.spec, job.id)
         assert reply["state"] == JobState.FAILED and f.upstream.sent == []
         assert await f.field(job, "error_class") == "SourceAccessDenied"
+
+
+class Recording:
+    """A route that makes its calls as the default one does, and says it was asked."""
+
+    def __init__(self) -> None:
+        self.asked: list[str] = []
+
+    async def buy(self, job: Job, slot: Slot, source: Source) -> PaidResult:
+        self.asked.append("buy")
+        return await buy.SEND_THEN_POLL.buy(job, slot, source)
+
+    async def resume(self, job: Job, run: Run) -> PaidResult | None:
+        self.asked.append("resume")
+        return await buy.SEND_THEN_POLL.resume(job, run)
+
+
+async def test_the_slots_route_decides_how_its_call_is_made(
+    r: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    route = Recording()
+    monkeypatch.setitem(buy.ROUTES, "ideogram", route)
+    async with fakes(r, FakeUpstream(needs_bytes=True), route="ideogram") as f:
+        job = await f.job()
+        assert (await run_job(f.rt, job.spec, job.id))["state"] == JobState.SUCCEEDED
+        assert route.asked == ["resume", "buy"]
+        assert f.upstream.sent[0][0].data == png()  # the direct route takes the bytes
 
 
 def test_the_pipeline_is_one_short_function_that_names_its_modules() -> None:

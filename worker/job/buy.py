@@ -5,10 +5,11 @@ answer is saved with its spend before anything else (`call_answered`, which wait
 outage); an error answer returns the reservation (`call_refused`); no answer counts as
 possibly billed (`call_unknown`). A run that lost its lease saves the money and stops.
 
-How a call is made is the route's: today every route sends the call and, when the upstream
-answers with an async job (202), journals its id and polls it (`SendThenPoll`). A route that
-submits asynchronously and resolves an unknown outcome by reading the upstream's generation
-(never by a new call) is another `Route`, chosen in `route_for`: the pipeline does not change.
+How a call is made is its route's (`ROUTES`, by `UPSCALE_ROUTE` of the slot's pool member):
+today both routes send the call and, when the upstream answers with an async job (202),
+journal its id and poll it (`SendThenPoll`). A route that submits asynchronously and resolves
+an unknown outcome by reading the upstream's generation (never by a new call) is another
+`Route` in `ROUTES`: the pipeline does not change.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from worker.job.source import Source, drop_staged, explain_fetch_failure
 from worker.keys import upstream_of
 from worker.ledger import Fenced, KeyPaused, PaidOutput, PaidResult
 from worker.outcomes import JobWaits, outcome_for
+from worker.settings import Route as RouteName
 from worker.upstream import errors as ue
 from worker.upstream.base import CallResult, ImageInput, UpscaleRequest, Upstream
 
@@ -43,6 +45,7 @@ class Bought:
 
     paid: PaidResult
     source: Source | None = None  # None: an earlier run read the source (and paid)
+    # read, call (this step: journal, send, wait), admit_wait: for the job's last log line
     timings_ms: Mapping[str, int] = field(default_factory=dict)
 
 
@@ -81,8 +84,8 @@ async def resume(job: Job, run: Run) -> Bought | None:
 
 
 def route_for(job: Job, upstream: str) -> Route:
-    """The route of pool member `upstream` (one way for all today)."""
-    return SEND_THEN_POLL
+    """How pool member `upstream` makes its calls: by its route (`UPSCALE_ROUTE`)."""
+    return ROUTES[job.rt.flow.member(upstream).upstream.route]
 
 
 class SendThenPoll:
@@ -103,6 +106,10 @@ class SendThenPoll:
 
 
 SEND_THEN_POLL = SendThenPoll()
+# Each route's way of making calls. The Ideogram direct route's asynchronous submission (its
+# generation id journaled before the wait, an unknown outcome resolved by reading the
+# generation) is a `Route` of its own here.
+ROUTES: Mapping[RouteName, Route] = {"gateway": SEND_THEN_POLL, "ideogram": SEND_THEN_POLL}
 
 
 async def _send(job: Job, slot: Slot, image: ImageInput) -> PaidResult:
