@@ -22,7 +22,7 @@ from worker.callbacks import NOTIFY_FUNCTION, notify
 from worker.contract import ARQ_FUNCTION, JobSpec
 from worker.gate_watch import watch_gate
 from worker.health import serve_health
-from worker.job import UpscaleJob
+from worker.job import run_job
 from worker.keys import QUEUE_NAME, QUEUES, queue_for
 from worker.ledger import record_invalid_payload
 from worker.lifecycle import Lifecycle
@@ -54,7 +54,7 @@ async def upscale(ctx: dict[str, Any], payload: dict[str, Any] | None = None) ->
     if spec is None:
         log.warning("job has no ledger record; enqueue it with upscale-queue", job_id=job_id)
         return {"state": "failed", "error": "no ledger record"}
-    return await UpscaleJob(rt, spec, job_id).run()
+    return await run_job(rt, spec, job_id)
 
 
 async def _process_runtime(ctx: dict[str, Any]) -> Runtime:

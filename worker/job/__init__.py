@@ -1,9 +1,6 @@
-"""The job: start (take the run lease) -> read the source -> call -> store, for one object.
+"""The job as one pipeline: `run_job` (`pipeline.py`) reads top to bottom, from pick-up to
+stored output; each step is a module of this package."""
 
-`run.py` is the run and its outcomes; `source.py`, `call.py` and `store.py` its steps; `base.py`
-what they share.
-"""
+from worker.job.pipeline import run_job
 
-from worker.job.run import UpscaleJob
-
-__all__ = ["UpscaleJob"]
+__all__ = ["run_job"]

@@ -96,6 +96,7 @@ class Ledger(LedgerReads):
                 "call_answered",
                 "call_refused",
                 "call_unknown",
+                "discard_paid",
                 "reclaim",
                 "heal",
                 "cancel",
@@ -365,6 +366,15 @@ class Ledger(LedgerReads):
             [job_id, slot, "1" if drop_pending else "0"],
             patience_s=None,
         )
+
+    async def discard_paid(self, job_id: str, token: str) -> None:
+        """Drop a paid result that can no longer give an output: the next attempt makes a new
+        call. Raises `Fenced` when the run `token` lost its lease (nothing dropped)."""
+        reply = await self._run(
+            "discard_paid", [Keys.job(job_id), Keys.paid(job_id)], [job_id, token]
+        )
+        if text(reply) == "fenced":
+            raise Fenced(job_id)
 
     # -- cancel (any producer) ------------------------------------------------------------
     async def cancel(self, job_ids: list[str], *, chunk: int = 1000) -> list[CancelOutcome]:
