@@ -1,6 +1,7 @@
 """A replicated Redis as managed services run it: a primary, a replica (asynchronous
 replication, no persistence on either, as a managed Redis without AOF) and a Sentinel that
 promotes the replica when the primary dies. For failover fault tests and the `WAIT` bench.
+The replication link runs through a relay (`Link`) so a test can make it lag.
 
 Only the Sentinel's own timing is shortened (`down-after-milliseconds` 1 s, as against 30 s by
 default): that is the deployment's choice, not the project's, and keeps a failover within a
@@ -9,8 +10,10 @@ test's bounds.
 
 from __future__ import annotations
 
-import signal
+import contextlib
+import socket
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from functools import partial
@@ -45,6 +48,54 @@ def _info(port: int, section: str) -> dict[str, Any]:
         return dict(r.info(section))
 
 
+class Link:
+    """The replication link, through a relay this process controls: `hold()` keeps what the
+    primary sends from reaching the replica (a slow or congested link: the primary still
+    counts the replica connected, its acknowledgements stop advancing), `cut()` drops what
+    was held with the connection, as a primary's death does to what never left it. (Freezing
+    the replica would not do: the kernel keeps buffering what the primary sends.)"""
+
+    def __init__(self, primary_port: int) -> None:
+        self.primary_port = primary_port
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self.server.getsockname()[1])
+        self.held = threading.Event()
+        self._socks: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                replica, _ = self.server.accept()
+                primary = socket.create_connection(("127.0.0.1", self.primary_port))
+                self._socks += [replica, primary]
+                threading.Thread(
+                    target=self._pump, args=(primary, replica, True), daemon=True
+                ).start()
+                threading.Thread(
+                    target=self._pump, args=(replica, primary, False), daemon=True
+                ).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, holdable: bool) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                if not (holdable and self.held.is_set()):  # held: read and dropped at cut
+                    dst.sendall(data)
+        for sock in (src, dst):
+            with contextlib.suppress(OSError):
+                sock.close()
+
+    def hold(self) -> None:
+        self.held.set()
+
+    def cut(self) -> None:
+        for sock in self._socks:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+                sock.close()
+        self.server.close()
+
+
 class ReplicatedRedis:
     """`with ReplicatedRedis() as rr:` — `rr.env()` points workers and producers at it through
     the Sentinel; `rr.kill_primary()` SIGKILLs the primary; `rr.primary_port()` asks the
@@ -72,7 +123,9 @@ class ReplicatedRedis:
 
     def start(self) -> None:
         a, b = self.ports["a"], self.ports["b"]
-        for name, extra in (("a", ()), ("b", ("--replicaof", "127.0.0.1", str(a)))):
+        self.link = Link(a)
+        replica_of = ("--replicaof", "127.0.0.1", str(self.link.port))
+        for name, extra in (("a", ()), ("b", replica_of)):
             data = self.dir / name
             data.mkdir()
             port = self.ports[name]
@@ -116,18 +169,13 @@ class ReplicatedRedis:
         return int(str(self._master()["address"]).rsplit(":", 1)[1])
 
     def kill_primary(self) -> int:
-        """SIGKILL the primary (no shutdown, nothing more replicated); returns its port."""
+        """SIGKILL the primary (no shutdown); what the link held never reaches the replica.
+        Returns the primary's port."""
         port = self.primary_port()
         name = next(n for n, p in self.ports.items() if p == port)
         self.procs[name].kill()
+        self.link.cut()
         return port
-
-    def replica_frozen(self, frozen: bool) -> None:
-        """SIGSTOP / SIGCONT the replica: writes stop reaching it, as behind a slow link (the
-        primary still counts it connected until its replication timeout)."""
-        port = self.primary_port()
-        name = next(n for n, p in self.ports.items() if p != port)
-        self.procs[name].signal_group(signal.SIGSTOP if frozen else signal.SIGCONT)
 
     def env(self) -> dict[str, str]:
         return {
@@ -137,6 +185,8 @@ class ReplicatedRedis:
         }
 
     def stop(self) -> None:
+        if hasattr(self, "link"):
+            self.link.cut()
         for proc in self.procs.values():
             proc.stop()
         self.procs.clear()
