@@ -263,8 +263,9 @@ async def fakes(
 ) -> AsyncIterator[Fakes]:
     """The runtime the job's steps see, its source uploaded (`SRC`)."""
     s = Settings(redis_url="redis://unused", **settings)
-    # Polls as often as the tests need (the setting's floor is the gateway's 3 s).
-    s = s.model_copy(update={"async_poll_interval_s": 0.05})
+    # Polls as often as the tests need: below the setting's floor (the gateway's 3 s), which
+    # validation refuses, so set on the (frozen, cached) section past it.
+    object.__setattr__(s.upstream, "async_poll_interval_s", 0.05)
     s3 = FakeS3()
     s3.put(SRC, png())
     up = upstream or FakeUpstream()
