@@ -187,16 +187,21 @@ class UpstreamKeys:
         return cls(**{f: base + f.replace("_", "-") for f in cls.__dataclass_fields__})
 
     def admission(self) -> list[str]:
-        """The order `admit.lua` and `gate.lua` take them in (KEYS per upstream)."""
-        return [
-            self.pause,
-            self.cooldown,
-            self.circuit,
-            self.inflight,
-            self.rate,
-            self.canary,
-            self.said,
-            self.rate_bulk,
-            self.spend,
-            self.reserved,
-        ]
+        """The KEYS `admit.lua` takes per upstream key, in the order of its `UPSTREAM_KEYS`
+        (`ADMISSION` names them)."""
+        return [getattr(self, name) for name in ADMISSION]
+
+
+# `admit.lua`'s per upstream key KEYS, by name (`UpstreamKeys` fields).
+ADMISSION: tuple[str, ...] = (
+    "pause",
+    "cooldown",
+    "circuit",
+    "inflight",
+    "rate",
+    "canary",
+    "said",
+    "rate_bulk",
+    "spend",
+    "reserved",
+)
