@@ -177,14 +177,16 @@ def _table(moves: Iterable[Move[S]], none_from: str, none_to: str) -> list[str]:
 
 
 def _diagram(moves: Iterable[Move[S]], group: str | None = None) -> list[str]:
-    """A mermaid state diagram: one edge per (from, to), labelled with the scripts; moves from
-    every open state start at the `open` composite state; staying put is not drawn."""
+    """A mermaid state diagram: one edge per (from, to), labelled with the scripts; a move
+    out of every open state starts at the `open` composite state (a move into one, from each:
+    an edge from a composite state into its own state does not lay out); staying put is not
+    drawn."""
     edges: dict[tuple[str, str], list[str]] = {}
     for m in moves:
         to = m.to.value if m.to else "[*]"
         froms: list[str] = []
         rest = set(m.froms)
-        if group and rest >= OPEN:
+        if group and rest >= OPEN and m.to not in OPEN:
             froms.append(group)
             rest -= OPEN
         froms += sorted(f.value if f else "[*]" for f in rest)

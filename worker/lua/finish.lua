@@ -33,6 +33,6 @@ else
   redis.call('DEL', k_paid(job_id))
   journal_drop(job_id)
 end
-transition(job_id, state, now_ms())
+transition(job_id, state, now_ms())  -- to: succeeded | failed | skipped | cancelled
 retire(job_id, state, ARGV[7])
 return 'ok'
