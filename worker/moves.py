@@ -147,8 +147,8 @@ def lua_contract() -> str:
         "-- do not edit (tests/unit/test_lifecycle.py checks it is in step).",
         "-- FINAL: the states a job ends in (`FINAL_STATES`).",
         f"local FINAL = {_lua_set(s.value for s in FINAL_STATES)}",
-        "-- JOB_MOVES[script][to][from]: the moves of a job's state each script may make"
-        " ('' = no record yet).",
+        "-- JOB_MOVES[script][to][from]: the moves of a job's state each script may make",
+        "-- ('' = no record yet).",
         *_lua_moves("JOB_MOVES", JOB_MOVES),
         "-- CALL_MOVES[script][to][from]: the same for the call journal ('' = none, or deleted).",
         *_lua_moves("CALL_MOVES", CALL_MOVES),

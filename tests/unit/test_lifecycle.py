@@ -21,6 +21,7 @@ from worker.contract import S3Object as S3
 from worker.flow.admission import AdmitKeys, AdmitOptions, UpstreamOption
 from worker.keys import ADMISSION, PREFIX, Keys
 from worker.ledger import Ledger
+from worker.ledger.batches import reopen_batch, set_batch_callback, set_batch_fields
 from worker.ledger.transitions import FinalName
 
 LUA = files(worker.lua)
@@ -266,3 +267,16 @@ async def test_the_call_journal_refuses_a_move_its_table_lacks(r: Redis) -> None
         )
     journal = await ledger.journal(job)
     assert journal is not None and journal.state == CallState.SENT
+
+
+async def test_a_batchs_operator_fields_go_through_their_script_and_only_they(r: Redis) -> None:
+    await set_batch_callback(r, "b1", "https://hooks.example/done")
+    await set_batch_fields(r, "b1", cancelled_at="1700000000000")
+    assert await r.hgetall(Keys.batch("b1")) == {  # type: ignore[misc]  # redis-py's stubs
+        b"callback_url": b"https://hooks.example/done",
+        b"cancelled_at": b"1700000000000",
+    }
+    await reopen_batch(r, "b1")
+    with pytest.raises(ResponseError, match="total is not an operator field"):
+        await set_batch_fields(r, "b1", total="0", callback_url="")
+    assert await r.hgetall(Keys.batch("b1")) == {b"callback_url": b"https://hooks.example/done"}  # type: ignore[misc]

@@ -2,7 +2,8 @@
 -- do not edit (tests/unit/test_lifecycle.py checks it is in step).
 -- FINAL: the states a job ends in (`FINAL_STATES`).
 local FINAL = {['cancelled'] = true, ['failed'] = true, ['skipped'] = true, ['succeeded'] = true}
--- JOB_MOVES[script][to][from]: the moves of a job's state each script may make ('' = no record yet).
+-- JOB_MOVES[script][to][from]: the moves of a job's state each script may make
+-- ('' = no record yet).
 local JOB_MOVES = {
   attempt_failed = {
     ['cancelled'] = {['queued'] = true, ['running'] = true, ['waiting'] = true},

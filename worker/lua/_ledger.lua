@@ -2,9 +2,9 @@
 --- @include "_lifecycle"
 -- transition(job_id, new_state, now): move a job to a state, keeping the fleet and batch
 -- counters, the active index and the final events in step. Only a move the lifecycle table
--- allows this script (`JOB_MOVES`): any other raises, before anything is written. Never
--- creates a record: a job whose record is gone (a Redis that lost it) is left alone ('' returned),
--- not given a state alone.
+-- allows this script (`JOB_MOVES`): any other raises before this writes anything. Never creates
+-- a record: a job whose record is gone (a Redis that lost it) is left alone ('' returned), not
+-- given a state alone.
 -- `active` holds the jobs a run has taken out of their queue (claimed / running), scored by
 -- when they were last looked at: the healer walks it, so its cost follows the fleet's runs,
 -- not the backlog. A job in its queue (queued, waiting) is indexed by the queue itself.

@@ -101,10 +101,17 @@ local function assess(i)
     if kind == 'normal' then kind = 'probe' end  -- the previous probe's worker vanished
   end
   -- 5. budgets: spent + reserved + this call's estimate within every cap (the key's own too)
-  if over(cap_total, F.spend_total, F.reserved_total, est) then return {'closed', 'budget:total', poll_ms * 5} end
-  if over(cap_day, F.spend_day, F.reserved_day, est) then return {'closed', 'budget:daily', poll_ms * 5} end
-  if over(cap_batch, F.spend_batch, F.reserved_batch, est) then return {'closed', 'budget:batch', poll_ms * 5} end
-  if over(key_cap, k.spend, k.reserved, est) then return {'closed', 'budget:key', poll_ms * 5} end
+  local budget_wait = poll_ms * 5
+  if over(cap_total, F.spend_total, F.reserved_total, est) then
+    return {'closed', 'budget:total', budget_wait}
+  end
+  if over(cap_day, F.spend_day, F.reserved_day, est) then
+    return {'closed', 'budget:daily', budget_wait}
+  end
+  if over(cap_batch, F.spend_batch, F.reserved_batch, est) then
+    return {'closed', 'budget:batch', budget_wait}
+  end
+  if over(key_cap, k.spend, k.reserved, est) then return {'closed', 'budget:key', budget_wait} end
 
   -- the effective limit: the configured tier is the ceiling; the upstream's own, when smaller
   -- (or when the tier is `auto`), wins
@@ -249,7 +256,8 @@ else
 end
 if est > 0 then
   -- the reservation names the counters it was added to, so it settles the right day and batch
-  redis.call('HSET', F.reserved, slot, est .. '|' .. F.reserved_day .. '|' .. F.reserved_batch .. '|' .. job_id)
+  redis.call('HSET', F.reserved, slot,
+    est .. '|' .. F.reserved_day .. '|' .. F.reserved_batch .. '|' .. job_id)
   redis.call('INCRBY', F.reserved_total, est)
   redis.call('INCRBY', F.reserved_day, est)
   redis.call('INCRBY', F.reserved_batch, est)
