@@ -19,6 +19,7 @@ ARQ_RETRY_PREFIX: str = retry_key_prefix  # arq:retry:<id>      arq's try counte
 
 QUEUE_NAME = PREFIX + "queue"  # the live lane's arq queue (a sorted set scored by run-at ms)
 BULK_QUEUE_NAME = PREFIX + "queue:bulk"  # the bulk lane's arq queue
+# every lane's queue (the scripts' `LANES`, in `_contract.lua`, is generated from it)
 QUEUES: dict[str, str] = {"live": QUEUE_NAME, "bulk": BULK_QUEUE_NAME}
 
 
