@@ -145,7 +145,7 @@ async def _summary(producer: Producer, job_ids: list[str], batch: str, s3: Any) 
         rec = await producer.status(job_id)
         if rec is None:
             continue
-        failed += rec.state != "succeeded"
+        failed += rec.state != JobState.SUCCEEDED
         res = await producer.redis.hget(Keys.job(job_id), "source_resolution")  # type: ignore[misc]
         src_res = res.decode() if isinstance(res, bytes) else (res or "?")
         table.add_row(

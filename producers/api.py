@@ -34,7 +34,6 @@ from worker.api import (
     JobRecord,
     JobSpec,
     JobStore,
-    Keys,
     Lane,
     LaneStatus,
     PauseInfo,
@@ -248,7 +247,7 @@ class Producer:
 
     async def set_batch_callback(self, batch: str, url: str) -> None:
         """POST one notice (counts, spend) to `url` when every job of `batch` is final."""
-        await self.redis.hset(Keys.batch(batch), "callback_url", url)  # type: ignore[misc]
+        await self.ledger.set_batch_callback(batch, url)
 
     async def wait_for_batch(self, batch: str, timeout: float | None = None) -> BatchSummary:
         """Await a batch where every job is final (woken by the ledger's batch events)."""

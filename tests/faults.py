@@ -27,6 +27,7 @@ from PIL import Image
 
 from infra.stack import LocalStack
 from producers.api import Producer
+from worker.contract import JobState
 from worker.ledger import JobRecord
 
 Fault = Callable[["Run"], Awaitable[None]]
@@ -206,7 +207,7 @@ def _judge(
         jobs=len(images),
         all_final_s=all_final,
         stranded=sum(1 for r in records if not r.final) + len(images) - len(records),
-        failed=sum(1 for r in records if r.state == "failed"),
+        failed=sum(1 for r in records if r.state == JobState.FAILED),
         paid_twice=sum(1 for n in bills.values() if n > 1),
         paid_not_stored=paid_not_stored,
         bad_outputs=sum(1 for r in records if stored[images[r.job_id]] != 1),

@@ -61,7 +61,13 @@ from worker.flow import FlowControl, PauseInfo
 from worker.flow.control import PauseReason, UnknownUpstream
 from worker.flow.status import FlowStatus, UpstreamStatus
 from worker.ledger import EnqueueResult, JobRecord, Ledger, NewJob
-from worker.ledger.batches import CancelSummary, cancel_batch, final_jobs, reopen_batch
+from worker.ledger.batches import (
+    CancelSummary,
+    cancel_batch,
+    final_jobs,
+    reopen_batch,
+    set_batch_callback,
+)
 from worker.ledger.reads import LedgerReads, text
 from worker.ledger.records import CancelOutcome, EnqueueOutcome, ledger_fields
 from worker.ledger.transitions import DEFAULT_RETENTION_MS
@@ -240,8 +246,13 @@ class JobStore(LedgerReads):
     async def reopen_batch(self, batch: str) -> None:
         await reopen_batch(self.redis, batch)
 
+    async def set_batch_callback(self, batch: str, url: str) -> None:
+        """POST one notice (counts, spend) to `url` when every job of `batch` is final."""
+        await set_batch_callback(self.redis, batch, url)
+
     def final_jobs(self, batch: str, states: Collection[str]) -> AsyncIterator[list[str]]:
-        """A batch's final jobs in `states`, a page of ids at a time."""
+        """A batch's final jobs in `states` (`JobState` members, or their names), a page of ids
+        at a time."""
         return final_jobs(self.redis, batch, states)
 
     async def enqueue(

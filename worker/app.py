@@ -19,7 +19,7 @@ import structlog
 from arq import Worker, func
 
 from worker.callbacks import NOTIFY_FUNCTION, notify
-from worker.contract import ARQ_FUNCTION, JobSpec
+from worker.contract import ARQ_FUNCTION, JobSpec, JobState
 from worker.gate_watch import watch_gate
 from worker.health import serve_health
 from worker.job import run_job
@@ -50,10 +50,10 @@ async def upscale(ctx: dict[str, Any], payload: dict[str, Any] | None = None) ->
         spec = JobSpec.model_validate(payload) if payload else await rt.ledger.spec(job_id)
     except ValueError as e:  # pydantic's ValidationError included
         await record_invalid_payload(rt.ledger, job_id, f"invalid job payload: {e}")
-        return {"state": "failed", "error": "invalid payload"}
+        return {"state": JobState.FAILED, "error": "invalid payload"}
     if spec is None:
         log.warning("job has no ledger record; enqueue it with upscale-queue", job_id=job_id)
-        return {"state": "failed", "error": "no ledger record"}
+        return {"state": JobState.FAILED, "error": "no ledger record"}
     return await run_job(rt, spec, job_id)
 
 

@@ -151,6 +151,9 @@ LANES: tuple[Lane, ...] = get_args(Lane)
 
 
 class JobState(StrEnum):
+    """A job's state in its ledger record: the one vocabulary for it (`worker/moves.py` says
+    which script moves a job from which state to which; `docs/lifecycle.md` draws it)."""
+
     QUEUED = "queued"
     RUNNING = "running"
     WAITING = "waiting"  # paused / cooling down / over budget: never a failure
@@ -164,9 +167,22 @@ class JobState(StrEnum):
         return self in FINAL_STATES
 
 
-FINAL_STATES: frozenset[JobState] = frozenset(
-    {JobState.SUCCEEDED, JobState.FAILED, JobState.SKIPPED, JobState.CANCELLED}
-)
+# The states a job ends in (a record that is final is compacted and retired).
+FinalState = Literal[JobState.SUCCEEDED, JobState.FAILED, JobState.SKIPPED, JobState.CANCELLED]
+FINAL_STATES: frozenset[JobState] = frozenset(get_args(FinalState))
+# The final states `upscale retry` runs again (enqueue's requeue_failed).
+RetryState = Literal[JobState.FAILED, JobState.CANCELLED]
+RETRY_STATES: tuple[RetryState, ...] = get_args(RetryState)
+
+
+class CallState(StrEnum):
+    """The state of a job's call journal (`Keys.call`): its latest upstream call."""
+
+    SENT = "sent"  # journaled before the request left: its outcome is not known yet
+    ANSWERED = "answered"  # a billed result, saved (`Keys.paid`)
+    PENDING = "pending"  # the upstream accepted an async job (202): billed when it completes
+    REFUSED = "refused"  # an error answer, or the async job failed: not billed
+    UNKNOWN = "unknown"  # no answer (timeout, lost connection, a run that died): possibly billed
 
 
 class UpscaleParams(BaseModel):
@@ -296,14 +312,19 @@ def s3_key_unquote(key: str) -> str:
 __all__ = [
     "ARQ_FUNCTION",
     "BULK_QUEUE_NAME",
+    "FINAL_STATES",
     "META_JOB_ID",
     "QUEUES",
     "QUEUE_NAME",
+    "RETRY_STATES",
     "STAGING_PREFIX",
+    "CallState",
+    "FinalState",
     "JobIdentity",
     "JobSpec",
     "JobState",
     "Keys",
+    "RetryState",
     "S3Object",
     "UpscaleParams",
     "check_object",

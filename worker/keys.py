@@ -19,6 +19,7 @@ ARQ_RETRY_PREFIX: str = retry_key_prefix  # arq:retry:<id>      arq's try counte
 
 QUEUE_NAME = PREFIX + "queue"  # the live lane's arq queue (a sorted set scored by run-at ms)
 BULK_QUEUE_NAME = PREFIX + "queue:bulk"  # the bulk lane's arq queue
+# every lane's queue (the scripts' `LANES`, in `_contract.lua`, is generated from it)
 QUEUES: dict[str, str] = {"live": QUEUE_NAME, "bulk": BULK_QUEUE_NAME}
 
 
@@ -187,16 +188,21 @@ class UpstreamKeys:
         return cls(**{f: base + f.replace("_", "-") for f in cls.__dataclass_fields__})
 
     def admission(self) -> list[str]:
-        """The order `admit.lua` and `gate.lua` take them in (KEYS per upstream)."""
-        return [
-            self.pause,
-            self.cooldown,
-            self.circuit,
-            self.inflight,
-            self.rate,
-            self.canary,
-            self.said,
-            self.rate_bulk,
-            self.spend,
-            self.reserved,
-        ]
+        """The KEYS `admit.lua` takes per upstream key, in the order of its `UPSTREAM_KEYS`
+        (`ADMISSION` names them)."""
+        return [getattr(self, name) for name in ADMISSION]
+
+
+# `admit.lua`'s per upstream key KEYS, by name (`UpstreamKeys` fields).
+ADMISSION: tuple[str, ...] = (
+    "pause",
+    "cooldown",
+    "circuit",
+    "inflight",
+    "rate",
+    "canary",
+    "said",
+    "rate_bulk",
+    "spend",
+    "reserved",
+)

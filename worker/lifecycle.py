@@ -5,7 +5,7 @@ Every worker process runs one `Lifecycle` task that
 - reclaims runs whose lease expired anywhere in the fleet (a SIGKILLed worker, a lost host):
   their jobs are back on the queue within `run_lease_s` + one tick, whatever `job_timeout`,
 - heals what nothing else would (one process at a time): a non-final job with no run, no queue entry or a stale
-  arq in-progress key is re-enqueued; reservations no call holds are returned.
+  arq in-progress key is re-enqueued; reservations no call holds are returned (`Slots.heal`).
 Reclaiming waits until this process has been connected for two heartbeats, so after a Redis
 restart every live owner renews its leases before anyone takes them over. Redis counts as back
 (readiness) only once a tick's write went through: a full or read-only Redis answers PING.
@@ -92,11 +92,12 @@ class Lifecycle:
             Keys.heal_lock, "1", nx=True, px=int(HEAL_EVERY_S * 1000)
         ):
             self._last_heal = now
-            healed, returned = await ledger.heal(
+            healed = await ledger.heal(
                 stale_ms=HEAL_STALE_MS,
                 in_progress_ttl_ms=self.in_progress_ttl_ms,
                 grace_ms=IN_PROGRESS_GRACE_MS,
             )
+            returned = await self.rt.flow.slots.heal()
             if healed or returned:
                 log.warning(
                     "healed stranded jobs", jobs=len(healed), reservations_returned=returned

@@ -11,7 +11,7 @@ import click
 from producers.api import Producer, SourceNotFound, build_spec
 from producers.cli.common import JSON_HELP, console, echo_json, err_console, main, with_producer
 from producers.errors import CommandError
-from worker.api import EnqueueOutcome, get_settings
+from worker.api import EnqueueOutcome, JobState, get_settings
 
 
 @dataclass(frozen=True)
@@ -20,7 +20,7 @@ class Enqueued:
 
     job_id: str
     outcome: EnqueueOutcome
-    state: str
+    state: JobState
     source: str
     dest: str
 

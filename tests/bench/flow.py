@@ -36,7 +36,7 @@ from rich.table import Table
 from infra.stack import LocalStack, die_with_parent
 from producers.api import Producer, build_spec
 from tests.bench.naive import DONE, QUEUE
-from worker.api import JobSpec
+from worker.api import JobSpec, JobState
 from worker.keys import Keys, queue_for
 from worker.settings import Settings
 
@@ -251,7 +251,7 @@ async def run_fleet(
 
 async def _ours_final(producer: Producer) -> int:
     counts = await producer.ledger.state_counts()
-    return sum(counts.get(s, 0) for s in ("succeeded", "failed", "skipped"))
+    return sum(counts.get(s, 0) for s in JobState if s.final and s != JobState.CANCELLED)
 
 
 async def run_naive(

@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 from infra.stack import LocalStack
-from worker.contract import DEFAULT_DEST_TEMPLATE, JobSpec, S3Object, render_destination
+from worker.contract import DEFAULT_DEST_TEMPLATE, JobSpec, JobState, S3Object, render_destination
 from worker.keys import ARQ_IN_PROGRESS_PREFIX, PREFIX, QUEUES, Keys, first_of
 from worker.ledger import Ledger, PaidOutput, PaidResult
 from worker.lifecycle import HEAL_EVERY_S, HEAL_STALE_MS, IN_PROGRESS_GRACE_MS
@@ -74,7 +74,10 @@ async def finish(ledger: Ledger, r: Redis, job_ids: list[str]) -> None:
         )
         await ledger.call_answered(job_id, slot, paid)
         await ledger.finish(
-            job_id, token, "succeeded", {"output_bytes": 123_456, "output_resolution": "2048x1536"}
+            job_id,
+            token,
+            JobState.SUCCEEDED,
+            {"output_bytes": 123_456, "output_resolution": "2048x1536"},
         )
         # what arq does once the run returns: its payload and queue entry go
         await r.delete(Keys.arq_job(job_id), Keys.arq_in_progress(job_id))

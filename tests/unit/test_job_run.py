@@ -35,7 +35,7 @@ async def test_a_second_run_leaves_a_held_job_alone(r: Redis) -> None:
 async def test_a_final_job_is_not_run_again(r: Redis) -> None:
     async with fakes(r) as f:
         job, _ = await f.started()
-        await f.ledger.finish(job.id, job.token, "succeeded", {})
+        await f.ledger.finish(job.id, job.token, JobState.SUCCEEDED, {})
         again = Job.new(f.rt, job.spec, job.id)
         assert await start(again) == {"state": JobState.SUCCEEDED, "note": "already final"}
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import worker
 
 LAYERS: list[set[str]] = [
-    {"contract", "formats", "keys", "lua", "settings", "redis_conn", "replicas", "logs"},
+    {"contract", "moves", "formats", "keys", "lua", "settings", "redis_conn", "replicas", "logs"},
     {"storage", "upstream", "results", "images", "output"},
     {"ledger", "flow", "fleet"},
     {"runtime", "metrics", "health", "callbacks", "lifecycle", "gate_watch", "poller", "report"},

@@ -8,7 +8,7 @@ import asyncio
 import pytest
 from redis.asyncio import Redis
 
-from worker.contract import JobSpec, S3Object, UpscaleParams
+from worker.contract import JobSpec, JobState, S3Object, UpscaleParams
 from worker.keys import QUEUES, Keys
 from worker.ledger import Fenced, Ledger, PaidResult
 from worker.ledger.batches import cancel_batch
@@ -50,7 +50,7 @@ async def test_the_request_is_stored_once_and_read_back_whole(r: Redis) -> None:
 async def test_a_final_record_is_compacted_and_expires_after_the_retention(r: Redis) -> None:
     ledger, job = await _job(r)
     await ledger.start(job, "run", 20_000)
-    await ledger.finish(job, "run", "succeeded", {"output_bytes": 10, "t_total_ms": 5})
+    await ledger.finish(job, "run", JobState.SUCCEEDED, {"output_bytes": 10, "t_total_ms": 5})
     fields = await _fields(r, job)
     assert fields["state"] == "succeeded" and fields["source"] == "s3://photos/img1.png"
     assert not {"params", "tags", "run_token", "running_at", "queued_at"} & set(fields)
@@ -61,7 +61,7 @@ async def test_a_batch_record_waits_for_its_report_on_the_done_list(r: Redis) ->
     ledger, job = await _job(r, batch="b1")
     assert await r.smembers(Keys.batch_open("b1")) == {job.encode()}  # type: ignore[misc]  # redis-py's async stubs
     await ledger.start(job, "run", 20_000)
-    await ledger.finish(job, "run", "failed", {"error": "boom"})
+    await ledger.finish(job, "run", JobState.FAILED, {"error": "boom"})
     assert await r.pttl(Keys.job(job)) == -1
     assert await r.lrange(Keys.batch_done("b1"), 0, -1) == [job.encode()]  # type: ignore[misc]  # redis-py's async stubs
     assert await r.scard(Keys.batch_open("b1")) == 0  # type: ignore[misc]  # redis-py's async stubs
@@ -71,7 +71,7 @@ async def test_a_batch_record_waits_for_its_report_on_the_done_list(r: Redis) ->
     (res,) = await ledger.enqueue([_spec(1, "b1")], requeue_failed=True)
     assert res.outcome == "requeued"
     await ledger.start(job, "run2", 20_000)
-    await ledger.finish(job, "run2", "succeeded", {})
+    await ledger.finish(job, "run2", JobState.SUCCEEDED, {})
     assert await r.lrange(Keys.batch_done("b1"), 0, -1) == [job.encode()]  # type: ignore[misc]  # redis-py's async stubs
 
 
@@ -80,14 +80,14 @@ async def test_a_record_holding_a_possibly_billed_call_never_expires(r: Redis) -
     await ledger.start(job, "run", 20_000)
     await ledger.call_begin(job, "run", "default/s1", PRICE)
     await ledger.call_unknown(job, "default/s1")
-    await ledger.finish(job, "run", "failed", {"error": "gave up"})
+    await ledger.finish(job, "run", JobState.FAILED, {"error": "gave up"})
     assert await r.pttl(Keys.job(job)) == -1
 
 
 async def test_a_record_retried_after_it_expired_runs_again_without_a_ttl(r: Redis) -> None:
     ledger, job = await _job(r)
     await ledger.start(job, "run", 20_000)
-    await ledger.finish(job, "run", "failed", {"error": "boom"})
+    await ledger.finish(job, "run", JobState.FAILED, {"error": "boom"})
     assert await r.pttl(Keys.job(job)) > 0
     await r.delete(Keys.arq_job(job))  # arq's own finish, once the run returned
     await ledger.enqueue([_spec()], requeue_failed=True)
@@ -119,7 +119,7 @@ async def test_cancel_during_a_call_stores_what_was_paid_then_ends_cancelled(r: 
     await ledger.call_begin(job, "run", "default/s1", PRICE)
     assert await ledger.cancel([job]) == ["after_call"]
     await ledger.call_answered(job, "default/s1", PaidResult(cost_micros=PRICE, request_id="r1"))
-    await ledger.finish(job, "run", "succeeded", {"output_bytes": 10})
+    await ledger.finish(job, "run", JobState.SUCCEEDED, {"output_bytes": 10})
     fields = await _fields(r, job)
     assert fields["state"] == "cancelled" and fields["output_bytes"] == "10"
     assert "paid output was stored" in fields["note"] and fields["cost_micros"] == str(PRICE)
@@ -206,7 +206,9 @@ async def test_an_answer_for_a_final_job_is_counted_but_keeps_no_result(r: Redis
     await ledger.start(job, "run-b", 20_000)
     await ledger.call_begin(job, "run-b", "default/b", PRICE)
     await ledger.call_answered(job, "default/b", _paid("r-b"), token="run-b")
-    await ledger.finish(job, "run-b", "failed", {"error": "x"})  # keeps its fields for the check
+    await ledger.finish(
+        job, "run-b", JobState.FAILED, {"error": "x"}
+    )  # keeps its fields for the check
     assert await ledger.call_answered(job, "default/a", _paid("r-a"), token="run-a") == "stale"
     assert (await _fields(r, job))["cost_micros"] == str(2 * PRICE)
 

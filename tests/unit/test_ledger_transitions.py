@@ -8,7 +8,8 @@ import asyncio
 import pytest
 from redis.asyncio import Redis
 
-from worker.contract import JobSpec, Lane, S3Object
+from worker.contract import JobSpec, JobState, Lane, S3Object
+from worker.flow.slots import Slots
 from worker.keys import ARQ_IN_PROGRESS_PREFIX, PREFIX, QUEUES, Keys, first_of
 from worker.ledger import Fenced, Ledger, PaidOutput, PaidResult
 from worker.lua import register
@@ -66,7 +67,7 @@ async def test_an_expired_run_is_reclaimed_and_fenced(r: Redis) -> None:
     with pytest.raises(Fenced):
         await ledger.wait(job, "run-a", "storage", "S3 down", 1)
     with pytest.raises(Fenced):
-        await ledger.finish(job, "run-a", "succeeded")
+        await ledger.finish(job, "run-a", JobState.SUCCEEDED)
     assert (await ledger.start(job, "run-b", 20_000)).outcome == "ok"
 
 
@@ -139,7 +140,7 @@ async def test_a_dead_runs_call_is_possibly_billed_and_its_paid_result_kept(r: R
     st = await ledger.start(job, "run-b", 20_000)
     assert st.paid is not None and st.paid.outputs[0].url == "https://x/1"
     assert await r.ttl(Keys.paid(job)) == -1  # never expires while the job is not final
-    await ledger.finish(job, "run-b", "succeeded")
+    await ledger.finish(job, "run-b", JobState.SUCCEEDED)
     assert not await r.exists(Keys.paid(job))
 
 
@@ -175,7 +176,7 @@ async def test_heal_requeues_a_claimed_job_arq_dropped(r: Redis) -> None:
     # arq gives up on it before our function runs (its own max tries): payload and entry go
     await r.delete(Keys.arq_job(job), Keys.arq_in_progress(job))
     await r.zrem(QUEUES["live"], job)
-    healed, _ = await ledger.heal(stale_ms=0, in_progress_ttl_ms=610_000, grace_ms=30_000)
+    healed = await ledger.heal(stale_ms=0, in_progress_ttl_ms=610_000, grace_ms=30_000)
     assert healed == [job]
     assert await r.zscore(QUEUES["live"], job) is not None
     payload = await r.get(Keys.arq_job(job))
@@ -183,7 +184,7 @@ async def test_heal_requeues_a_claimed_job_arq_dropped(r: Redis) -> None:
     assert await ledger.spec(job) == _spec()  # the run reads its request from the record
     # a stale arq in-progress key (older than the grace, no run) is cleared
     assert await _claim(r, 10) == [job]
-    healed, _ = await ledger.heal(stale_ms=0, in_progress_ttl_ms=610_000, grace_ms=30_000)
+    healed = await ledger.heal(stale_ms=0, in_progress_ttl_ms=610_000, grace_ms=30_000)
     assert healed == [job] and not await r.exists(Keys.arq_in_progress(job))
 
 
@@ -194,30 +195,30 @@ async def test_heal_walks_claimed_jobs_not_the_backlog(r: Redis) -> None:
     claimed = await _claim(r, 10)
     assert await r.zcard(Keys.active) == len(claimed) == 10
     await r.delete(*(Keys.arq_in_progress(j) for j in claimed))  # arq put them back
-    healed, _ = await ledger.heal(stale_ms=0, in_progress_ttl_ms=610_000, grace_ms=30_000)
+    healed = await ledger.heal(stale_ms=0, in_progress_ttl_ms=610_000, grace_ms=30_000)
     assert healed == [] and await r.zcard(Keys.active) == 0
 
 
 async def test_heal_returns_the_reservation_of_a_dead_holder_whatever_fills_the_cap(
     r: Redis,
 ) -> None:
-    ledger, job = await _enqueued(r)
+    _, job = await _enqueued(r)
     slot = "default/dead"
     await r.zadd(Keys.up("default").inflight, {slot: 1})  # its lease ran out long ago
     await r.hset(Keys.budget_reserved, slot, f"{PRICE}|||{job}")  # type: ignore[misc]  # redis-py's async stubs
     await r.incrby(Keys.budget_reserved_total, PRICE)
-    _, returned = await ledger.heal(stale_ms=0, in_progress_ttl_ms=610_000, grace_ms=30_000)
+    returned = await Slots(r, lease_s=60).heal()
     assert returned == 1 and int(await r.get(Keys.budget_reserved_total) or 0) == 0
     assert await r.zscore(Keys.up("default").inflight, slot) is None
 
 
 async def test_heal_returns_a_reservation_no_call_holds(r: Redis) -> None:
-    ledger, job = await _enqueued(r)
+    _, job = await _enqueued(r)
     value = f"{PRICE}|{Keys.budget_reserved_day('2026-11-25')}||{job}"
     await r.hset(Keys.budget_reserved, "slot-x", value)  # type: ignore[misc]  # redis-py's async stubs
     await r.incrby(Keys.budget_reserved_total, PRICE)
     await r.incrby(Keys.budget_reserved_day("2026-11-25"), PRICE)
-    _, returned = await ledger.heal(stale_ms=0, in_progress_ttl_ms=610_000, grace_ms=30_000)
+    returned = await Slots(r, lease_s=60).heal()
     assert returned == 1
     assert int(await r.get(Keys.budget_reserved_total) or 0) == 0
     assert int(await r.get(Keys.budget_reserved_day("2026-11-25")) or 0) == 0
@@ -290,6 +291,6 @@ async def test_a_stranded_job_with_a_call_on_its_way_goes_first(r: Redis) -> Non
     await ledger.call_begin(job, "run", "up/slot-1", PRICE)  # sent: it may be billed
     await r.zrem(Keys.runs, job)  # the run and its queue entry are gone: nothing would run it
     await r.zrem(QUEUES["live"], job)
-    healed, _ = await ledger.heal(stale_ms=0, in_progress_ttl_ms=610_000, grace_ms=30_000)
+    healed = await ledger.heal(stale_ms=0, in_progress_ttl_ms=610_000, grace_ms=30_000)
     assert healed == [job]
     assert await r.zscore(first_of(QUEUES["live"]), job) is not None

@@ -9,6 +9,7 @@ import re
 
 import pytest
 
+from worker.contract import JobState
 from worker.report.rows import (
     COLUMNS,
     FIELDS,
@@ -105,14 +106,15 @@ def test_gone_or_running_records_have_no_row(state: str | None) -> None:
 
 
 def test_failed_only_is_every_state_but_succeeded() -> None:
+    S = JobState
     assert [
-        s for s in ("succeeded", "failed", "skipped", "cancelled") if in_scope(s, "FailedTasksOnly")
+        s for s in (S.SUCCEEDED, S.FAILED, S.SKIPPED, S.CANCELLED) if in_scope(s, "FailedTasksOnly")
     ] == [
         "failed",
         "skipped",
         "cancelled",
     ]
-    assert in_scope("succeeded", "AllTasks")
+    assert in_scope(S.SUCCEEDED, "AllTasks")
 
 
 def test_usd_is_exact() -> None:
@@ -123,6 +125,7 @@ def test_usd_is_exact() -> None:
 
 
 def test_manifest_has_the_batch_operations_shape() -> None:
+    FAILED, SUCCEEDED = JobState.FAILED, JobState.SUCCEEDED
     totals = Totals()
     for v in (
         record(state="succeeded", source="s3://b/1.png", cost_micros="60000"),
@@ -133,8 +136,8 @@ def test_manifest_has_the_batch_operations_shape() -> None:
         assert row is not None
         totals.add(row)
     parts = [
-        Part("failed", "out", part_key(".upscale-reports/n/", "failed", 1), "ab" * 16, 1, 90),
-        Part("succeeded", "out", part_key(".upscale-reports/n/", "succeeded", 1), "cd" * 16, 2, 99),
+        Part(FAILED, "out", part_key(".upscale-reports/n/", FAILED, 1), "ab" * 16, 1, 90),
+        Part(SUCCEEDED, "out", part_key(".upscale-reports/n/", SUCCEEDED, 1), "cd" * 16, 2, 99),
     ]
     doc = manifest(
         batch="n", scope="AllTasks", parts=parts, totals=totals, created_ms=1554486519725

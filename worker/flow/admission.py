@@ -1,15 +1,14 @@
 """Admission: one atomic decision (`admit.lua`) over every control and every key of the pool,
-the slot's lease while its call runs, and the gate (can anything be admitted now?)."""
+and the gate (can anything be admitted now?). The slot it takes lives on in `slots.py`."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import uuid
+import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import NamedTuple, TypedDict
 
-from worker.flow.base import FlowBase, log
+from worker.flow.base import FlowBase
 from worker.flow.decisions import (
     Admitted,
     Denied,
@@ -18,23 +17,60 @@ from worker.flow.decisions import (
     _today,
     cap,
 )
-from worker.keys import PREFIX, Keys, upstream_of
+from worker.flow.slots import new_token
+from worker.keys import PREFIX, Keys
 from worker.ledger.reads import text
-from worker.redis_conn import REDIS_DOWN
+
+
+class AdmitKeys(NamedTuple):
+    """The fleet's KEYS of `admit.lua`, by name and in its order (its `FLEET_KEYS`); each
+    upstream key's follow (`UpstreamKeys.admission()`, its `UPSTREAM_KEYS`)."""
+
+    pause: str
+    reserved: str
+    spend_total: str
+    spend_day: str
+    spend_batch: str
+    reserved_total: str
+    reserved_day: str
+    reserved_batch: str
+    batch: str
+    live_waiting: str
+    line: str
+    line_seen: str
+
+
+class UpstreamOption(TypedDict):
+    """One upstream key in `admit.lua`'s options (`o.upstreams[i]`)."""
+
+    name: str
+    max_inflight: int
+    rpm: int
+    burst_factor: float
+    est: int
+    cap: int
+
+
+class AdmitOptions(TypedDict):
+    """`admit.lua`'s ARGV[2] (JSON): everything but the prefix, by name."""
+
+    token: str
+    lease_ms: int
+    window_ms: int
+    burst_window_ms: int
+    canary_ms: int
+    cap_total: int
+    cap_day: int
+    cap_batch: int
+    poll_ms: int
+    lane: str
+    job_id: str
+    bulk_floor: float
+    margin_ms: int
+    upstreams: list[UpstreamOption]
 
 
 class Admission(FlowBase):
-    def _budget_keys(self, batch: str | None) -> tuple[list[str], list[str]]:
-        day = _today()
-        b = batch or ""
-        spent = [Keys.spend_total, Keys.spend_day(day), Keys.spend_batch(b)]
-        reserved = [
-            Keys.budget_reserved_total,
-            Keys.budget_reserved_day(day),
-            Keys.budget_reserved_batch(b),
-        ]
-        return spent, reserved
-
     async def admit(
         self,
         *,
@@ -47,82 +83,65 @@ class Admission(FlowBase):
         """One slot on the first key of the pool with room now (`prefer` first: the key an
         unknown call went to, so it is asked again where its idempotency key means something)."""
         s = self.settings.flow
-        token = uuid.uuid4().hex
-        spent, reserved = self._budget_keys(batch)
+        token = new_token()
+        day, b = _today(), batch or ""
         order = sorted(self.pool, key=lambda m: m.name != prefer) if prefer else self.pool
-        keys = [
-            Keys.pause,
-            Keys.budget_reserved,
-            *spent,
-            *reserved,
-            Keys.batch(batch or ""),
-            Keys.live_waiting,
-            Keys.waiting_line,
-            Keys.waiting_seen,
-        ]
-        args: list[str | int | float] = [
-            PREFIX,
-            token,
-            s.lease_s * 1000,
-            self._window_ms,
-            int(s.rate_burst_window_s * 1000),
-            int(s.canary_interval_s * 1000),
-            cap(s.budget_total_usd),
-            cap(s.budget_daily_usd),
-            cap(s.budget_batch_usd, bool(batch)),  # plus the batch's own cap, if set
-            int(s.pause_poll_s * 1000),
-            lane,
-            job_id or token,
-            s.bulk_floor,
-            int(s.rate_window_margin_s * 1000),
-            len(order),
-        ]
-        for m in order:
-            ms = m.flow
-            keys += m.keys.admission()
-            args += [
-                m.name,
-                ms.inflight_cap,
-                ms.rpm_ceiling,
-                ms.rate_burst_factor or 0,
-                m.price_micros * images,
-                m.budget_micros,
-            ]
-        reply = await self._admit(keys=keys, args=args)
+        fleet = AdmitKeys(
+            pause=Keys.pause,
+            reserved=Keys.budget_reserved,
+            spend_total=Keys.spend_total,
+            spend_day=Keys.spend_day(day),
+            spend_batch=Keys.spend_batch(b),
+            reserved_total=Keys.budget_reserved_total,
+            reserved_day=Keys.budget_reserved_day(day),
+            reserved_batch=Keys.budget_reserved_batch(b),
+            batch=Keys.batch(b),
+            live_waiting=Keys.live_waiting,
+            line=Keys.waiting_line,
+            line_seen=Keys.waiting_seen,
+        )
+        options = AdmitOptions(
+            token=token,
+            lease_ms=int(s.lease_s * 1000),
+            window_ms=self._window_ms,
+            burst_window_ms=int(s.rate_burst_window_s * 1000),
+            canary_ms=int(s.canary_interval_s * 1000),
+            cap_total=cap(s.budget_total_usd),
+            cap_day=cap(s.budget_daily_usd),
+            cap_batch=cap(s.budget_batch_usd, bool(batch)),  # plus the batch's own cap, if set
+            poll_ms=int(s.pause_poll_s * 1000),
+            lane=lane,
+            job_id=job_id or token,
+            bulk_floor=s.bulk_floor,
+            margin_ms=int(s.rate_window_margin_s * 1000),
+            upstreams=[
+                UpstreamOption(
+                    name=m.name,
+                    max_inflight=m.flow.inflight_cap,
+                    rpm=m.flow.rpm_ceiling,
+                    burst_factor=m.flow.rate_burst_factor or 0,
+                    est=m.price_micros * images,
+                    cap=m.budget_micros,
+                )
+                for m in order
+            ],
+        )
+        keys = [*fleet, *(k for m in order for k in m.keys.admission())]
+        reply = await self._admit(keys=keys, args=[PREFIX, json.dumps(options)])
         if int(reply[0]) == 1:
             name = text(reply[2])
             return Admitted(token=f"{name}/{token}", kind=text(reply[1]), upstream=name)  # type: ignore[arg-type]  # the script's values
         return Denied(reason=text(reply[1]), wait_s=int(reply[2]) / 1000)  # type: ignore[arg-type]  # the script's values
 
     async def release(self, token: str) -> None:
-        """Give back an admitted slot that made no call (and its budget reservation)."""
-        inflight = self.member(upstream_of(token)).keys.inflight
-        await self._release(keys=[inflight], args=[PREFIX, token])
+        """Give back an admitted slot that made no call (`Slots.release`)."""
+        await self.slots.release(token)
 
     @asynccontextmanager
     async def hold(self, token: str) -> AsyncIterator[None]:
-        """Keep an admitted slot's lease alive while its call runs. The ledger's call journal
-        releases the slot when the outcome is recorded; a dead worker's slot expires."""
-        inflight = self.member(upstream_of(token)).keys.inflight
-
-        async def renew() -> None:
-            interval = max(1.0, self.settings.flow.lease_s / 4)
-            while True:
-                await asyncio.sleep(interval)
-                try:
-                    await self._renew(
-                        keys=[inflight], args=[PREFIX, token, self.settings.flow.lease_s * 1000]
-                    )
-                except REDIS_DOWN as e:  # keep trying: one failed renewal is not a lost slot
-                    log.warning("slot renewal failed", error=type(e).__name__)
-
-        task = asyncio.create_task(renew())
-        try:
+        """Keep an admitted slot's lease alive while its call runs (`Slots.hold`)."""
+        async with self.slots.hold(token):
             yield
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
 
     async def gate(self) -> Gate:
         """Can any call be admitted now, on any key? (pause, cooldown, open circuit, budgets)"""

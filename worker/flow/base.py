@@ -7,6 +7,8 @@ from collections.abc import Sequence
 import structlog
 from redis.asyncio import Redis
 
+from worker.flow.slots import Slots
+from worker.keys import upstream_of
 from worker.lua import register
 from worker.settings import Settings
 from worker.upstream.pool import Member, load_pool
@@ -23,8 +25,12 @@ class FlowBase:
         self.pool: list[Member] = list(pool) if pool is not None else load_pool(settings)
         self.members = {m.name: m for m in self.pool}
         self._admit = register(redis, "admit")
-        self._release = register(redis, "release")
-        self._renew = register(redis, "renew")
+        # the in-flight slots admission takes: each in its key's set (a removed key's: the first)
+        self.slots = Slots(
+            redis,
+            lease_s=settings.flow.lease_s,
+            inflight_of=lambda slot: self.member(upstream_of(slot)).keys.inflight,
+        )
         self._report = register(redis, "report")
         self._gate = register(redis, "gate")
         self._observe = register(redis, "observe")

@@ -135,7 +135,7 @@ async def _settle(job: Job, exc: Exception, fields: Fields) -> Reply:
 
 async def _final(job: Job, state: Final, fields: Fields) -> None:
     """Write the final state with its fields (fenced: a run that lost its lease cannot)."""
-    await job.rt.ledger.finish(job.id, job.token, state, fields)  # type: ignore[arg-type]  # Ledger.finish takes JobState with the lifecycle's table (issue 26)
+    await job.rt.ledger.finish(job.id, job.token, state, fields)
 
 
 async def _ended(job: Job, state: Final, **details: str | int) -> Reply:

@@ -81,7 +81,7 @@ async def start(job: Job) -> Run | Reply:
     another live run holds goes back to arq for later."""
     st = await job.rt.ledger.start(job.id, job.token, job.settings.jobs.run_lease_s * 1000)
     if st.outcome == "final":
-        return {"state": JobState(st.state), "note": "already final"}
+        return {"state": st.state, "note": "already final"}
     if st.outcome == "busy":  # another live run holds the lease: leave it alone
         raise Retry(defer=st.busy_ms / 1000 + 1)
     if st.outcome == "missing":

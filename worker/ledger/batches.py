@@ -1,4 +1,5 @@
-"""Operating on a whole batch: cancel its open jobs, find its final jobs in a state.
+"""Operating on a whole batch: cancel its open jobs, find its final jobs in a state, set its
+operator fields (`batch_set.lua`: its callback, its cancel mark).
 
 A batch's jobs are indexed twice, each index bounded by the batch, never the backlog: the open
 set (`Keys.batch_open`: not yet final) and the done list (`Keys.batch_done`: final, in the
@@ -7,16 +8,18 @@ order they ended, until the batch's report retires them).
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import AsyncIterator, Callable, Collection
 from dataclasses import dataclass, field
 
 from redis.asyncio import Redis
 
-from worker.keys import Keys
+from worker.keys import PREFIX, Keys
 from worker.ledger.reads import text
 from worker.ledger.records import CancelOutcome
 from worker.ledger.transitions import Ledger
+from worker.lua import register
 
 PAGE = 1000
 
@@ -47,7 +50,7 @@ async def cancel_batch(
 ) -> CancelSummary:
     """Cancel every open job of `batch`, and refuse new ones into it (a backfill still
     listing stops at its next page). Jobs holding money end after storing it."""
-    await redis.hset(Keys.batch(batch), "cancelled_at", str(int(time.time() * 1000)))  # type: ignore[misc]  # redis-py's async stubs
+    await set_batch_fields(redis, batch, cancelled_at=str(int(time.time() * 1000)))
     summary = CancelSummary(batch=batch)
     cursor = 0
     while True:
@@ -62,7 +65,17 @@ async def cancel_batch(
 
 async def reopen_batch(redis: Redis, batch: str) -> None:
     """Lift a batch's cancel: new jobs may join it again."""
-    await redis.hdel(Keys.batch(batch), "cancelled_at")  # type: ignore[misc]  # redis-py's async stubs
+    await set_batch_fields(redis, batch, cancelled_at="")
+
+
+async def set_batch_callback(redis: Redis, batch: str, url: str) -> None:
+    """POST one notice (counts, spend) to `url` when every job of `batch` is final."""
+    await set_batch_fields(redis, batch, callback_url=url)
+
+
+async def set_batch_fields(redis: Redis, batch: str, **fields: str) -> None:
+    """Set a batch's operator fields ('' deletes one): `callback_url`, `cancelled_at`."""
+    await register(redis, "batch_set")(keys=[Keys.batch(batch)], args=[PREFIX, json.dumps(fields)])
 
 
 async def final_jobs(redis: Redis, batch: str, states: Collection[str]) -> AsyncIterator[list[str]]:

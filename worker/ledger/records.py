@@ -7,12 +7,12 @@ from typing import Any, Literal, NamedTuple
 
 from pydantic import BaseModel, Field
 
-from worker.contract import JobSpec, JobState, S3Object, micros_to_usd
+from worker.contract import CallState, JobSpec, JobState, S3Object, micros_to_usd
 
 EnqueueOutcome = Literal["created", "duplicate", "requeued", "refused"]
 CancelOutcome = Literal["cancelled", "after_call", "final", "missing"]
 StartOutcome = Literal["ok", "final", "busy", "missing"]
-CallState = Literal["sent", "answered", "pending", "refused", "unknown"]
+FinishOutcome = Literal["ok", "final", "missing"]  # 'fenced' raises `Fenced`
 CallbackState = Literal["delivered", "retrying", "failed", "refused"]
 
 
@@ -29,7 +29,7 @@ class NewJob(NamedTuple):
 class EnqueueResult(BaseModel):
     job_id: str
     outcome: EnqueueOutcome
-    state: str
+    state: JobState  # after the call (`refused`: its batch was cancelled; no record was made)
 
 
 class PaidOutput(BaseModel):
@@ -65,7 +65,7 @@ class CallJournal(BaseModel):
 class StartResult(BaseModel):
     outcome: StartOutcome
     attempts: int = 0
-    state: str = ""
+    state: JobState | None = None  # `final`: which
     busy_ms: int = 0
     paid: PaidResult | None = None
     journal: CallJournal | None = None
@@ -75,7 +75,7 @@ class JobRecord(BaseModel):
     """A ledger record as users see it (`upscale status`, the Python API, callbacks)."""
 
     job_id: str
-    state: str
+    state: JobState | None  # None: a record with no state (not one the ledger wrote)
     source: str = ""
     source_etag: str | None = None
     source_version: str | None = None
@@ -118,13 +118,13 @@ class JobRecord(BaseModel):
             return h.get(name) or None
 
         # a succeeded record without counters made the one billed call that is the rule
-        one = "1" if h.get("state") == "succeeded" and "calls" not in h else "0"
+        one = "1" if h.get("state") == JobState.SUCCEEDED and "calls" not in h else "0"
         timings = {
             k[2:-3]: int(v) for k, v in h.items() if k.startswith("t_") and k.endswith("_ms")
         }
         return cls(
             job_id=job_id,
-            state=h.get("state", ""),
+            state=JobState(h["state"]) if h.get("state") else None,
             source=h.get("source", ""),
             source_etag=opt("source_etag"),
             source_version=opt("source_version"),
@@ -161,7 +161,7 @@ class JobRecord(BaseModel):
 
     @property
     def final(self) -> bool:
-        return JobState(self.state).final if self.state else False
+        return self.state is not None and self.state.final
 
     @property
     def spend_usd(self) -> float:

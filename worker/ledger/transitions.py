@@ -1,8 +1,10 @@
 """The job's state machine, as named transitions: each one Lua script (`worker/lua/`), atomic,
-on Redis time, fenced by the run's token where it changes a run's state.
+on Redis time, fenced by the run's token where it changes a run's state. Which script may move
+a job (and its call journal) from which state to which is a table, `worker/moves.py`, that the
+scripts enforce; `docs/lifecycle.md` draws it.
 
     enqueue -> start -> (call_begin -> call_answered | call_refused | call_unknown)*
-            -> stored | fail | wait | attempt_failed;   reclaim / heal put strays back;
+            -> finish | wait | attempt_failed;   reclaim / heal put strays back;
     cancel ends a job from outside (after storing what it had paid for).
 
 A final record is compacted and retired: a batch's goes on its done list (its report starts
@@ -15,11 +17,11 @@ import json
 import random
 import time
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any
 
 from redis.asyncio import Redis
 
-from worker.contract import ARQ_FUNCTION, JobSpec, JobState
+from worker.contract import ARQ_FUNCTION, LANES, FinalState, JobSpec, JobState
 from worker.keys import (
     ARQ_IN_PROGRESS_PREFIX,
     ARQ_JOB_PREFIX,
@@ -34,6 +36,7 @@ from worker.ledger.records import (
     CancelOutcome,
     EnqueueOutcome,
     EnqueueResult,
+    FinishOutcome,
     NewJob,
     PaidResult,
     StartResult,
@@ -44,7 +47,6 @@ from worker.lua import register
 from worker.redis_conn import patiently
 from worker.replicas import Replicas
 
-FinalState = Literal["succeeded", "failed", "skipped", "cancelled"]
 KEEP_FAILED_PAID_MS = 7 * 86_400_000  # a failed job's paid result, kept for `upscale retry`
 DEFAULT_RETENTION_MS = 86_400_000  # `UPSCALE_LEDGER_RETENTION`'s default (worker.settings)
 _ARQ = [ARQ_FUNCTION, ARQ_JOB_PREFIX, ARQ_IN_PROGRESS_PREFIX]
@@ -185,7 +187,7 @@ class Ledger(LedgerReads):
         )
         outcome = text(reply[0])
         if outcome == "final":
-            return StartResult(outcome="final", state=text(reply[1]))
+            return StartResult(outcome="final", state=JobState(text(reply[1])))
         if outcome == "busy":
             return StartResult(outcome="busy", busy_ms=int(reply[1]))
         if outcome == "missing":
@@ -285,19 +287,21 @@ class Ledger(LedgerReads):
         token: str,
         state: FinalState,
         fields: Mapping[str, str | int | float | None] | None = None,
-    ) -> str:
-        """A final state. `token=''` only for records no run can own (an unreadable payload)."""
+    ) -> FinishOutcome:
+        """A final state. `token=''` only for records no run can own (an unreadable payload).
+        Returns 'ok', 'final' (already final: nothing changed) or 'missing' (no record)."""
         clean = {k: "" if v is None else str(v) for k, v in (fields or {}).items()}
+        final = JobState(state)
         reply = text(
             await self._run(
                 "finish",
                 [Keys.job(job_id)],
-                [job_id, token, state, json.dumps(clean), KEEP_FAILED_PAID_MS, self.retention_ms],
+                [job_id, token, final, json.dumps(clean), KEEP_FAILED_PAID_MS, self.retention_ms],
             )
         )
         if reply == "fenced":
             raise Fenced(job_id)
-        return reply
+        return reply  # type: ignore[return-value]  # the script's values
 
     # -- the call journal ---------------------------------------------------------------
     async def call_begin(self, job_id: str, token: str, slot: str, est_micros: int) -> CallJournal:
@@ -403,24 +407,19 @@ class Ledger(LedgerReads):
 
     async def heal(
         self, *, stale_ms: int, in_progress_ttl_ms: int, grace_ms: int, limit: int = 500
-    ) -> tuple[list[str], int]:
-        """Re-enqueue stranded jobs, clear stale in-progress keys, return orphan reservations."""
+    ) -> list[str]:
+        """Re-enqueue stranded jobs, clear stale in-progress keys; returns their ids.
+        (Reservations no call holds: `worker.flow.slots.Slots.heal`.)"""
         reply = await self._script_once(
             "heal",
-            [
-                Keys.active,
-                Keys.runs,
-                QUEUES["live"],
-                QUEUES["bulk"],
-                Keys.budget_reserved,
-            ],
+            [Keys.active, Keys.runs, *(QUEUES[lane] for lane in LANES)],
             [stale_ms, limit, *_ARQ, grace_ms, in_progress_ttl_ms],
         )
-        return [text(j) for j in reply[0]], int(reply[1])
+        return [text(j) for j in reply]
 
 
 async def record_invalid_payload(ledger: Ledger, job_id: str, error: str) -> None:
     """A payload that does not parse can never succeed: record it as failed if we know it."""
     await ledger.finish(
-        job_id, "", JobState.FAILED.value, {"error_class": "InvalidPayload", "error": error[:1000]}
+        job_id, "", JobState.FAILED, {"error_class": "InvalidPayload", "error": error[:1000]}
     )

@@ -1,3 +1,4 @@
+--- @include "_contract"
 -- Derived key names (mirrors worker/keys.py). ARGV[1] is the prefix, e.g. "uq:".
 local PFX = ARGV[1]
 local function k_job(id) return PFX .. 'job:' .. id end
@@ -8,11 +9,11 @@ local function k_batch_done(b) return PFX .. 'batch:' .. b .. ':done' end
 local function k_batch_open(b) return PFX .. 'batch:' .. b .. ':open' end
 -- The fleet's flow keys (`Keys.waiting_line` = flow:line, `Keys.wake` = flow:wake, ...).
 local function k_flow(name) return PFX .. 'flow:' .. name end
-local FINAL = {succeeded = true, failed = true, skipped = true, cancelled = true}
 -- One upstream key's flow state (mirrors worker/keys.py `UpstreamKeys`: suffixes with '-').
 local function k_up(name, suffix) return PFX .. 'up:' .. name .. ':' .. suffix end
 -- The upstream key a slot token was admitted on: tokens are `<name>/<hex>`.
 local function slot_upstream(slot) return string.match(slot or '', '^([^/]+)/') end
--- A lane's arq queue, and its money-first set (mirrors `queue_for` / `first_of` in keys.py).
-local function k_queue(lane) return lane == 'bulk' and (PFX .. 'queue:bulk') or (PFX .. 'queue') end
+-- A lane's arq queue (`LANES`, generated from `QUEUES`; a record without a lane is live), and
+-- its money-first set (mirrors `queue_for` / `first_of` in keys.py).
+local function k_queue(lane) return PFX .. (LANES[lane] or LANES.live) end
 local function k_first(queue) return queue .. ':first' end

@@ -1,8 +1,10 @@
 --- @include "_now"
---- @include "_keys"
+--- @include "_lifecycle"
 -- transition(job_id, new_state, now): move a job to a state, keeping the fleet and batch
--- counters, the active index and the final events in step. Never creates a record: a job whose
--- record is gone (a Redis that lost it) is left alone ('' returned), not given a state alone.
+-- counters, the active index and the final events in step. Only a move the lifecycle table
+-- allows this script (`JOB_MOVES`): any other raises before this writes anything. Never creates
+-- a record: a job whose record is gone (a Redis that lost it) is left alone ('' returned), not
+-- given a state alone.
 -- `active` holds the jobs a run has taken out of their queue (claimed / running), scored by
 -- when they were last looked at: the healer walks it, so its cost follows the fleet's runs,
 -- not the backlog. A job in its queue (queued, waiting) is indexed by the queue itself.
@@ -10,6 +12,7 @@ local function transition(job_id, new_state, now)
   local ledger = k_job(job_id)
   local old = redis.call('HGET', ledger, 'state')
   if not old then return '' end
+  check_move(JOB_MOVES, 'job', old, new_state)
   if old == new_state then return old end
   local batch = redis.call('HGET', ledger, 'batch')
   redis.call('HINCRBY', PFX .. 'states', old, -1)
@@ -48,6 +51,15 @@ local function transition(job_id, new_state, now)
     end
   end
   return old
+end
+
+-- create(job_id, now, fields): a new record, in the lifecycle's first state (`queued`), with
+-- `fields` (a flat list: name, value, ...). The fleet's and the batch's counters are the
+-- caller's (enqueue counts a call's new jobs at once).
+local function create(job_id, now, fields)
+  check_move(JOB_MOVES, 'job', '', 'queued')
+  redis.call('HSET', k_job(job_id), 'created_at', now, 'state', 'queued', 'updated_at', now,
+    unpack(fields))
 end
 
 -- Fields a final record keeps only while it may run again (`upscale retry`: failed, cancelled)
@@ -170,9 +182,9 @@ end
 -- cancel_now(job_id, retention_ms, now): end a job `cancelled` (no run may write after it: its
 -- lease ends, so the run's next write is fenced). It leaves its queues and arq's payload goes.
 local function cancel_now(job_id, retention_ms, now, arq_job_prefix)
-  for _, q in ipairs({k_queue('live'), k_queue('bulk')}) do
-    redis.call('ZREM', q, job_id)
-    redis.call('ZREM', k_first(q), job_id)
+  for _, suffix in pairs(LANES) do  -- every lane's: a job moved between lanes leaves neither
+    redis.call('ZREM', PFX .. suffix, job_id)
+    redis.call('ZREM', k_first(PFX .. suffix), job_id)
   end
   redis.call('DEL', arq_job_prefix .. job_id)
   redis.call('ZREM', k_flow('line'), job_id)

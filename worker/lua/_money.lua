@@ -1,5 +1,6 @@
 --- @include "_now"
---- @include "_keys"
+--- @include "_lifecycle"
+--- @include "_slot"
 -- Spend and budget reservations (integer micro-USD).
 
 -- utc_day(now): the civil date of a Redis time (H. Hinnant's algorithm; Lua here has no os.date)
@@ -35,19 +36,6 @@ local function add_spend(job_id, micros, field, now, slot)
   if batch and batch ~= '' then
     redis.call('INCRBY', PFX .. 'spend:batch:' .. batch, micros)
     redis.call('HINCRBY', k_batch(batch), 'spend_micros', micros)
-  end
-end
-
--- free_slot(token): the call is over; wake the head of the waiting line (`flow:wake`, message
--- `ids:<job> ...`), if anyone waits. Only the head: one freed slot admits one job, and waking
--- every waiter of every process would cost a round of admissions per call. The first 4 are
--- woken: the first may have gone (its worker died: the line drops it after 5 s), and slots
--- freed in quick succession name the same head until it has asked again.
-local function free_slot(token)
-  local up = slot_upstream(token)
-  if up and redis.call('ZREM', k_up(up, 'inflight'), token) == 1 then
-    local head = redis.call('ZRANGE', k_flow('line'), 0, 3)
-    if #head > 0 then redis.call('PUBLISH', k_flow('wake'), 'ids:' .. table.concat(head, ' ')) end
   end
 end
 
@@ -90,7 +78,7 @@ local function possibly_billed(job_id, token, now)
   end
   -- the journal's `possible`: what the calls under the current idempotency key may have cost
   -- (asked again under it, each may have been billed, unless the upstream honours the key)
-  redis.call('HSET', journal, 'state', 'unknown')
+  journal_to(job_id, 'unknown')
   redis.call('HINCRBY', journal, 'possible', est)
   free_slot(token)
 end

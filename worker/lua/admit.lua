@@ -1,62 +1,80 @@
 -- admit: one atomic decision over every control and every upstream key of the pool, so nothing
 -- is half-acquired. The keys are tried in the order given (preference); the first with room now
 -- takes the call. Nothing is written for a key that is only looked at.
--- KEYS (fleet): 1 manual pause (hash), 2 budget reservations (hash), 3 spend total,
---   4 spend today, 5 spend batch, 6 reserved total, 7 reserved today, 8 reserved batch,
---   9 batch hash (may hold a per-batch `budget_micros` cap), 10 live waiters (zset job ->
---   expiry), 11 waiting line (zset job -> lane rank + arrival ms), 12 line last seen (zset)
--- KEYS (upstream key i = 1..n, from 13 + 10 * (i - 1); `UpstreamKeys.admission()`): pause,
---   cooldown, circuit, in-flight (zset slot -> lease expiry), rate window (zset), canary lock,
---   the upstream's word (hash: limit, remaining, reset_at, burst_cap, burst_until), bulk rate
---   window (zset), this key's spend, this key's reserved
--- ARGV (fleet): 1 prefix, 2 token (the slot is `<name>/<token>`), 3 lease ms, 4 window ms
---   (60 s + margin), 5 burst window ms (nominal), 6 canary interval ms (0 = off), 7 cap total
---   (-1 none), 8 cap day, 9 cap batch, 10 pause poll ms, 11 lane (live|bulk), 12 job id,
---   13 bulk floor (share of the rate bulk keeps while live work waits), 14 window margin ms
---   (added to every window we count over: network jitter), 15 number of upstream keys n
--- ARGV (upstream key i, from 16 + 6 * (i - 1)): name, max in-flight, rpm ceiling (0 = auto:
---   the upstream's x-ratelimit-limit-requests), burst factor (0 = no burst cap of our own;
---   <= 1 even pacing, 60/RPM s apart; > 1 at most factor x RPM per burst window), this call's
---   estimated micros on this key, this key's budget cap micros (-1 none)
+-- KEYS, by name (the lists FLEET_KEYS and UPSTREAM_KEYS below; worker/flow/admission.py
+--   `AdmitKeys` and worker/keys.py `UpstreamKeys.admission()` send them in this order):
+--   the fleet's: pause (manual pause, hash), reserved (budget reservations, hash),
+--     spend_total, spend_day, spend_batch, reserved_total, reserved_day, reserved_batch,
+--     batch (hash: may hold a per-batch `budget_micros` cap), live_waiting (zset job ->
+--     expiry), line (the waiting line, zset job -> lane rank + arrival ms), line_seen (zset
+--     job -> last asked ms);
+--   then each upstream key's, in preference order: pause, cooldown, circuit, inflight (zset
+--     slot -> lease expiry), rate (rate window, zset), canary (lock), said (the upstream's
+--     word, hash: limit, remaining, reset_at, burst_cap, burst_until), rate_bulk (bulk rate
+--     window, zset), spend (this key's), reserved (this key's).
+-- ARGV: 1 prefix, 2 options (JSON, worker/flow/admission.py `AdmitOptions`): token (the slot
+--   is `<name>/<token>`), lease_ms, window_ms (60 s + margin), burst_window_ms (nominal),
+--   canary_ms (0 = off), cap_total / cap_day / cap_batch (micros, -1 none), poll_ms (pause
+--   poll), lane (live | bulk), job_id, bulk_floor (share of the rate bulk keeps while live
+--   work waits), margin_ms (added to every window we count over: network jitter), and
+--   upstreams: one object per upstream key, in the KEYS' order: name, max_inflight, rpm
+--   (ceiling; 0 = auto: the upstream's x-ratelimit-limit-requests), burst_factor (0 = no
+--   burst cap of our own; <= 1 even pacing, 60/RPM s apart; > 1 at most factor x RPM per
+--   burst window), est (this call's estimated micros on this key), cap (this key's budget
+--   cap micros, -1 none).
 -- Returns {1, kind, name} when admitted (kind: normal | canary | probe), else
 -- {0, reason, wait_ms}. Reasons concurrency / rate / queued (others are ahead in the waiting
 -- line) join the line and wake on a freed slot (`flow:wake`) or at wait_ms.
 --- @include "_now"
-local token = ARGV[2]
-local lease_ms, window_ms = tonumber(ARGV[3]), tonumber(ARGV[4])
-local margin_ms = tonumber(ARGV[14])
-local burst_nominal_ms = tonumber(ARGV[5])
+--- @include "_slot"
+local FLEET_KEYS = {'pause', 'reserved', 'spend_total', 'spend_day', 'spend_batch',
+  'reserved_total', 'reserved_day', 'reserved_batch', 'batch', 'live_waiting', 'line',
+  'line_seen'}
+local UPSTREAM_KEYS = {'pause', 'cooldown', 'circuit', 'inflight', 'rate', 'canary', 'said',
+  'rate_bulk', 'spend', 'reserved'}
+local F = {}
+for i, name in ipairs(FLEET_KEYS) do F[name] = KEYS[i] end
+-- upstream_keys(i): the KEYS of upstream key i (1..n), by name
+local function upstream_keys(i)
+  local t, base = {}, #FLEET_KEYS + #UPSTREAM_KEYS * (i - 1)
+  for j, name in ipairs(UPSTREAM_KEYS) do t[name] = KEYS[base + j] end
+  return t
+end
+
+local o = cjson.decode(ARGV[2])
+local token, lease_ms, window_ms, margin_ms = o.token, o.lease_ms, o.window_ms, o.margin_ms
 -- counted over the window plus the margin (the time from admission to the upstream)
+local burst_nominal_ms = o.burst_window_ms
 local burst_window_ms = burst_nominal_ms + margin_ms
-local canary_ms = tonumber(ARGV[6])
-local cap_total, cap_day, cap_batch = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
-local poll_ms = tonumber(ARGV[10])
-local lane, job_id, bulk_share = ARGV[11], ARGV[12], tonumber(ARGV[13])
-local n = tonumber(ARGV[15])
+local canary_ms = o.canary_ms
+local cap_total, cap_day, cap_batch = o.cap_total, o.cap_day, o.cap_batch
+local poll_ms = o.poll_ms
+local lane, job_id, bulk_share = o.lane, o.job_id, o.bulk_floor
+local n = #o.upstreams
 local now = now_ms()
 
 -- 1. a manual pause of the whole fleet
-if redis.call('EXISTS', KEYS[1]) == 1 then return {0, 'paused:manual', poll_ms} end
+if redis.call('EXISTS', F.pause) == 1 then return {0, 'paused:manual', poll_ms} end
 
-local own_cap = tonumber(redis.call('HGET', KEYS[9], 'budget_micros') or '-1')
+local own_cap = tonumber(redis.call('HGET', F.batch, 'budget_micros') or '-1')
 if own_cap >= 0 and (cap_batch < 0 or own_cap < cap_batch) then cap_batch = own_cap end
 local function over(cap, spent_key, reserved_key, est)
   if cap < 0 then return false end
   local used = tonumber(redis.call('GET', spent_key) or '0') + tonumber(redis.call('GET', reserved_key) or '0')
   return used + est > cap
 end
-redis.call('ZREMRANGEBYSCORE', KEYS[10], '-inf', now)
-local live_waiting = redis.call('ZCARD', KEYS[10]) > 0
+redis.call('ZREMRANGEBYSCORE', F.live_waiting, '-inf', now)
+local live_waiting = redis.call('ZCARD', F.live_waiting) > 0
 
 -- assess(i): can key i take this call now? Read-only but for trimming expired entries.
 -- Returns {'room', room, kind, est, fresh, bulk under its floor} | {'full', reason, wait_ms} |
 -- {'closed', reason, wait_ms}
 local function assess(i)
-  local k, a = 12 + 10 * (i - 1), 15 + 6 * (i - 1)
-  local pause, cooldown, circuit, inflight = KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4]
-  local rate, canary, up, rate_bulk = KEYS[k + 5], KEYS[k + 6], KEYS[k + 7], KEYS[k + 8]
-  local max_inflight, rpm = tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
-  local burst_factor, est, key_cap = tonumber(ARGV[a + 4]), tonumber(ARGV[a + 5]), tonumber(ARGV[a + 6])
+  local k, u = upstream_keys(i), o.upstreams[i]
+  local pause, cooldown, circuit, inflight = k.pause, k.cooldown, k.circuit, k.inflight
+  local rate, canary, up, rate_bulk = k.rate, k.canary, k.said, k.rate_bulk
+  local max_inflight, rpm = u.max_inflight, u.rpm
+  local burst_factor, est, key_cap = u.burst_factor, u.est, u.cap
   local kind = 'normal'
 
   -- 2. this key paused (402 / 401 / 403 / manual): nothing, except one canary per interval
@@ -83,10 +101,17 @@ local function assess(i)
     if kind == 'normal' then kind = 'probe' end  -- the previous probe's worker vanished
   end
   -- 5. budgets: spent + reserved + this call's estimate within every cap (the key's own too)
-  if over(cap_total, KEYS[3], KEYS[6], est) then return {'closed', 'budget:total', poll_ms * 5} end
-  if over(cap_day, KEYS[4], KEYS[7], est) then return {'closed', 'budget:daily', poll_ms * 5} end
-  if over(cap_batch, KEYS[5], KEYS[8], est) then return {'closed', 'budget:batch', poll_ms * 5} end
-  if over(key_cap, KEYS[k + 9], KEYS[k + 10], est) then return {'closed', 'budget:key', poll_ms * 5} end
+  local budget_wait = poll_ms * 5
+  if over(cap_total, F.spend_total, F.reserved_total, est) then
+    return {'closed', 'budget:total', budget_wait}
+  end
+  if over(cap_day, F.spend_day, F.reserved_day, est) then
+    return {'closed', 'budget:daily', budget_wait}
+  end
+  if over(cap_batch, F.spend_batch, F.reserved_batch, est) then
+    return {'closed', 'budget:batch', budget_wait}
+  end
+  if over(key_cap, k.spend, k.reserved, est) then return {'closed', 'budget:key', budget_wait} end
 
   -- the effective limit: the configured tier is the ceiling; the upstream's own, when smaller
   -- (or when the tier is `auto`), wins
@@ -104,7 +129,7 @@ local function assess(i)
     return {'closed', 'lane', math.max(250, poll_ms)}
   end
   -- 7. room now: the in-flight cap (leases expire: a crashed worker's slot comes back)
-  redis.call('ZREMRANGEBYSCORE', inflight, '-inf', now)
+  prune_slots(inflight, now)
   local in_flight = redis.call('ZCARD', inflight)
   if in_flight >= max_inflight then
     local first = redis.call('ZRANGE', inflight, 0, 0, 'WITHSCORES')
@@ -165,7 +190,7 @@ local function assess(i)
 end
 
 -- the waiting line: arrival order, live lane first; a waiter not seen for 5 s has gone
-local line, seen = KEYS[11], KEYS[12]
+local line, seen = F.line, F.line_seen
 for _, gone in ipairs(redis.call('ZRANGEBYSCORE', seen, '-inf', now - 5000)) do
   redis.call('ZREM', line, gone)
   redis.call('ZREM', seen, gone)
@@ -178,8 +203,8 @@ local function wait_in_line(reason, wait_ms)
   redis.call('PEXPIRE', line, 60000)
   redis.call('PEXPIRE', seen, 60000)
   if lane == 'live' then
-    redis.call('ZADD', KEYS[10], now + math.min(wait_ms, 3000) + 1000, job_id)
-    redis.call('PEXPIRE', KEYS[10], 10000)
+    redis.call('ZADD', F.live_waiting, now + math.min(wait_ms, 3000) + 1000, job_id)
+    redis.call('PEXPIRE', F.live_waiting, 10000)
   end
   return {0, reason, math.max(1, math.floor(wait_ms))}
 end
@@ -212,30 +237,31 @@ redis.call('ZREM', line, job_id)
 redis.call('ZREM', seen, job_id)
 
 -- admitted on key `chosen`: take the slot, the rate token and the budget reservation together
-local k, a = 12 + 10 * (chosen - 1), 15 + 6 * (chosen - 1)
-local name, kind, est, fresh = ARGV[a + 1], choice[3], choice[4], choice[5]
+local k = upstream_keys(chosen)
+local name, kind, est, fresh = o.upstreams[chosen].name, choice[3], choice[4], choice[5]
 local slot = name .. '/' .. token
-if kind == 'canary' then redis.call('SET', KEYS[k + 6], slot, 'PX', canary_ms) end
+if kind == 'canary' then redis.call('SET', k.canary, slot, 'PX', canary_ms) end
 if kind == 'probe' then
-  redis.call('HSET', KEYS[k + 3], 'state', 'half_open', 'probe', slot, 'probe_until', now + lease_ms)
+  redis.call('HSET', k.circuit, 'state', 'half_open', 'probe', slot, 'probe_until', now + lease_ms)
 end
-if fresh then redis.call('HINCRBY', KEYS[k + 7], 'remaining', -1) end
-redis.call('ZADD', KEYS[k + 4], now + lease_ms, slot)
-redis.call('ZADD', KEYS[k + 5], now, slot)
-redis.call('PEXPIRE', KEYS[k + 5], window_ms + 1000)
+if fresh then redis.call('HINCRBY', k.said, 'remaining', -1) end
+take_slot(k.inflight, slot, now, lease_ms)
+redis.call('ZADD', k.rate, now, slot)
+redis.call('PEXPIRE', k.rate, window_ms + 1000)
 if lane == 'live' then
-  redis.call('ZREM', KEYS[10], job_id)
+  redis.call('ZREM', F.live_waiting, job_id)
 else
-  redis.call('ZADD', KEYS[k + 8], now, slot)
-  redis.call('PEXPIRE', KEYS[k + 8], window_ms + 1000)
+  redis.call('ZADD', k.rate_bulk, now, slot)
+  redis.call('PEXPIRE', k.rate_bulk, window_ms + 1000)
 end
 if est > 0 then
   -- the reservation names the counters it was added to, so it settles the right day and batch
-  redis.call('HSET', KEYS[2], slot, est .. '|' .. KEYS[7] .. '|' .. KEYS[8] .. '|' .. job_id)
-  redis.call('INCRBY', KEYS[6], est)
-  redis.call('INCRBY', KEYS[7], est)
-  redis.call('INCRBY', KEYS[8], est)
-  redis.call('INCRBY', KEYS[k + 10], est)
-  redis.call('PEXPIRE', KEYS[7], 172800000)
+  redis.call('HSET', F.reserved, slot,
+    est .. '|' .. F.reserved_day .. '|' .. F.reserved_batch .. '|' .. job_id)
+  redis.call('INCRBY', F.reserved_total, est)
+  redis.call('INCRBY', F.reserved_day, est)
+  redis.call('INCRBY', F.reserved_batch, est)
+  redis.call('INCRBY', k.reserved, est)
+  redis.call('PEXPIRE', F.reserved_day, 172800000)
 end
 return {1, kind, name}

@@ -7,6 +7,7 @@
 -- A job cancelled while it held money, and holding none now, ends `cancelled` instead.
 -- Returns {'retry', attempts, delay ms} | {'failed', attempts} | {'cancelled', attempts} |
 --         {'fenced'}.
+local SCRIPT = 'attempt_failed'  -- its moves in the lifecycle table (worker/moves.py)
 --- @include "_ledger"
 local job_id, token = ARGV[2], ARGV[3]
 if not owns(job_id, token) then return {'fenced'} end

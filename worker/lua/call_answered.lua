@@ -17,6 +17,7 @@
 --       9 run token of the run that asked ('': none to fence)
 -- Returns 'pending' | 'saved' | 'duplicate' | 'stale' | 'fenced' | 'orphan' (no record: saved
 -- nowhere, the run stores it).
+local SCRIPT = 'call_answered'  -- its moves in the lifecycle table (worker/moves.py)
 --- @include "_ledger"
 --- @include "_money"
 local job_id, slot, cost, pending = ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[7] == '1'
@@ -76,7 +77,7 @@ free_slot(slot)
 if pending then
   -- the reservation stays with the pending job until its outcome is known
   redis.call('SET', KEYS[3], ARGV[6])
-  redis.call('HSET', KEYS[2], 'state', 'pending', 'token', slot)
+  journal_to(job_id, 'pending', 'token', slot)
   -- a replayed 202: the job it names is the one the unknown call started
   if ARGV[8] == '1' then redis.call('HSET', KEYS[2], 'replayed', 1) end
   return ours() and 'pending' or 'fenced'
@@ -103,6 +104,6 @@ end
 redis.call('HDEL', KEYS[2], 'replayed')
 add_spend(job_id, cost, 'cost_micros', now, slot)
 redis.call('HINCRBY', KEYS[1], 'billed_calls', 1)
-redis.call('HSET', KEYS[2], 'state', 'answered')
+journal_to(job_id, 'answered')
 if not ours() then return 'fenced' end
 return outcome

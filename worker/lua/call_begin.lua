@@ -16,6 +16,7 @@
 --       6 arq job prefix, 7 retention ms (final records)
 -- Returns {'ok', call number, idempotency key} | {'fenced'} | {'paused', reason} |
 --         {'cancelled'}.
+local SCRIPT = 'call_begin'  -- its moves in the lifecycle table (worker/moves.py)
 --- @include "_ledger"
 --- @include "_money"
 local job_id, token, slot = ARGV[2], ARGV[3], ARGV[4]
@@ -51,8 +52,7 @@ if prev ~= 'unknown' or not idem or not same_key then
   idem = job_id .. ':' .. n
   redis.call('HSET', KEYS[2], 'possible', 0)
 end
-redis.call('HSET', KEYS[2], 'n', n, 'idem', idem, 'token', slot, 'state', 'sent',
-  'est', ARGV[5], 'sent_at', now)
+journal_to(job_id, 'sent', 'n', n, 'idem', idem, 'token', slot, 'est', ARGV[5], 'sent_at', now)
 redis.call('ZADD', KEYS[3], 'XX', now, slot)
 redis.call('ZADD', KEYS[4], 'XX', now, slot)
 -- what `upscale status` shows as calls/min: calls that left. The rate windows also hold

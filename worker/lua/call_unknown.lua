@@ -2,6 +2,7 @@
 -- cancelled), or an async job the upstream accepted is gone: counted as possibly billed.
 -- KEYS: 1 ledger, 2 call journal
 -- ARGV: 1 prefix, 2 job id, 3 slot token, 4 drop a pending marker ('1')
+local SCRIPT = 'call_unknown'  -- its moves in the lifecycle table (worker/moves.py)
 --- @include "_ledger"
 --- @include "_money"
 local job_id = ARGV[2]

@@ -8,6 +8,7 @@
 -- ARGV: 1 prefix, 2 job id, 3 arq job prefix, 4 retention ms (final records)
 -- Returns 'cancelled' | 'after_call' (marked; ends after storing what was paid) |
 --         'final' (already final: nothing changed) | 'missing' (no record).
+local SCRIPT = 'cancel'  -- its moves in the lifecycle table (worker/moves.py)
 --- @include "_ledger"
 local job_id = ARGV[2]
 local state = redis.call('HGET', KEYS[1], 'state')

@@ -8,8 +8,10 @@
 -- ARGV: 1 prefix, 2 arq job prefix, 3 arq in-progress prefix, 4 arq payload,
 --       5 requeue_failed ('1'), 6 jobs: JSON array of [job id, lane (live | bulk), batch,
 --       record fields (object)]
--- Returns {outcome1, state1, outcome2, state2, ...}: outcome created | duplicate | requeued |
---         refused, in the order of the jobs.
+-- Returns {outcome1, state1, outcome2, state2, ...}, in the order of the jobs: outcome created
+--         | duplicate | requeued | refused, and the job's state after the call (refused:
+--         'cancelled', its batch's; no record is made).
+local SCRIPT = 'enqueue'  -- its moves in the lifecycle table (worker/moves.py)
 --- @include "_ledger"
 local arq_prefix, ip_prefix, payload, requeue_failed = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local cancelled_batches = {}
@@ -57,12 +59,12 @@ local function enqueue(job_id, lane, batch, fields, now)
       table.insert(payloads, payload)
       add(queued, queue, now, job_id)
     end
-    local h = {'created_at', now, 'state', 'queued', 'updated_at', now}
+    local h = {}
     for k, v in pairs(fields) do
       h[#h + 1] = k
       h[#h + 1] = v
     end
-    redis.call('HSET', ledger, unpack(h))
+    create(job_id, now, h)
     seen[job_id] = true
     created[batch] = (created[batch] or 0) + 1
     if batch ~= '' then add(opened, batch, job_id) end
@@ -83,7 +85,7 @@ local function enqueue(job_id, lane, batch, fields, now)
     redis.call('PERSIST', k_paid(job_id))
   end
   transition(job_id, 'queued', now)
-  return 'requeued', state
+  return 'requeued', 'queued'
 end
 
 local now = now_ms()

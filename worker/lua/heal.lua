@@ -4,18 +4,23 @@
 -- payload: arq dropped it, e.g. past its own max tries) is re-enqueued from its ledger record;
 -- one whose arq in-progress key outlived any run by more than the grace has the key cleared;
 -- one back in its queue with no claim on it leaves the index.
--- Also returns budget reservations no call holds any more: admitted, then the worker died
--- before its call was journaled. A slot whose in-flight lease expired is not held, whatever
--- fills the cap (only admission pruned such slots, after its budget check had refused).
--- KEYS: 1 active (zset), 2 run leases, 3 live queue, 4 bulk queue, 5 reservations (hash)
---       (a slot's in-flight set is its upstream key's, found from the slot token)
+-- (Slots and budget reservations no call holds: heal_slots.lua.)
+-- KEYS: 1 active (zset), 2 run leases, 3.. every lane's queue (`worker.keys.QUEUES`)
 -- ARGV: 1 prefix, 2 stale ms, 3 max jobs per call, 4 arq function, 5 arq job prefix,
 --       6 arq in-progress prefix, 7 in-progress grace ms, 8 arq in-progress ttl ms
--- Returns {healed job ids, reservations returned}.
+-- Returns the healed job ids.
 --- @include "_ledger"
---- @include "_money"
 local now = now_ms()
 local healed = {}
+
+-- in_a_queue(job_id): whether any lane's queue holds the job
+local function in_a_queue(job_id)
+  for i = 3, #KEYS do
+    if redis.call('ZSCORE', KEYS[i], job_id) then return true end
+  end
+  return false
+end
+
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[2]),
   'LIMIT', 0, tonumber(ARGV[3]))
 for _, job_id in ipairs(ids) do
@@ -25,8 +30,7 @@ for _, job_id in ipairs(ids) do
   elseif redis.call('ZSCORE', KEYS[2], job_id) then
     redis.call('ZADD', KEYS[1], now, job_id)  -- a run holds it (reclaim takes expired leases)
   else
-    local queued = redis.call('ZSCORE', KEYS[3], job_id) or redis.call('ZSCORE', KEYS[4], job_id)
-    if queued and redis.call('EXISTS', ARGV[5] .. job_id) == 1 then
+    if in_a_queue(job_id) and redis.call('EXISTS', ARGV[5] .. job_id) == 1 then
       local ttl = redis.call('PTTL', ARGV[6] .. job_id)
       if ttl > 0 and tonumber(ARGV[8]) - ttl > tonumber(ARGV[7]) then
         redis.call('DEL', ARGV[6] .. job_id)  -- claimable again: the queue indexes it
@@ -44,21 +48,4 @@ for _, job_id in ipairs(ids) do
     end
   end
 end
-local returned = 0
-local res = redis.call('HGETALL', KEYS[5])
-for i = 1, #res, 2 do
-  local slot, v = res[i], res[i + 1]
-  local up = slot_upstream(slot)
-  local lease = up and redis.call('ZSCORE', k_up(up, 'inflight'), slot)
-  if not lease or tonumber(lease) <= now then
-    local job_id = string.match(v, '|([^|]*)$') or ''
-    local journal = k_call(job_id)
-    local js = redis.call('HGET', journal, 'state')
-    if redis.call('HGET', journal, 'token') ~= slot or (js ~= 'sent' and js ~= 'pending') then
-      if lease then free_slot(slot) end
-      unreserve(slot)
-      returned = returned + 1
-    end
-  end
-end
-return {healed, returned}
+return healed

@@ -5,6 +5,7 @@
 -- ARGV: 1 prefix, 2 max jobs per call, 3 arq function, 4 arq job prefix,
 --       5 arq in-progress prefix
 -- Returns the job ids put back.
+local SCRIPT = 'reclaim'  -- its moves in the lifecycle table (worker/moves.py)
 --- @include "_ledger"
 --- @include "_money"
 local now = now_ms()

@@ -5,6 +5,7 @@
 -- ARGV: 1 prefix, 2 job id, 3 run token, 4 lease ttl ms, 5 arq job prefix, 6 retention ms
 -- Returns {'ok', attempts, paid result or '', call journal (flat hash)} | {'final', state} |
 --         {'busy', ms left on the other run's lease} | {'missing'}: what a run needs, in one trip.
+local SCRIPT = 'start'  -- its moves in the lifecycle table (worker/moves.py)
 --- @include "_ledger"
 local job_id, token, ttl = ARGV[2], ARGV[3], tonumber(ARGV[4])
 local state = redis.call('HGET', KEYS[1], 'state')

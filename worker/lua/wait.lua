@@ -5,6 +5,7 @@
 --       8 arq job prefix, 9 arq in-progress prefix, 10 retention ms
 -- Returns 'ok', 'cancelled', or 'fenced' when the run no longer holds the lease (nothing
 -- changed).
+local SCRIPT = 'wait'  -- its moves in the lifecycle table (worker/moves.py)
 --- @include "_ledger"
 local job_id, token = ARGV[2], ARGV[3]
 if not owns(job_id, token) then return 'fenced' end

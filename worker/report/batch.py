@@ -7,7 +7,7 @@ from redis.asyncio import Redis
 from worker.contract import FINAL_STATES
 from worker.keys import Keys
 
-_FINAL = sorted(s.value for s in FINAL_STATES)
+_FINAL = sorted(FINAL_STATES)
 
 
 async def batch_end(redis: Redis, batch: str) -> int | None:

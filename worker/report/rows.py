@@ -37,7 +37,6 @@ COLUMNS = (
     "FinishedAt",
 )
 SCHEMA = ", ".join(COLUMNS)
-_FINAL = {s.value for s in FINAL_STATES}
 # The record fields a row reads (HMGET, in this order): what a compacted final record keeps.
 # Its end time: `<state>_at`, else `updated_at` (set by the final transition); a record
 # compacted down to neither has none (the report's date stands for it).
@@ -52,15 +51,15 @@ FIELDS = (
     "error",
     "note",
     "updated_at",
-    *(f"{s}_at" for s in sorted(_FINAL)),
+    *(f"{s}_at" for s in sorted(FINAL_STATES)),
 )
-_AT = {s: FIELDS.index(f"{s}_at") for s in _FINAL}
+_AT = {s: FIELDS.index(f"{s}_at") for s in FINAL_STATES}
 
 
 @dataclass(frozen=True)
 class Row:
     job_id: str
-    state: str
+    state: JobState
     bucket: str
     key: str
     version_id: str
@@ -91,9 +90,9 @@ def row_from(job_id: str, values: Sequence[bytes | str | None]) -> Row | None:
     """The row of one record from its `FIELDS` values; None if the record is gone or not final
     (a job run again since it ended: the next report has it)."""
     v = [x.decode() if isinstance(x, bytes) else (x or "") for x in values]
-    state = v[0]
-    if state not in _FINAL:
+    if v[0] not in FINAL_STATES:
         return None
+    state = JobState(v[0])
     bucket, _, key = v[1].removeprefix("s3://").partition("/")
     at = v[_AT[state]] or v[FIELDS.index("updated_at")]
     return Row(
@@ -112,7 +111,7 @@ def row_from(job_id: str, values: Sequence[bytes | str | None]) -> Row | None:
     )
 
 
-def in_scope(state: str, scope: Scope) -> bool:
+def in_scope(state: JobState, scope: Scope) -> bool:
     """Failed-only: every row whose state is not `succeeded`."""
     return scope == "AllTasks" or state != JobState.SUCCEEDED
 
@@ -139,7 +138,7 @@ def iso_ms(ms: int) -> str:
     return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
 
 
-def part_key(prefix: str, state: str, n: int) -> str:
+def part_key(prefix: str, state: JobState, n: int) -> str:
     """`<prefix>results/<state>-00001.csv.gz`: parts of one state numbered from 1."""
     return f"{prefix}results/{state}-{n:05d}.csv.gz"
 
@@ -148,7 +147,7 @@ def part_key(prefix: str, state: str, n: int) -> str:
 class Part:
     """One written part, as the manifest lists it."""
 
-    state: str
+    state: JobState
     bucket: str
     key: str
     md5: str
@@ -160,7 +159,7 @@ class Part:
 class Totals:
     """Rows per state and their spend; records skipped (gone, or running again)."""
 
-    rows: dict[str, int] = field(default_factory=dict)
+    rows: dict[JobState, int] = field(default_factory=dict)
     cost_micros: int = 0
     possible_micros: int = 0
     skipped_records: int = 0

@@ -19,7 +19,7 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 from redis.asyncio import Redis
 
-from worker.contract import META_JOB_ID, S3Object
+from worker.contract import META_JOB_ID, JobState, S3Object
 from worker.keys import Keys
 from worker.ledger.reads import text
 from worker.report.batch import batch_end
@@ -106,11 +106,11 @@ async def write_report(
         raise NoSuchBatch(batch)
     bucket, prefix = await _location(redis, settings, batch, failed_only, to)
     meta = {META_JOB_ID: f"report:{batch}"}  # the worker never takes our output as a source
-    series: dict[str, _Series] = defaultdict(_Series)
+    series: dict[JobState, _Series] = defaultdict(_Series)
     totals = Totals()
     try:
         async for start, ids, values in _pages(redis, done, upto, page):
-            by_state: dict[str, list[Row]] = defaultdict(list)
+            by_state: dict[JobState, list[Row]] = defaultdict(list)
             for job_id, v in zip(ids, values, strict=True):
                 row = row_from(job_id, v)
                 if row is None:
@@ -221,7 +221,7 @@ async def _write(
     s: _Series,
     bucket: str,
     prefix: str,
-    state: str,
+    state: JobState,
     rows: list[Row],
     rows_per_part: int,
     meta: dict[str, str],
@@ -239,7 +239,7 @@ async def _write(
             await _close(s, state, bucket)
 
 
-async def _close(s: _Series, state: str, bucket: str) -> None:
+async def _close(s: _Series, state: JobState, bucket: str) -> None:
     if s.obj is None:
         return
     obj, s.obj = s.obj, None
