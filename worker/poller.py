@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+from functools import partial
 from typing import Any
 
 import structlog
@@ -91,7 +92,13 @@ class ResilientWorker(Worker):
         for i in range(0, len(reply), 2):
             job_id, score = text(reply[i]), int(float(reply[i + 1]))
             running = self.tasks.get(job_id)
-            if running is not None and not running.done():  # its in-progress key had expired
+            if running is not None and not running.done():
+                # Its previous run here is still ending (a hand-back whose bookkeeping has
+                # just re-queued it, or a run whose in-progress key expired): give the claim
+                # back, or the job sits claimed by nobody until that key expires.
+                await patiently(
+                    partial(self.pool.delete, ARQ_IN_PROGRESS_PREFIX + job_id), what="unclaim"
+                )
                 continue
             await self.sem.acquire()  # never waits: it holds max_jobs + 1 permits
             self.job_counter += 1
