@@ -1,5 +1,7 @@
-"""What every route shares: the app's state, how a caller presents its key, and the error body
-(an object or, with `error_body_style="string"`, a bare string, as some gateways answer)."""
+"""What every route shares: the app's state, how a caller presents its key, and the error body.
+The gateway's is `{"error": {"type", "message", "code"}}` (or, with `error_body_style="string"`,
+a bare string, as some gateways answer); Ideogram's is documented as `{"error": "<message>"}`
+plus fields such as `reject_reason`."""
 
 from __future__ import annotations
 
@@ -13,8 +15,9 @@ STATE: web.AppKey[SimState] = web.AppKey("state", SimState)
 GATEWAY, IDEOGRAM = 1, 2  # the routes: Route 1 (OpenAI-compatible), Route 2 (Ideogram direct)
 ERROR_TYPES = {
     400: "invalid_request", 401: "authentication_error", 402: "insufficient_credits",
-    403: "scope_exceeded", 404: "not_found", 413: "payload_too_large", 422: "safety_check_failed",
-    429: "rate_limit_error", 500: "server_error", 503: "service_unavailable",
+    403: "scope_exceeded", 404: "not_found", 409: "conflict", 413: "payload_too_large",
+    422: "safety_check_failed", 429: "rate_limit_error", 500: "server_error",
+    503: "service_unavailable",
 }  # fmt: skip
 
 
@@ -24,19 +27,22 @@ class ApiError(Exception):
         status: int,
         message: str,
         *,
+        kind: str | None = None,
         headers: dict[str, str] | None = None,
         extra: dict[str, Any] | None = None,
     ) -> None:
+        """`kind`: the gateway error type, when not the status's usual one (`ERROR_TYPES`)."""
         super().__init__(message)
-        self.status, self.message = status, message
+        self.status, self.message, self.kind = status, message, kind
         self.headers = headers or {}
         self.extra = extra or {}
 
 
-def error_response(state: SimState, err: ApiError) -> web.Response:
-    kind = ERROR_TYPES.get(err.status, "error")
-    if state.config.error_body_style == "string":
-        body: dict[str, Any] = {"error": err.message}
+def error_response(state: SimState, err: ApiError, route: int = GATEWAY) -> web.Response:
+    kind = err.kind or ERROR_TYPES.get(err.status, "error")
+    body: dict[str, Any]
+    if route == IDEOGRAM or state.config.error_body_style == "string":
+        body = {"error": err.message}
     else:
         body = {"error": {"type": kind, "message": err.message, "code": kind}}
     body.update(err.extra)
