@@ -15,7 +15,7 @@ from typing import Any
 from aiohttp import web
 
 from infra.simulator import billing, faults, wire
-from infra.simulator.protocol import GATEWAY, STATE, ApiError, api_key, error_response
+from infra.simulator.protocol import GATEWAY, STATE, ApiError, api_key, read_endpoint
 from infra.simulator.records import AsyncJob, Hold
 from infra.simulator.state import SimState
 
@@ -93,39 +93,24 @@ def _view(request: web.Request, state: SimState, job: AsyncJob) -> dict[str, Any
     return {**record, "status": "completed", "result": {"file_url": url}}
 
 
+@read_endpoint(GATEWAY, polled=True)
 async def poll_job(request: web.Request) -> web.Response:
-    state = request.app[STATE]
-    status = 200
-    try:
-        state, job = _job(request)
-        now = time.monotonic()
-        if job.last_poll and now - job.last_poll < state.config.async_min_poll_s:
-            status = 304
-            return web.Response(status=304)
-        job.last_poll = now
-        return web.json_response(_view(request, state, job))
-    except ApiError as err:
-        status = err.status
-        return error_response(state, err)
-    finally:
-        state.record_poll(request.path, status, api_key(request, GATEWAY))
+    state, job = _job(request)
+    now = time.monotonic()
+    if job.last_poll and now - job.last_poll < state.config.async_min_poll_s:
+        return web.Response(status=304)
+    job.last_poll = now
+    return web.json_response(_view(request, state, job))
 
 
+@read_endpoint(GATEWAY, polled=True)
 async def cancel_job(request: web.Request) -> web.Response:
     """Cancel a job still running: not billed, its result dropped; a finished one is a 409."""
-    state = request.app[STATE]
-    status = 200
-    try:
-        state, job = _job(request)
-        if job.settled:
-            raise ApiError(409, "job already finished")
-        if not job.cancelled:
-            job.cancelled = True
-            billing.release(state, job.hold)
-            state.drop_file(job.file_id or "")
-        return web.json_response(_view(request, state, job))
-    except ApiError as err:
-        status = err.status
-        return error_response(state, err)
-    finally:
-        state.record_poll(request.path, status, api_key(request, GATEWAY))
+    state, job = _job(request)
+    if job.settled:
+        raise ApiError(409, "job already finished")
+    if not job.cancelled:
+        job.cancelled = True
+        billing.release(state, job.hold)
+        state.drop_file(job.file_id or "")
+    return web.json_response(_view(request, state, job))

@@ -14,7 +14,7 @@ from typing import Any
 from aiohttp import web
 
 from infra.simulator.config import SimConfig
-from infra.simulator.protocol import GATEWAY, STATE, ApiError, api_key, error_response
+from infra.simulator.protocol import GATEWAY, STATE, ApiError, api_key, read_endpoint
 
 _IMAGE = {
     "url": {"type": "string", "format": "uri", "description": "an http(s) URL of the image"},
@@ -69,29 +69,24 @@ def _model(request: web.Request) -> tuple[SimConfig, str]:
     return cfg, model
 
 
+@read_endpoint(GATEWAY)
 async def list_models(request: web.Request) -> web.Response:
     """Like an OpenAI-compatible gateway: free, never billed, 401 for a bad key."""
-    state = request.app[STATE]
-    if api_key(request, GATEWAY) not in state.config.api_keys:
-        return error_response(state, ApiError(401, "invalid or missing API key"))
-    return web.json_response({"data": [{"id": m, "object": "model"} for m in state.config.models]})
+    cfg = request.app[STATE].config
+    if api_key(request, GATEWAY) not in cfg.api_keys:
+        raise ApiError(401, "invalid or missing API key")
+    return web.json_response({"data": [{"id": m, "object": "model"} for m in cfg.models]})
 
 
+@read_endpoint(GATEWAY)
 async def get_model(request: web.Request) -> web.Response:
-    try:
-        cfg, model = _model(request)
-        return web.json_response(
-            {**_summary(cfg, model), "schema_url": f"/v1/models/{model}/schema"}
-        )
-    except ApiError as err:
-        return error_response(request.app[STATE], err)
+    cfg, model = _model(request)
+    return web.json_response({**_summary(cfg, model), "schema_url": f"/v1/models/{model}/schema"})
 
 
+@read_endpoint(GATEWAY)
 async def get_schema(request: web.Request) -> web.Response:
-    try:
-        return web.json_response(schema(*_model(request)))
-    except ApiError as err:
-        return error_response(request.app[STATE], err)
+    return web.json_response(schema(*_model(request)))
 
 
 def check_request(cfg: SimConfig, path: str, body: dict[str, Any] | None) -> None:

@@ -20,7 +20,7 @@ from aiohttp import web
 
 from infra.simulator import accounts, billing, clock, faults, wire, work
 from infra.simulator.calls import Call
-from infra.simulator.protocol import IDEOGRAM, STATE, ApiError, api_key, error_response
+from infra.simulator.protocol import IDEOGRAM, STATE, ApiError, api_key, read_endpoint
 from infra.simulator.records import Generation, Hold
 from infra.simulator.results import image_item
 from infra.simulator.state import SimState
@@ -116,24 +116,18 @@ def _poll_admit(state: SimState, org: str) -> float | None:
     return None
 
 
+@read_endpoint(IDEOGRAM, polled=True)
 async def poll(request: web.Request) -> web.Response:
     state = request.app[STATE]
     key = api_key(request, IDEOGRAM)
-    status = 200
-    try:
-        if key not in state.config.api_keys:
-            raise ApiError(401, "invalid or missing API key")
-        account = accounts.of(state.config, key)
-        wait = _poll_admit(state, account.org)
-        if wait is not None:
-            retry = str(max(1, math.ceil(wait)))
-            raise ApiError(429, "polling rate limit exceeded", headers={"Retry-After": retry})
-        gen = state.generations.get(request.match_info["id"])
-        if gen is None or gen.org != account.org:
-            raise ApiError(404, "generation not found")
-        return web.json_response(view(state, gen))
-    except ApiError as err:
-        status = err.status
-        return error_response(state, err, IDEOGRAM)
-    finally:
-        state.record_poll(request.path, status, key)
+    if key not in state.config.api_keys:
+        raise ApiError(401, "invalid or missing API key")
+    account = accounts.of(state.config, key)
+    wait = _poll_admit(state, account.org)
+    if wait is not None:
+        retry = str(max(1, math.ceil(wait)))
+        raise ApiError(429, "polling rate limit exceeded", headers={"Retry-After": retry})
+    gen = state.generations.get(request.match_info["id"])
+    if gen is None or gen.org != account.org:
+        raise ApiError(404, "generation not found")
+    return web.json_response(view(state, gen))

@@ -5,6 +5,8 @@ plus fields such as `reject_reason`."""
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -59,3 +61,31 @@ def api_key(request: web.Request, route: int) -> str:
         return request.headers.get("Api-Key", "")
     scheme, _, value = request.headers.get("Authorization", "").partition(" ")
     return value.strip() if scheme.lower() == "bearer" else ""
+
+
+Handler = Callable[[web.Request], Awaitable[web.Response]]
+
+
+def read_endpoint(route: int, *, polled: bool = False) -> Callable[[Handler], Handler]:
+    """A free endpoint (never billed, not in the call log): an `ApiError` it raises becomes the
+    route's error answer; with `polled`, every answer is logged in the poll log."""
+
+    def wrap(fn: Handler) -> Handler:
+        @functools.wraps(fn)
+        async def handler(request: web.Request) -> web.Response:
+            state = request.app[STATE]
+            status = 500
+            try:
+                resp = await fn(request)
+                status = resp.status
+                return resp
+            except ApiError as err:
+                status = err.status
+                return error_response(state, err, route)
+            finally:
+                if polled:
+                    state.record_poll(request.path, status, api_key(request, route))
+
+        return handler
+
+    return wrap
