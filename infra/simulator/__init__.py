@@ -10,6 +10,7 @@ from typing import Any
 
 from aiohttp import web
 
+from infra.simulator.admin import stats
 from infra.simulator.app import create_app
 from infra.simulator.config import SimConfig
 from infra.simulator.protocol import STATE
@@ -28,7 +29,7 @@ class RunningSimulator:
         return self.app[STATE].config
 
     def stats(self) -> dict[str, Any]:
-        return self.app[STATE].stats()
+        return stats(self.app[STATE])
 
 
 @asynccontextmanager
@@ -36,7 +37,8 @@ async def run_simulator(
     config: SimConfig | None = None, host: str = "127.0.0.1", port: int = 0
 ) -> AsyncIterator[RunningSimulator]:
     app = create_app(config)
-    runner = web.AppRunner(app, access_log=None)
+    # A caller that goes away does not stop the work (as upstreams bill a timed-out call).
+    runner = web.AppRunner(app, access_log=None, handler_cancellation=False)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()

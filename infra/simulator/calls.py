@@ -26,6 +26,8 @@ class Call:
     image: bytes = b""
     response_format: str = "url"
     knobs: dict[str, Any] | None = None
+    is_async: bool = False  # Ideogram: `async` or a `webhook_url` (answer a generation_id now)
+    webhook_url: str = ""
 
 
 def validate_knobs(knobs: dict[str, Any]) -> dict[str, Any]:
@@ -41,13 +43,13 @@ def validate_knobs(knobs: dict[str, Any]) -> dict[str, Any]:
     return knobs
 
 
-def parse_n(value: Any) -> int:
+def parse_n(value: Any, name: str = "n") -> int:
     try:
         n = int(value)
     except (TypeError, ValueError):
-        raise ApiError(400, "n must be an integer 1-8") from None
+        raise ApiError(400, f"{name} must be an integer 1-8") from None
     if not 1 <= n <= 8:
-        raise ApiError(400, "n must be an integer 1-8")
+        raise ApiError(400, f"{name} must be an integer 1-8")
     return n
 
 

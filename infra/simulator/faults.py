@@ -1,5 +1,6 @@
 """Faults on demand: forced statuses for the next calls (`fail_next`), random 500 / 503 rates,
-a connection dropped after a billed call (`disconnect_next`), and truncated downloads."""
+a connection dropped after a billed call (`disconnect_next`), truncated downloads, and failed
+async jobs / generations (`async_fail_next`, `async_failure_rate`)."""
 
 from __future__ import annotations
 
@@ -59,3 +60,11 @@ def truncate_download(cfg: SimConfig) -> bool:
     if cfg.truncate_next_downloads > 0:
         cfg.truncate_next_downloads -= 1
     return truncate
+
+
+def take_async_failure(cfg: SimConfig) -> bool:
+    """Whether this async job / generation fails (`async_fail_next`, `async_failure_rate`)."""
+    if cfg.async_fail_next > 0:
+        cfg.async_fail_next -= 1
+        return True
+    return random.random() < cfg.async_failure_rate

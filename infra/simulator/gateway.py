@@ -1,6 +1,6 @@
 """Route 1, the OpenAI-compatible gateway: `POST /v1/images/generations` (JSON, the image as a
-URL or a data URL), `POST /v1/images/edits` (multipart) and `GET /v1/models` (free, never
-billed). Async jobs are polled at `/v1/jobs/{id}` (`async_jobs.py`)."""
+URL or a data URL) and `POST /v1/images/edits` (multipart). The model catalogue is
+`catalog.py`; async jobs are polled at `/v1/jobs/{id}` (`async_jobs.py`)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,11 @@ from typing import Any
 from aiohttp import web
 
 from infra.simulator.calls import KNOBS, Call, fetch_image, form_file, parse_n, validate_knobs
+from infra.simulator.catalog import check_request
 from infra.simulator.pipeline import handle
-from infra.simulator.protocol import GATEWAY, STATE, ApiError, api_key, error_response
+from infra.simulator.protocol import GATEWAY, STATE, ApiError
+
+IMAGE_FIELDS = ("image", "image_url", "reference_image")  # accepted unless the schema is enforced
 
 
 async def parse_generations(request: web.Request, key: str) -> Call:
@@ -20,7 +23,11 @@ async def parse_generations(request: web.Request, key: str) -> Call:
         raise ApiError(400, "body must be JSON") from None
     if not isinstance(body, dict):
         raise ApiError(400, "body must be a JSON object")
-    ref = body.get("image") or body.get("image_url") or body.get("reference_image")
+    cfg = request.app[STATE].config
+    check_request(cfg, request.path, body)
+    ref = next(
+        (body[f] for f in (cfg.model_schema_image_field, *IMAGE_FIELDS) if body.get(f)), None
+    )
     if not isinstance(ref, str):
         raise ApiError(400, "missing reference image (image / image_url / reference_image)")
     fmt = body.get("response_format", "url")
@@ -43,6 +50,7 @@ async def parse_generations(request: web.Request, key: str) -> Call:
 
 
 async def parse_edits(request: web.Request, key: str) -> Call:
+    check_request(request.app[STATE].config, request.path, None)
     form = await request.post()
     data = form_file(form, "image", "multipart field 'image' (a file) is required")
     limit = request.app[STATE].config.max_input_bytes
@@ -73,11 +81,3 @@ async def generations(request: web.Request) -> web.Response:
 
 async def edits(request: web.Request) -> web.Response:
     return await handle(request, parse_edits, GATEWAY)
-
-
-async def list_models(request: web.Request) -> web.Response:
-    """Like an OpenAI-compatible gateway: free, never billed, 401 for a bad key."""
-    state = request.app[STATE]
-    if api_key(request, GATEWAY) not in state.config.api_keys:
-        return error_response(state, ApiError(401, "invalid or missing API key"))
-    return web.json_response({"data": [{"id": m, "object": "model"} for m in state.config.models]})

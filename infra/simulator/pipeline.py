@@ -1,25 +1,34 @@
 """The call path both routes share, in the upstream's order: key, idempotent replay, forced
-faults, rate limits, parsing, model, wallet hold, random faults, the upscale itself, then a 202
-job or a billed answer. Every call is counted and logged, whatever its outcome."""
+faults, rate limits, parsing, model, Ideogram's images-in-progress cap, the price held within
+the key's and organisation's limits, random faults, the upscale itself, then a 202 job, an
+Ideogram generation id, or a billed answer. Every call is counted and logged, whatever its
+outcome. A caller that goes away does not stop the work: the app never cancels a handler
+(`handler_cancellation=False`), so the call completes and is billed."""
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import random
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from infra.simulator import async_jobs, faults, idempotency, ratelimit, wallet
+from infra.simulator import (
+    accounts,
+    async_jobs,
+    billing,
+    faults,
+    generations,
+    idempotency,
+    ratelimit,
+    work,
+)
 from infra.simulator.calls import Call
-from infra.simulator.imaging import BadImage, upscale_2x
-from infra.simulator.protocol import GATEWAY, STATE, ApiError, api_key, error_response
+from infra.simulator.protocol import GATEWAY, IDEOGRAM, STATE, ApiError, api_key, error_response
+from infra.simulator.records import Hold
 from infra.simulator.results import result_body
-from infra.simulator.state import SimState
 
 Parse = Callable[[web.Request, str], Awaitable[Call]]
 
@@ -29,14 +38,19 @@ async def handle(request: web.Request, parse: Parse, route: int) -> web.Response
     cfg = state.config
     state.calls += 1
     arrived = time.time()
-    held = 0
+    epoch = state.epoch
     rid = "req_" + secrets.token_hex(8)
     key = api_key(request, route)
+    tag = request.headers.get("x-aig-tag", "")
     status = 500
     idem = request.headers.get("Idempotency-Key", "")
     image_sha = ""
-    replay_key = f"{key}:{idem}" if idem and cfg.honour_idempotency else ""
-    done: asyncio.Event | None = None
+    honour = cfg.ideogram_honour_idempotency if route == IDEOGRAM else cfg.honour_idempotency
+    replay_key = f"{key}:{idem}" if idem and honour else ""
+    done = None
+    held: Hold | None = None
+    account: accounts.Account | None = None
+    images = 0  # images counted in progress for the organisation (the Ideogram cap)
     try:
         if key not in cfg.api_keys:
             raise ApiError(401, "invalid or missing API key")
@@ -45,44 +59,47 @@ async def handle(request: web.Request, parse: Parse, route: int) -> web.Response
                 status = replayed.status  # logged as the answer it repeats
                 return replayed
             done = idempotency.begin(state, replay_key)
-        if tag := request.headers.get("x-aig-tag"):
+        if tag:
             state.by_tag[tag] += 1
         forced = faults.take_forced(cfg)
         if forced == 429:
             raise faults.forced_rate_limit(cfg, route)
-        rate_headers = ratelimit.admit(state, key, route, cfg.ideogram_inflight_limit)
+        rate_headers = ratelimit.admit(state, key, route)
         if forced is not None:
             raise faults.forced_failure(forced, route)
         call = await parse(request, key)
         image_sha = hashlib.sha256(call.image).hexdigest()[:16]
         if call.model not in cfg.models:
             raise ApiError(404, f"unknown model {call.model!r}")
-        wallet.hold_or_refuse(state, call.n, key, route)
-        held = call.n
+        account = accounts.of(cfg, key)
+        if route == IDEOGRAM:
+            work.reserve_images(state, account, call.n)
+            images = call.n
+        held = billing.hold(state, account, call.n, route, call.model)
         faults.roll_server_error(cfg)
+        if call.is_async:  # Ideogram: the generation runs after this answer, and owns its hold
+            body = generations.submit(request, state, call, held, account, tag, image_sha)
+            held, images, status = None, 0, 200
+            return idempotency.answer(state, replay_key, 200, body, rid, rate_headers)
         is_async = cfg.async_mode and route == GATEWAY
-        async with _inflight(state, key):
-            lo, hi = cfg.latency_ms
-            if hi > 0 and not is_async:  # async: 202 now, ready later
-                await asyncio.sleep(random.uniform(lo, hi) / 1000)
-            try:
-                out, size_in, size_out = await asyncio.to_thread(
-                    upscale_2x, call.image, (call.knobs or {}).get("detail")
-                )
-            except BadImage as e:
-                raise ApiError(400, str(e)) from None
+        async with work.in_flight(state, key):
+            if not is_async:  # async: 202 now, ready after the latency
+                await work.latency(state)
+            out, size_in, size_out = await work.upscale(
+                call.image, (call.knobs or {}).get("detail")
+            )
         if is_async:
-            job = async_jobs.accept(state, out, image_sha, idem, key)
-            held = 0  # billed when the job completes
-            status = 202
+            job = async_jobs.accept(state, request.path, out, held, image_sha, idem, tag)
+            held, status = None, 202  # billed when the job completes
             return idempotency.answer(
-                state, replay_key, 202, {"id": job.id, "status": "queued"}, rid, rate_headers
+                state, replay_key, 202, async_jobs.accepted(job), rid, rate_headers
             )
         unsafe = random.random() < cfg.unsafe_rate
         # completed requests are billed, even when withheld as unsafe
-        state.bill(call.n, image_sha, idem, key)
-        held = 0
-        status = 200
+        billing.charge(
+            state, held, route=route, endpoint=request.path, tag=tag, image_sha=image_sha, idem=idem
+        )
+        held, status = None, 200
         answer = idempotency.answer(
             state,
             replay_key,
@@ -97,10 +114,12 @@ async def handle(request: web.Request, parse: Parse, route: int) -> web.Response
     except ApiError as err:
         status = err.status
         err.headers["X-Request-Id"] = rid
-        return error_response(state, err)
+        return error_response(state, err, route)
     finally:
-        if held:
-            wallet.release(state, held, key)
+        if state.epoch == epoch:  # a reset in the meantime cleared what this call counted
+            billing.release(state, held)
+            if images and account is not None:
+                work.free_images(state, account.org, images)
         if done is not None:
             idempotency.finish(state, replay_key, done)
         state.record(
@@ -108,19 +127,13 @@ async def handle(request: web.Request, parse: Parse, route: int) -> web.Response
             status,
             key,
             arrived,
-            request.headers.get("x-aig-tag", ""),
+            tag,
             image_sha=image_sha,
             idem=idem,
+            client_gone=status != 0 and _client_gone(request),
         )
 
 
-@asynccontextmanager
-async def _inflight(state: SimState, key: str) -> AsyncIterator[None]:
-    state.inflight += 1
-    state.inflight_by_key[key] += 1
-    state.max_inflight = max(state.max_inflight, state.inflight)
-    try:
-        yield
-    finally:
-        state.inflight -= 1
-        state.inflight_by_key[key] -= 1
+def _client_gone(request: web.Request) -> bool:
+    transport = request.transport
+    return transport is None or transport.is_closing()

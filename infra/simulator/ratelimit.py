@@ -1,6 +1,6 @@
 """Rate limits per key: a 60 s rolling window of the key's RPM plus, unless `burst_factor` is
-None, a burst window (at most factor x RPM per `burst_window_s`); the Ideogram route also caps
-the images in progress per key. Answers carry `x-ratelimit-*-requests` headers."""
+None, a burst window (at most factor x RPM per `burst_window_s`). Answers carry
+`x-ratelimit-*-requests` headers. (Ideogram's cap on images in progress: `work.py`.)"""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import math
 import time
 from collections import deque
 
-from infra.simulator.protocol import IDEOGRAM, ApiError, reject
+from infra.simulator.protocol import ApiError, reject
 from infra.simulator.state import SimState
 
 
@@ -40,9 +40,8 @@ def reset_in(state: SimState, key: str) -> float:
     return max(0.0, w[0] + 60 - time.monotonic()) if w else 0.0
 
 
-def admit(state: SimState, key: str, route: int, inflight_limit: int) -> dict[str, str]:
-    """The rate headers of an admitted call; a 429 (`ApiError`) for one over a limit
-    (`inflight_limit`: the Ideogram route's images in progress per key)."""
+def admit(state: SimState, key: str, route: int) -> dict[str, str]:
+    """The rate headers of an admitted call; a 429 (`ApiError`) for one over a limit."""
     allowed, retry_after, limit, remaining = rate_check(state, key)
     rate_headers = {
         "x-ratelimit-limit-requests": str(limit),
@@ -55,9 +54,5 @@ def admit(state: SimState, key: str, route: int, inflight_limit: int) -> dict[st
             "rate limit exceeded",
             headers={"Retry-After": str(max(1, int(retry_after + 0.999))), **rate_headers},
             extra=reject(route, "rate_limit"),
-        )
-    if route == IDEOGRAM and state.inflight_by_key[key] >= inflight_limit:
-        raise ApiError(
-            429, "too many images in progress", extra={"reject_reason": "inflight_limit"}
         )
     return rate_headers

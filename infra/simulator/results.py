@@ -1,5 +1,6 @@
 """Results: the answer's data for each route (signed URLs to stored files, or b64), and the
-signed, expiring download of a stored file (optionally slowed or truncated)."""
+signed, expiring download of a stored file (optionally slowed or truncated). Links expire and
+files are dropped on the simulator's clock (`clock.py`)."""
 
 from __future__ import annotations
 
@@ -28,16 +29,8 @@ def result_body(
 ) -> dict[str, Any]:
     base = f"{request.scheme}://{request.host}"
     if call.route == IDEOGRAM:
-        knobs = call.knobs or {}
         url = "" if unsafe else base + state.signed_path(state.store(out))
-        item = {
-            "url": url,
-            "resolution": f"{size_in[0]}x{size_in[1]}",
-            "upscaled_resolution": f"{size_out[0]}x{size_out[1]}",
-            "seed": knobs.get("seed", random.randint(0, 2**31 - 1)),
-            "prompt": knobs.get("prompt", ""),
-            "is_image_safe": not unsafe,
-        }
+        item = image_item(url, call.knobs or {}, size_in, size_out, unsafe)
         return {
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "data": [item] * call.n,
@@ -47,6 +40,24 @@ def result_body(
     else:
         data = [{"url": base + state.signed_path(state.store(out))} for _ in range(call.n)]
     return {"created": int(time.time()), "data": data}
+
+
+def image_item(
+    url: str,
+    knobs: dict[str, Any],
+    size_in: tuple[int, int],
+    size_out: tuple[int, int],
+    unsafe: bool,
+) -> dict[str, Any]:
+    """One Ideogram result (an unsafe one is billed, with an empty url)."""
+    return {
+        "url": url,
+        "resolution": f"{size_in[0]}x{size_in[1]}",
+        "upscaled_resolution": f"{size_out[0]}x{size_out[1]}",
+        "seed": knobs.get("seed", random.randint(0, 2**31 - 1)),
+        "prompt": knobs.get("prompt", ""),
+        "is_image_safe": not unsafe,
+    }
 
 
 async def download(request: web.Request) -> web.StreamResponse:
@@ -59,9 +70,9 @@ async def download(request: web.Request) -> web.StreamResponse:
         exp = 0
     if request.query.get("sig") != sign(file_id, exp):
         return web.Response(status=403, text="bad signature")
-    if exp < time.time():
+    if exp < state.now():
         return web.Response(status=403, text="link expired")
-    data = state.files.get(file_id)
+    data = state.files.get(file_id) if state.file_kept(file_id) else None
     if data is None:
         return web.Response(status=404, text="no such file")
     state.downloads += 1

@@ -1,47 +1,47 @@
-"""Wallets: one shared (`wallet_usd`) and one per key in `wallets_usd` (None = unlimited). A call
-holds its price when it starts (concurrent calls cannot overdraw) and is billed on completion
-(`SimState.bill`); a failed generation gives the hold back."""
+"""Wallets: one per organisation (`orgs[name].wallet_usd`), one per key in `wallets_usd`, and
+the shared `wallet_usd` (None = unlimited). The live balance is kept in the config, so a
+config patch that does not name a wallet leaves it as it is."""
 
 from __future__ import annotations
 
-from infra.simulator.protocol import ApiError, reject
+from infra.simulator.accounts import WalletRef
 from infra.simulator.state import SimState
 
 
-def balance(state: SimState, key: str) -> float | None:
+def balance(state: SimState, ref: WalletRef) -> float | None:
     cfg = state.config
-    return cfg.wallets_usd.get(key, cfg.wallet_usd)
+    kind, name = ref
+    if kind == "org":  # an organisation since removed from the config: nothing to take
+        return cfg.orgs[name].wallet_usd if name in cfg.orgs else None
+    if kind == "key":
+        return cfg.wallets_usd.get(name, cfg.wallet_usd)
+    return cfg.wallet_usd
 
 
-def set_balance(state: SimState, key: str, usd: float | None) -> None:
-    if key in state.config.wallets_usd:
-        state.config.wallets_usd[key] = usd
+def set_balance(state: SimState, ref: WalletRef, usd: float | None) -> None:
+    cfg = state.config
+    kind, name = ref
+    if kind == "org":
+        if name in cfg.orgs:
+            cfg.orgs[name].wallet_usd = usd
+    elif kind == "key":
+        cfg.wallets_usd[name] = usd
     else:
-        state.config.wallet_usd = usd
+        cfg.wallet_usd = usd
 
 
-def hold(state: SimState, n: int, key: str = "") -> bool:
-    w = balance(state, key)
-    cost = state.config.price_usd * n
-    if w is not None:
-        if w + 1e-9 < cost:
-            return False
-        set_balance(state, key, round(w - cost, 6))
+def debit(state: SimState, ref: WalletRef, usd: float) -> bool:
+    """Take `usd` if the wallet holds it (concurrent calls cannot overdraw); False if not."""
+    w = balance(state, ref)
+    if w is None:
+        return True
+    if w + 1e-9 < usd:
+        return False
+    set_balance(state, ref, round(w - usd, 6))
     return True
 
 
-def release(state: SimState, n: int, key: str = "") -> None:
-    """A failed generation is not billed: give the hold back."""
-    w = balance(state, key)
+def credit(state: SimState, ref: WalletRef, usd: float) -> None:
+    w = balance(state, ref)
     if w is not None:
-        set_balance(state, key, round(w + state.config.price_usd * n, 6))
-
-
-def hold_or_refuse(state: SimState, n: int, key: str, route: int) -> None:
-    """Hold the price of `n` images, or refuse the call with a 402 (`ApiError`)."""
-    if not hold(state, n, key):
-        raise ApiError(
-            402,
-            "insufficient credits: top up your wallet",
-            extra=reject(route, "insufficient_funds"),
-        )
+        set_balance(state, ref, round(w + usd, 6))
