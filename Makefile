@@ -61,6 +61,7 @@ bench: install
 	$(PY) -m tests.bench.pools
 	$(PY) -m tests.bench.backfill $${BENCH_BACKFILL_KEYS:-200000}
 	$(PY) -m tests.bench.ledger $${BENCH_LEDGER_QUEUED:-200000} $${BENCH_LEDGER_FINISHED:-20000}
+	$(PY) -m tests.bench.replicas $${BENCH_REPLICA_JOBS:-1000}
 
 ## Real faults (worker SIGKILLs, Redis SIGKILL + AOF restart, S3 down, dropped answers) on
 ## 100 jobs x 4 worker processes at default settings: time to all-final, stranded, paid twice.

@@ -101,7 +101,8 @@ class ReplicatedRedis:
     the Sentinel; `rr.kill_primary()` SIGKILLs the primary; `rr.primary_port()` asks the
     Sentinel which one is primary now."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, relay: bool = True) -> None:
+        self.relay = relay  # False: the replica links to the primary directly (benchmarks)
         self._tmp = tempfile.TemporaryDirectory(prefix="uq-replicated-")
         self.dir = Path(self._tmp.name)
         self.ports = {"a": free_port(), "b": free_port()}
@@ -124,7 +125,8 @@ class ReplicatedRedis:
     def start(self) -> None:
         a, b = self.ports["a"], self.ports["b"]
         self.link = Link(a)
-        replica_of = ("--replicaof", "127.0.0.1", str(self.link.port))
+        upstream_port = self.link.port if self.relay else a
+        replica_of = ("--replicaof", "127.0.0.1", str(upstream_port))
         for name, extra in (("a", ()), ("b", replica_of)):
             data = self.dir / name
             data.mkdir()
