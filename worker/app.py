@@ -1,7 +1,7 @@
 """arq entry point: `WorkerSettings` (for `arq worker.app.WorkerSettings`) and `run_worker()`.
 
 The process, not arq's poll loop, owns the lifecycle: one runtime per process (shared by both
-lanes), one `Lifecycle` task (run-lease heartbeat, reclaim, heal), one gate watch that stops
+lanes), one `LeaseKeeper` task (run-lease heartbeat, reclaim, heal), one gate watch that stops
 picking jobs while nothing can be admitted, and arq workers whose poll loops ride out a Redis
 outage instead of dying (running jobs keep running).
 """
@@ -24,8 +24,8 @@ from worker.gate_watch import watch_gate
 from worker.health import serve_health
 from worker.job import run_job
 from worker.keys import QUEUE_NAME, QUEUES, queue_for
+from worker.leases import LeaseKeeper
 from worker.ledger import record_invalid_payload
-from worker.lifecycle import Lifecycle
 from worker.logs import configure_logging
 from worker.poller import ResilientWorker
 from worker.redis_conn import REDIS_DOWN, connect, deserialize, serialize, settings_for
@@ -115,7 +115,7 @@ async def _teardown(ctx: dict[str, Any]) -> None:
 def _background(rt: Runtime, workers: Sequence[Worker]) -> list[asyncio.Task[None]]:
     in_progress_ms = int((rt.settings.jobs.job_timeout_s + 10) * 1000)  # arq's in-progress TTL
     return [
-        asyncio.create_task(Lifecycle(rt, in_progress_ttl_ms=in_progress_ms).run()),
+        asyncio.create_task(LeaseKeeper(rt, in_progress_ttl_ms=in_progress_ms).run()),
         asyncio.create_task(watch_gate(rt, workers)),
         asyncio.create_task(rt.waker.run(rt.redis)),
     ]

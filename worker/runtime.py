@@ -34,7 +34,7 @@ class Runtime:
     storage: Storage
     upstreams: dict[str, Upstream]  # one client per key of the pool, by name
     downloads: httpx.AsyncClient
-    # job id -> run token of every job this process runs (renewed by `worker.lifecycle`)
+    # job id -> run token of every job this process runs (renewed by `worker.leases`)
     runs: dict[str, str] = field(default_factory=dict)
     redis_ok: bool = True  # false while Redis is unreachable (readiness)
     draining: bool = False  # set on SIGTERM: picking never reopens

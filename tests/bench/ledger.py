@@ -24,8 +24,8 @@ from rich.table import Table
 from infra.stack import LocalStack
 from worker.contract import DEFAULT_DEST_TEMPLATE, JobSpec, JobState, S3Object, render_destination
 from worker.keys import ARQ_IN_PROGRESS_PREFIX, PREFIX, QUEUES, Keys, first_of
+from worker.leases import HEAL_EVERY_S, HEAL_STALE_MS, IN_PROGRESS_GRACE_MS
 from worker.ledger import Ledger, PaidOutput, PaidResult
-from worker.lifecycle import HEAL_EVERY_S, HEAL_STALE_MS, IN_PROGRESS_GRACE_MS
 from worker.lua import register
 from worker.report.writer import report_batch
 from worker.settings import Settings

@@ -12,7 +12,7 @@ LAYERS: list[set[str]] = [
     {"contract", "moves", "formats", "keys", "lua", "settings", "redis_conn", "replicas", "logs"},
     {"storage", "upstream", "results", "images", "output"},
     {"ledger", "flow", "fleet"},
-    {"runtime", "metrics", "health", "callbacks", "lifecycle", "gate_watch", "poller", "report"},
+    {"runtime", "metrics", "health", "callbacks", "leases", "gate_watch", "poller", "report"},
     {"outcomes", "job"},
     {"app", "api"},
 ]

@@ -97,7 +97,7 @@ async def running(job: Job, run: Run) -> AsyncIterator[None]:
     structlog.contextvars.bind_contextvars(
         job_id=job.id, batch=job.spec.batch, source=job.spec.source.uri, attempt=run.attempts + 1
     )
-    job.rt.runs[job.id] = job.token  # renewed by the process's heartbeat (`worker.lifecycle`)
+    job.rt.runs[job.id] = job.token  # renewed by the process's heartbeat (`worker.leases`)
     try:
         yield
     except asyncio.CancelledError:

@@ -1,6 +1,7 @@
-"""The process-level half of the job lifecycle (the Lua half is in `worker/lua/`).
+"""Run leases, kept fleet-wide: the process-level half of the job's lifecycle (the Lua half
+is in `worker/lua/`, the lifecycle itself in `worker/moves.py`).
 
-Every worker process runs one `Lifecycle` task that
+Every worker process runs one `LeaseKeeper` task that
 - renews the run leases of the jobs it runs (one heartbeat for all of them),
 - reclaims runs whose lease expired anywhere in the fleet (a SIGKILLed worker, a lost host):
   their jobs are back on the queue within `run_lease_s` + one tick, whatever `job_timeout`,
@@ -22,7 +23,7 @@ from worker.keys import Keys
 from worker.redis_conn import REDIS_DOWN, note_away, note_back, refusal
 from worker.runtime import Runtime
 
-log = structlog.get_logger("worker.lifecycle")
+log = structlog.get_logger("worker.leases")
 
 HEAL_EVERY_S = 5.0  # one healer at a time for the whole fleet (a lock in Redis)
 HEAL_STALE_MS = 10_000  # look at a non-final job again after this long
@@ -32,7 +33,7 @@ IN_PROGRESS_GRACE_MS = 10_000  # arq's in-progress key without a run, for longer
 _PROBE_MEMBER = "-"
 
 
-class Lifecycle:
+class LeaseKeeper:
     def __init__(self, rt: Runtime, *, in_progress_ttl_ms: int) -> None:
         self.rt = rt
         self.lease_ms = rt.settings.jobs.run_lease_s * 1000
@@ -57,8 +58,8 @@ class Lifecycle:
                         log.warning("redis unavailable; running jobs carry on", kind=kind)
                 self.rt.redis_ok = False
                 self._connected_since = None
-            except Exception:  # never let the lifecycle task die
-                log.exception("lifecycle tick failed")
+            except Exception:  # never let the lease keeper die
+                log.exception("lease keeper tick failed")
             await asyncio.sleep(self.tick_s)
 
     async def tick(self) -> None:
