@@ -34,6 +34,10 @@ run: install
 test: install
 	$(PY) -m pytest -q -p no:cacheprovider
 
+## The suite N times in a row beside a CPU hog (a test that fails only under load is a defect).
+test-under-load: install
+	$(PY) -m tests.bench.under_load $${RUNS:-5} $${HOGS:-1}
+
 ## The unit tests only: pure logic, the ledger on a redis-server of its own; no S3, no simulator.
 test-unit: install
 	$(PY) -m pytest -q -p no:cacheprovider tests/unit
