@@ -27,6 +27,7 @@ from PIL import Image
 
 from infra.stack import LocalStack
 from producers.api import Producer
+from tests.support import HTTP_TIMEOUT_S
 from worker.contract import JobState
 from worker.ledger import JobRecord
 
@@ -134,7 +135,7 @@ async def scenario(
     deadline_s: float = 120,
 ) -> Report:
     s3 = stack.s3_client()
-    async with httpx.AsyncClient(base_url=stack.simulator_url, timeout=10) as sim:
+    async with httpx.AsyncClient(base_url=stack.simulator_url, timeout=HTTP_TIMEOUT_S) as sim:
         if sim_config:
             (await sim.post("/_admin/config", json=sim_config)).raise_for_status()
         images: dict[str, str] = {}  # job id -> dest key

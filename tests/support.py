@@ -28,6 +28,10 @@ from worker.flow.status import CircuitState
 
 TOKEN = "test-token-0123456789"
 
+# A test client waits this long for our own servers and the simulator: a loaded machine (CI, a
+# shared runner) stretches a 50 ms answer past httpx's 5 s default; a hang is still caught.
+HTTP_TIMEOUT_S = 60.0
+
 
 def png(
     width: int = 64, height: int = 48, fmt: str = "PNG", color: tuple[int, int, int] = (200, 60, 30)

@@ -24,6 +24,7 @@ from redis.asyncio import Redis
 from infra.simulator.config import SimConfig
 from infra.stack import LocalStack, die_with_parent
 from producers.api import Producer
+from tests.support import HTTP_TIMEOUT_S
 from worker.app import build_worker
 from worker.contract import Keys
 from worker.ledger import JobRecord
@@ -44,7 +45,7 @@ class Sim:
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self.http = httpx.Client(base_url=url, timeout=10)
+        self.http = httpx.Client(base_url=url, timeout=HTTP_TIMEOUT_S)
 
     def reset(self) -> None:
         self.http.post("/_admin/reset").raise_for_status()

@@ -16,7 +16,7 @@ import pytest
 from infra.stack import LocalStack
 from producers.api import Producer, build_spec
 from tests.integration.conftest import Buckets, Sim, WorkerProcs, put
-from tests.support import png
+from tests.support import HTTP_TIMEOUT_S, png
 from worker.contract import JobState
 from worker.keys import QUEUES
 
@@ -60,7 +60,7 @@ async def test_cancel_a_running_batch_stops_every_call_and_stores_what_was_paid(
     assert {r.outcome for r in await producer.enqueue_specs(specs)} == {"created"}
     workers.start(PROCS)
 
-    async with httpx.AsyncClient(base_url=stack.simulator_url, timeout=10) as admin:
+    async with httpx.AsyncClient(base_url=stack.simulator_url, timeout=HTTP_TIMEOUT_S) as admin:
 
         async def stats() -> dict[str, object]:
             data: dict[str, object] = (await admin.get("/_admin/stats")).json()

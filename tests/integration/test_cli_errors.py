@@ -19,7 +19,7 @@ from redis.asyncio import Redis
 from infra.stack import LocalStack
 from producers.api import Producer
 from tests.integration.conftest import Buckets, Sim
-from tests.support import TOKEN, s3_event, serving
+from tests.support import HTTP_TIMEOUT_S, TOKEN, s3_event, serving
 from tests.unit.test_cli_errors import assert_one_line, clean_env, upscale
 from worker.settings import Settings
 
@@ -183,7 +183,10 @@ async def test_dashboard_bad_limit_is_400_and_errors_keep_the_traceback(
 ) -> None:
     from producers.dashboard import create_app
 
-    async with serving(create_app(producer)) as url, httpx.AsyncClient(base_url=url) as c:
+    async with (
+        serving(create_app(producer)) as url,
+        httpx.AsyncClient(base_url=url, timeout=HTTP_TIMEOUT_S) as c,
+    ):
         for bad in ("abc", "0", "-1", "100000"):
             r = await c.get("/api/failures", params={"limit": bad})
             assert r.status_code == 400 and "limit" in r.json()["error"], bad
@@ -209,7 +212,7 @@ async def test_webhook_type_errors_are_400_and_good_records_survive_bad_ones(
     headers = {"Authorization": f"Bearer {TOKEN}"}
     async with (
         serving(create_app(p)) as url,
-        httpx.AsyncClient(base_url=url, headers=headers) as c,
+        httpx.AsyncClient(base_url=url, headers=headers, timeout=HTTP_TIMEOUT_S) as c,
     ):
         for body in (
             {"source": 123},

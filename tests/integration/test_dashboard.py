@@ -20,7 +20,7 @@ from producers.api import Producer
 from producers.cli import main as cli
 from producers.dashboard import create_app
 from tests.integration.conftest import Buckets, Sim, drain, put, wait_state
-from tests.support import png, serving
+from tests.support import HTTP_TIMEOUT_S, png, serving
 from worker.settings import Settings
 
 TOKEN = "dash-token-42"
@@ -49,7 +49,7 @@ async def test_dashboard_api_pause_resume_failures_retry_and_metrics(
     stack: LocalStack, sim: Sim, settings: Settings, producer: Producer, buckets: Buckets, dash: str
 ) -> None:
     ok, bad = await _paused_and_failed(stack, sim, settings, producer, buckets)
-    async with httpx.AsyncClient(base_url=dash) as anon:
+    async with httpx.AsyncClient(base_url=dash, timeout=HTTP_TIMEOUT_S) as anon:
         # a token is set: reads need it too (job ids, keys, errors, spend); probes stay open
         for path in ("/api/status", "/api/failures", "/api/batches"):
             r = await anon.get(path)
@@ -59,7 +59,7 @@ async def test_dashboard_api_pause_resume_failures_retry_and_metrics(
         assert (await anon.get("/healthz")).status_code == 200
         assert (await anon.get("/metrics")).status_code == 200
         assert (await anon.get("/api/status", headers={"Authorization": "Bearer no"})).is_error
-    async with httpx.AsyncClient(base_url=dash) as c:
+    async with httpx.AsyncClient(base_url=dash, timeout=HTTP_TIMEOUT_S) as c:
         page = await c.get(f"/?token={TOKEN}")  # as the page is opened: it sets the cookie
         assert page.status_code == 200 and "upscale-queue" in page.text
         cookie = page.headers["set-cookie"]
@@ -113,8 +113,10 @@ async def test_worker_serves_metrics_and_readiness(
     try:
         rec = await producer.wait_for(job_id, timeout=40)
         assert rec.state == "succeeded", rec
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as c:
-            async with asyncio.timeout(10):  # the counter moves just after the ledger's event
+        async with httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{port}", timeout=HTTP_TIMEOUT_S
+        ) as c:
+            async with asyncio.timeout(60):  # the counter moves just after the ledger's event
                 while True:
                     m = (await c.get("/metrics")).text
                     if value(m, "upscale_jobs_finished_total", state="succeeded") > before:
@@ -183,7 +185,10 @@ async def test_dashboard_without_a_token_is_read_only(producer: Producer) -> Non
     """No UPSCALE_API_TOKEN: reads are open (the server binds loopback by default), writes are
     refused; the CLI's defaults bind 127.0.0.1 for both servers, the webhook off the gateway's
     port."""
-    async with serving(create_app(producer)) as url, httpx.AsyncClient(base_url=url) as c:
+    async with (
+        serving(create_app(producer)) as url,
+        httpx.AsyncClient(base_url=url, timeout=HTTP_TIMEOUT_S) as c,
+    ):
         assert (await c.get("/api/status")).status_code == 200
         assert (await c.get("/")).status_code == 200
         assert (await c.post("/api/resume")).status_code == 401

@@ -29,7 +29,7 @@ from tests.faults import (
     scenario,
 )
 from tests.integration.conftest import Buckets, Sim, WorkerProcs, drain, put, wait_state
-from tests.support import png
+from tests.support import HTTP_TIMEOUT_S, png
 from worker.keys import Keys
 from worker.settings import Settings
 from worker.storage import Storage
@@ -319,7 +319,9 @@ async def test_metrics_port_serves_both_lanes(
         assert (
             await wait_state(producer, j, "succeeded", "failed", timeout=60)
         ).state == "succeeded"
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as http:
+    async with httpx.AsyncClient(
+        base_url=f"http://127.0.0.1:{port}", timeout=HTTP_TIMEOUT_S
+    ) as http:
         assert (await http.get("/readyz")).status_code == 200
         assert "upscale_upstream_calls_total" in (await http.get("/metrics")).text
     # a second process cannot bind the same port: it exits non-zero instead of serving half

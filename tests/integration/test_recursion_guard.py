@@ -21,7 +21,7 @@ from producers.api import Producer
 from producers.lambda_handler import handle
 from producers.webhook import create_app
 from tests.integration.conftest import Buckets, drain, job_ids, put
-from tests.support import TOKEN, png, s3_event, serving
+from tests.support import HTTP_TIMEOUT_S, TOKEN, png, s3_event, serving
 from worker.api import META_JOB_ID
 from worker.keys import Keys
 from worker.settings import Settings
@@ -95,7 +95,10 @@ async def test_retina_file_gets_a_job_on_every_event_path(
     put(stack, buckets.src, "photos/logo@2x.png", png(8, 8))
     tokened = settings.model_copy(update={"api_token": SecretStr(TOKEN)})
     auth = {"Authorization": f"Bearer {TOKEN}"}
-    async with serving(create_app(Producer(redis, tokened))) as url, httpx.AsyncClient() as c:
+    async with (
+        serving(create_app(Producer(redis, tokened))) as url,
+        httpx.AsyncClient(timeout=HTTP_TIMEOUT_S) as c,
+    ):
         body = s3_event(buckets.src, "photos/logo@2x.png", etag="w1")
         r = (await c.post(f"{url}/events", content=body, headers=auth)).json()
         assert r["enqueued"] == 1 and r["ignored"] == [], r
@@ -129,7 +132,7 @@ async def test_same_bucket_outputs_are_told_apart_by_a_head(
         Metadata={META_JOB_ID: "uq-earlier"},  # ours
     )
     producer = Producer(redis, same_bucket)
-    async with serving(create_app(producer)) as url, httpx.AsyncClient() as c:
+    async with serving(create_app(producer)) as url, httpx.AsyncClient(timeout=HTTP_TIMEOUT_S) as c:
         auth = {"Authorization": f"Bearer {TOKEN}"}
         with structlog.testing.capture_logs() as logs:
             results = {

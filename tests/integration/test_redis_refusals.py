@@ -30,6 +30,7 @@ from infra.stack.redis_server import redis_argv, redis_ready
 from producers.api import Producer
 from tests.faults import Report, Run, scenario
 from tests.integration.conftest import Buckets, Sim, WorkerProcs
+from tests.support import HTTP_TIMEOUT_S
 
 pytestmark = pytest.mark.slow
 
@@ -138,7 +139,9 @@ async def _refused_run(
     async def fault(run: Run) -> None:
         (proc,) = run.procs
         seen["pid"] = proc.pid
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as http:
+        async with httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{port}", timeout=HTTP_TIMEOUT_S
+        ) as http:
 
             async def stat(name: str, n: int) -> bool:
                 return int((await run.sim_stats())[name]) >= n

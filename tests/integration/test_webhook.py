@@ -15,7 +15,7 @@ from infra.stack import LocalStack
 from producers.api import Producer
 from producers.webhook import create_app
 from tests.integration.conftest import Buckets, put
-from tests.support import TOKEN, png, s3_event, serving
+from tests.support import HTTP_TIMEOUT_S, TOKEN, png, s3_event, serving
 from worker.keys import Keys
 from worker.settings import Settings
 
@@ -29,7 +29,9 @@ def token_settings(settings: Settings) -> Settings:
 async def webhook(redis: Redis, token_settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
     async with (
         serving(create_app(Producer(redis, token_settings))) as url,
-        httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}) as client,
+        httpx.AsyncClient(
+            base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=HTTP_TIMEOUT_S
+        ) as client,
     ):
         yield client
 

@@ -9,7 +9,7 @@ import httpx
 import pytest
 from aiohttp import web
 
-from tests.support import serving
+from tests.support import HTTP_TIMEOUT_S, serving
 from worker.results import DownloadFailed, ResultRejected, stream_url
 
 BODY = b"x" * 300_000
@@ -42,7 +42,7 @@ async def files() -> AsyncIterator[str]:
 
 
 async def _fetch(url: str, *, hosts: set[str] | None = None, cap: int = 10_000_000) -> bytes:
-    async with httpx.AsyncClient() as client:
+    async with httpx.AsyncClient(timeout=HTTP_TIMEOUT_S) as client:
         chunks = [
             c
             async for c in stream_url(

@@ -72,5 +72,5 @@ async def test_a_freed_slot_names_the_head_of_the_line(r: Redis) -> None:
         await ps.subscribe(Keys.wake)
         await ps.get_message(timeout=1)  # the subscription's confirmation
         await flow.release(first.token)
-        msg = await ps.get_message(ignore_subscribe_messages=True, timeout=5)
+        msg = await ps.get_message(ignore_subscribe_messages=True, timeout=30)
     assert msg is not None and msg["data"] == b"ids:b c"
