@@ -4,17 +4,22 @@ endpoint in a process is logged, so an operator learns of it without a line per 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import httpx
 import structlog
 
-from worker import metrics
-
 log = structlog.get_logger("worker.upstream")
 
 SUCCESSOR_REL = "successor-version"
 _logged: set[str] = set()  # endpoints this process has warned about
+_watchers: list[Callable[[str], None]] = []  # `worker.metrics` counts them (a later layer)
+
+
+def watch(on_deprecated: Callable[[str], None]) -> None:
+    """Call `on_deprecated(endpoint)` for every answer that says its endpoint is deprecated."""
+    _watchers.append(on_deprecated)
 
 
 def note(resp: httpx.Response, endpoint: str, body: dict[str, Any] | None = None) -> None:
@@ -24,7 +29,8 @@ def note(resp: httpx.Response, endpoint: str, body: dict[str, Any] | None = None
     successor = resp.links.get(SUCCESSOR_REL, {}).get("url")
     if not deprecation and not successor:
         return
-    metrics.UPSTREAM_DEPRECATED.labels(endpoint).inc()
+    for on_deprecated in _watchers:
+        on_deprecated(endpoint)
     if endpoint in _logged:
         return
     _logged.add(endpoint)
