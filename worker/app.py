@@ -113,7 +113,12 @@ async def _teardown(ctx: dict[str, Any]) -> None:
 
 
 def _background(rt: Runtime, workers: Sequence[Worker]) -> list[asyncio.Task[None]]:
-    in_progress_ms = int((rt.settings.jobs.job_timeout_s + 10) * 1000)  # arq's in-progress TTL
+    # the TTL the poller gives a claim (arq: the longest function timeout + 10 s, the report's
+    # hour included): with a shorter one the healer never frees a claim a killed worker left
+    ttl_s = max(
+        (w.in_progress_timeout_s for w in workers), default=rt.settings.jobs.job_timeout_s + 10
+    )
+    in_progress_ms = int(ttl_s * 1000)
     return [
         asyncio.create_task(LeaseKeeper(rt, in_progress_ttl_ms=in_progress_ms).run()),
         asyncio.create_task(watch_gate(rt, workers)),

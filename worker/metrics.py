@@ -21,6 +21,7 @@ from worker.fleet import FleetStatus
 from worker.flow.status import CIRCUIT_STATES
 from worker.redis_conn import watch_away
 from worker.replicas import watch_waits
+from worker.upstream import deprecation
 
 UPSTREAM_CALLS = Counter(
     "upscale_upstream_calls_total",
@@ -36,6 +37,13 @@ JOBS_FINISHED = Counter(
     "upscale_jobs_finished_total", "Jobs this process brought to a final state.", ["state"]
 )
 JOB_WAITS = Counter("upscale_job_waits_total", "Jobs handed back to wait, by reason.", ["reason"])
+UPSTREAM_DEPRECATED = Counter(
+    "upscale_upstream_deprecated_answers_total",
+    "Upstream answers saying their endpoint is deprecated (`Deprecation` or a `Link` with "
+    'rel="successor-version"), by endpoint.',
+    ["endpoint"],
+)
+deprecation.watch(lambda endpoint: UPSTREAM_DEPRECATED.labels(endpoint).inc())
 RESULT_BYTES = Counter("upscale_result_bytes_total", "Bytes of results stored to S3.")
 SPEND_USD = Counter("upscale_spend_usd_total", "USD billed by upstream calls this process made.")
 REDIS_AWAY = Counter(

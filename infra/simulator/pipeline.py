@@ -80,7 +80,10 @@ async def handle(request: web.Request, parse: Parse, route: int) -> web.Response
         if call.is_async:  # Ideogram: the generation runs after this answer, and owns its hold
             body = generations.submit(request, state, call, held, account, tag, image_sha)
             held, images, status = None, 0, 200
-            return idempotency.answer(state, replay_key, 200, body, rid, rate_headers)
+            answer = idempotency.answer(state, replay_key, 200, body, rid, rate_headers)
+            if faults.disconnect_after_work(cfg, request):  # it runs and bills; no id comes back
+                status = 0
+            return answer
         is_async = cfg.async_mode and route == GATEWAY
         async with work.in_flight(state, key):
             if not is_async:  # async: 202 now, ready after the latency

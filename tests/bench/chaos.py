@@ -80,6 +80,34 @@ FAULTS: list[tuple[str, Fault, dict[str, object]]] = [
     ),
 ]
 
+# The Ideogram direct route (UPSCALE_ROUTE=ideogram): the upstream ignores Idempotency-Key
+# there, as Ideogram does; a dropped connection drops the answer of an accepted, billed submit.
+DIRECT_FAULTS: list[tuple[str, Fault, dict[str, object], dict[str, str]]] = [
+    (
+        "direct: SIGKILL every 3 s (8x) + 10 dropped after billing",
+        kill_every_3s,
+        {"latency_ms": [1000, 3000], "disconnect_next": 10},
+        {},
+    ),
+    # not the default: what submitting again after a lost submit costs (shown for comparison)
+    (
+        "direct, lost_submit=resubmit (10 s): same faults",
+        kill_every_3s,
+        {"latency_ms": [1000, 3000], "disconnect_next": 10},
+        {"UPSCALE_IDEOGRAM_LOST_SUBMIT": "resubmit", "UPSCALE_IDEOGRAM_GENERATION_S": "10"},
+    ),
+]
+
+
+def _all_faults() -> list[tuple[str, Fault, dict[str, object], dict[str, str]]]:
+    """Every row (`CHAOS_ONLY=<text>`: only those whose name holds it)."""
+    rows: list[tuple[str, Fault, dict[str, object], dict[str, str]]] = [
+        (name, fault, cfg, {}) for name, fault, cfg in FAULTS
+    ]
+    rows += DIRECT_FAULTS
+    only = os.environ.get("CHAOS_ONLY", "")
+    return [row for row in rows if only in row[0]]
+
 
 async def main(jobs: int, procs: int) -> None:
     console = Console(width=200)
@@ -99,11 +127,12 @@ async def main(jobs: int, procs: int) -> None:
     with LocalStack() as stack:
         env = {**os.environ, **stack.env(), "UPSCALE_LOG_LEVEL": "WARNING"}
         procs_started: list[subprocess.Popen[bytes]] = []
+        fault_env: dict[str, str] = {}  # the running row's own settings
 
         def start_worker() -> subprocess.Popen[bytes]:
             p = subprocess.Popen(
                 [sys.executable, "-m", "producers.cli", "worker"],
-                env=env,
+                env={**env, **fault_env},
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
                 start_new_session=True,
@@ -112,7 +141,13 @@ async def main(jobs: int, procs: int) -> None:
             procs_started.append(p)
             return p
 
-        for n, (name, fault, cfg) in enumerate(FAULTS):
+        for n, (name, fault, cfg, extra) in enumerate(_all_faults()):
+            fault_env.clear()
+            fault_env.update(extra)
+            if name.startswith("direct"):
+                fault_env.update(
+                    UPSCALE_ROUTE="ideogram", UPSCALE_IDEOGRAM_URL=f"{stack.simulator_url}/upscale"
+                )
             os.environ.update(stack.env())
             redis: Redis = Redis.from_url(stack.env()["REDIS_URL"])
             await redis.flushdb()

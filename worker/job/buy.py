@@ -6,10 +6,12 @@ outage); an error answer returns the reservation (`call_refused`); no answer cou
 possibly billed (`call_unknown`). A run that lost its lease saves the money and stops.
 
 How a call is made is its route's (`ROUTES`, by `UPSCALE_ROUTE` of the slot's pool member):
-today both routes send the call and, when the upstream answers with an async job (202),
-journal its id and poll it (`SendThenPoll`). A route that submits asynchronously and resolves
-an unknown outcome by reading the upstream's generation (never by a new call) is another
-`Route` in `ROUTES`: the pipeline does not change.
+the gateway sends the call and, when the upstream answers with an async job (202), journals
+its id and polls it (`SendThenPoll`); an unknown outcome is asked again under its idempotency
+key. The Ideogram direct route takes no idempotency key (`SubmitThenRead`): it submits
+asynchronously, journals the generation id before the wait and reads the generation (never a
+new call while it may still complete); a submit whose answer was lost has no id to read
+(`worker.job.lost_submit`).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import httpx
 
 from worker import metrics
 from worker.job.admit import Slot, release
+from worker.job.lost_submit import after_lost
 from worker.job.run import OUTAGE_WAIT_S, Job, Run, log, ms_since
 from worker.job.source import Source, drop_staged, explain_fetch_failure
 from worker.keys import upstream_of
@@ -105,11 +108,49 @@ class SendThenPoll:
         return run.paid
 
 
+class SubmitThenRead:
+    """Ideogram direct: submit asynchronously; the generation id is journaled (`pending`)
+    before the wait, then the generation is read until it completes (billed, at the cost it
+    reports) or fails (free: the next attempt submits again). An unknown outcome is resolved
+    by reading the generation; a submit whose answer was lost has none to read
+    (`lost_submit.after_lost`)."""
+
+    async def buy(self, job: Job, slot: Slot, source: Source) -> PaidResult:
+        try:
+            paid = await _send(job, slot, source.image)
+        except ue.OutcomeUnknown:
+            journal = await job.rt.ledger.journal(job.id)
+            if journal is not None and journal.token == slot.token:
+                await after_lost(job, journal)  # raises: nothing to read, nothing to send
+            raise
+        if not paid.pending_id:  # a synchronous answer: billed, its result saved
+            return paid
+        return await _poll(job, slot.token, paid, _read_interval(job, slot.upstream))
+
+    async def resume(self, job: Job, run: Run) -> PaidResult | None:
+        if run.paid is not None and run.paid.pending_id:
+            log.info("reading a journaled generation", generation_id=run.paid.pending_id)
+            slot = run.pending_slot
+            return await _poll(job, slot, run.paid, _read_interval(job, upstream_of(slot)))
+        if run.paid is not None:
+            log.info("resuming from a paid result: no new upstream call")
+            return run.paid
+        j = run.journal
+        if j is not None and j.state in ("sent", "unknown"):
+            # sent, and no answer saved: its run died on the wire (counted now if not yet)
+            await job.rt.ledger.call_unknown(job.id, j.token)
+            await after_lost(job, j)
+        return None
+
+
+def _read_interval(job: Job, upstream: str) -> float:
+    return job.rt.flow.member(upstream).upstream.ideogram_poll_interval_s
+
+
 SEND_THEN_POLL = SendThenPoll()
-# Each route's way of making calls. The Ideogram direct route's asynchronous submission (its
-# generation id journaled before the wait, an unknown outcome resolved by reading the
-# generation) is a `Route` of its own here.
-ROUTES: Mapping[RouteName, Route] = {"gateway": SEND_THEN_POLL, "ideogram": SEND_THEN_POLL}
+SUBMIT_THEN_READ = SubmitThenRead()
+# Each route's way of making calls (by `UPSCALE_ROUTE`).
+ROUTES: Mapping[RouteName, Route] = {"gateway": SEND_THEN_POLL, "ideogram": SUBMIT_THEN_READ}
 
 
 async def _send(job: Job, slot: Slot, image: ImageInput) -> PaidResult:
@@ -208,6 +249,8 @@ async def _save(job: Job, slot: str, result: CallResult, t0: float) -> PaidResul
     billed = result.pending_id is None
     price = job.rt.flow.member(upstream_of(slot)).price_micros
     cost = price * len(result.outputs) if billed else 0
+    if billed and result.cost_micros is not None:  # the upstream's word where it gives one
+        cost = result.cost_micros
     paid = PaidResult(
         request_id=result.request_id,
         pending_id=result.pending_id,
@@ -236,12 +279,12 @@ async def _save(job: Job, slot: str, result: CallResult, t0: float) -> PaidResul
     return paid
 
 
-async def _poll(job: Job, slot: str, paid: PaidResult) -> PaidResult:
-    """Poll the upstream job `paid` names until it ends (at most every
+async def _poll(job: Job, slot: str, paid: PaidResult, interval: float | None = None) -> PaidResult:
+    """Poll the upstream job `paid` names until it ends (at most every `interval`, by default
     `async_poll_interval_s`). A failed poll is not a failed job: polling goes on while the
     upstream keeps the job; the run hands it back before its time is up."""
     pending, ledger = str(paid.pending_id), job.rt.ledger
-    interval = job.settings.upstream.async_poll_interval_s
+    interval = interval or job.settings.upstream.async_poll_interval_s
     deadline = job.started + job.settings.jobs.job_timeout_s * 0.8
     upstream = job.rt.upstream(upstream_of(slot))
     errors = 0

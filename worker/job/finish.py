@@ -14,6 +14,7 @@ from worker import metrics
 from worker.callbacks import queue_batch_notice_if_done, queue_job_notice
 from worker.contract import JobState
 from worker.job.destination import Found
+from worker.job.lost_submit import SubmitLost
 from worker.job.run import FENCED, OUTAGE_WAIT_S, Job, Reply, hand_back, log
 from worker.job.source import Source
 from worker.job.store import Stored
@@ -108,8 +109,12 @@ async def _settle(job: Job, exc: Exception, fields: Fields) -> Reply:
             await _final(job, JobState.SKIPPED, {"note": o.message, **fields})
             log.warning("job skipped", error_class=o.error_class, error=o.message)
             return await _ended(job, JobState.SKIPPED, error=o.message)
+        # a lost submit's call number, written with the failure (what `upscale retry` reads)
+        extra = exc.record_fields if isinstance(exc, SubmitLost) else {}
         await _final(
-            job, JobState.FAILED, {"error_class": o.error_class, "error": o.message, **fields}
+            job,
+            JobState.FAILED,
+            {"error_class": o.error_class, "error": o.message, **fields, **extra},
         )
         log.warning("job failed", error_class=o.error_class, error=o.message)
         return await _ended(job, JobState.FAILED, error=o.message)

@@ -60,6 +60,7 @@ class CallJournal(BaseModel):
     state: CallState | None = None
     est: int = 0
     possible: int = 0
+    sent_at: int = 0  # Redis time (ms) the call was journaled, just before it left
 
 
 class StartResult(BaseModel):

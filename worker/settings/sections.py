@@ -31,6 +31,10 @@ from worker.settings.checks import (
 Route = Literal["gateway", "ideogram"]
 ImageMode = Literal["url", "data_url", "edits"]
 ResponseFormat = Literal["url", "b64_json"]
+# Where the direct route's `async` flag goes (where the legacy `/upscale` reads it is not published)
+AsyncParam = Literal["form", "query", "image_request"]
+# A direct-route submit whose answer never came (no generation id to read): what happens next
+LostSubmit = Literal["fail", "resubmit"]
 
 # Sections are frozen (read on every step of every job) and built by field name, although
 # some fields are read from the environment under other names.
@@ -202,6 +206,42 @@ class UpstreamSettings(Section):
     )
     async_poll_interval_s: float = Field(
         default=3.0, ge=3.0, description="How often an async (202) job is polled (at least 3 s)."
+    )
+    ideogram_async: bool = Field(
+        default=True,
+        description="Submit to the direct route asynchronously: the generation id is journaled "
+        "before the wait and the generation is read (never submitted again) until it ends. "
+        "Off: synchronous calls, whose read timeout is at least `UPSCALE_IDEOGRAM_GENERATION_S`.",
+    )
+    ideogram_async_param: AsyncParam = Field(
+        default="form",
+        description="Where the `async` flag goes: a `form` field, a `query` parameter or a key "
+        "of `image_request` (the legacy `/upscale` page does not say).",
+    )
+    ideogram_generations_path: str = Field(
+        default="/v2/generations/{id}",
+        description="Where a generation is read, on the host of `UPSCALE_IDEOGRAM_URL`; `{id}` is "
+        "its generation id (v1: `/v1/generations/{id}`).",
+    )
+    ideogram_poll_interval_s: float = Field(
+        default=2.0,
+        ge=0.2,
+        description="How often a direct-route generation is read (polls are free, limited per "
+        "organisation).",
+    )
+    ideogram_generation_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="The longest a direct-route generation runs: a synchronous call's read "
+        "timeout is at least this (a timeout does not stop the work); `resubmit` waits this "
+        "long after a lost submit.",
+    )
+    ideogram_lost_submit: LostSubmit = Field(
+        default="fail",
+        description="A direct-route submit whose answer never came has no generation id to read "
+        "and may run and be billed. `fail`: the job fails `SubmitLost` (counted as possibly "
+        "billed; `upscale retry` buys it again). `resubmit`: submit again once "
+        "`UPSCALE_IDEOGRAM_GENERATION_S` has passed since it left (may buy the image twice).",
     )
 
     @property

@@ -59,6 +59,7 @@ class CallResult:
     pending_id: str | None = None  # 202 async: poll this upstream job id
     rate: RateInfo = field(default_factory=RateInfo)
     replayed: bool = False  # the upstream says it replayed an earlier answer for this key
+    cost_micros: int | None = None  # what the upstream says it billed (None: price x outputs)
 
 
 @dataclass(frozen=True)
