@@ -132,7 +132,7 @@ class FlowStatus:
     def as_dict(self) -> dict[str, Any]:
         pause = self.pause
         return {
-            "pause": asdict(pause) if pause else None,
+            "pause": {**asdict(pause), "line": pause.line()} if pause else None,
             "cooldown_s": self.cooldown_s,
             "circuit": self.circuit,
             "inflight": self.inflight,
