@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping, Sequence
 
 import httpx
 import pytest
@@ -76,7 +77,7 @@ POOL = [
 
 
 def _settings(
-    monkeypatch: pytest.MonkeyPatch, pool: list[dict[str, object]], **kw: object
+    monkeypatch: pytest.MonkeyPatch, pool: Sequence[Mapping[str, object]], **kw: object
 ) -> Settings:
     monkeypatch.setenv("UPSCALE_UPSTREAMS", json.dumps(pool))
     for name in ("KEY_A", "KEY_B", "KEY_C"):
