@@ -75,7 +75,7 @@ DenyReason = Literal[
     "budget:total",
     "budget:daily",
     "budget:batch",
-    "budget:key",
+    "budget:upstream",
 ]
 
 

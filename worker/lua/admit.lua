@@ -96,7 +96,7 @@ local function assess(i)
   local pause, cooldown, circuit, inflight = k.pause, k.cooldown, k.circuit, k.inflight
   local rate, up, rate_bulk = k.rate, k.said, k.rate_bulk
   local max_inflight, rpm = u.max_inflight, u.rpm
-  local burst_factor, est, key_cap = u.burst_factor, u.est, u.cap
+  local burst_factor, est, upstream_cap = u.burst_factor, u.est, u.cap
   local kind = 'normal'
 
   -- 2. this upstream paused (402 / 401 / 403 / manual; a wallet's 402 pauses each of its
@@ -124,7 +124,7 @@ local function assess(i)
     if now < probe_until then return {'closed', 'circuit_half_open', math.min(poll_ms, probe_until - now)} end
     if kind == 'normal' then kind = 'probe' end  -- the previous probe's worker vanished
   end
-  -- 5. budgets: spent + reserved + this call's estimate within every cap (the key's own too)
+  -- 5. budgets: spent + reserved + this call's estimate within every cap (the upstream's own too)
   local budget_wait = poll_ms * 5
   if over(cap_total, F.spend_total, F.reserved_total, est) then
     return {'closed', 'budget:total', budget_wait}
@@ -135,7 +135,7 @@ local function assess(i)
   if over(cap_batch, F.spend_batch, F.reserved_batch, est) then
     return {'closed', 'budget:batch', budget_wait}
   end
-  if over(key_cap, k.spend, k.reserved, est) then return {'closed', 'budget:key', budget_wait} end
+  if over(upstream_cap, k.spend, k.reserved, est) then return {'closed', 'budget:upstream', budget_wait} end
 
   -- the effective limit: the configured tier is the ceiling; the upstream's own, when smaller
   -- (or when the tier is `auto`), wins
@@ -285,7 +285,7 @@ local name, kind, est, fresh = o.upstreams[chosen].name, choice[3], choice[4], c
 local slot = name .. '/' .. token
 if kind == 'canary' then
   -- its own `canary` lets this call through call_begin; the lock (the wallet's, or the same
-  -- key) holds every other canary of the wallet off for an interval
+  -- lock) holds every other canary of the wallet off for an interval
   redis.call('SET', k.canary, slot, 'PX', canary_ms)
   redis.call('SET', k.canary_lock, slot, 'PX', canary_ms)
 end

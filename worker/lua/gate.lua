@@ -37,7 +37,7 @@ local function state(i)
   end
   if over(tonumber(ARGV[3]), KEYS[2], KEYS[4], est) then return {'closed', 'budget:total', poll * 5} end
   if over(tonumber(ARGV[4]), KEYS[3], KEYS[5], est) then return {'closed', 'budget:daily', poll * 5} end
-  if over(tonumber(ARGV[a + 2]), KEYS[k + 5], KEYS[k + 6], est) then return {'closed', 'budget:key', poll * 5} end
+  if over(tonumber(ARGV[a + 2]), KEYS[k + 5], KEYS[k + 6], est) then return {'closed', 'budget:upstream', poll * 5} end
   return {'open'}
 end
 local best = nil
