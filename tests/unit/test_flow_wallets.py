@@ -12,8 +12,9 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
+from producers.cli.fleet import _upstream_line
 from worker.flow import Admitted, Denied, FlowControl
-from worker.flow.status import PauseInfo
+from worker.flow.status import PauseInfo, UpstreamStatus
 from worker.settings import Settings
 from worker.upstream import errors as e
 from worker.upstream.base import RateInfo
@@ -173,3 +174,30 @@ def test_status_lines_say_why_and_what_lifts_it() -> None:
     assert wallet.line(now).startswith("wallet empty: top up (wallet acme, via a)")
     cap = PauseInfo("cap_reached", "scoped key spend limit reached", now, "a", probe=True)
     assert cap.line(now).startswith("cap reached") and "auth" not in cap.line(now)
+
+
+def test_upscale_status_shows_each_upstream_of_a_pool() -> None:
+    pause = PauseInfo("cap_reached", "HTTP 403: scope_exceeded", 0, "a", probe=True)
+    u = UpstreamStatus(
+        name="a",
+        route="gateway",
+        state="paused",
+        pause=pause,
+        cooldown_s=0,
+        circuit="closed",
+        inflight=1,
+        inflight_cap=10,
+        calls_last_minute=4,
+        rpm=600,
+        remaining=None,
+        spend_usd=0.12,
+        budget_usd=None,
+        wallet="acme",
+        inflight_group="acme",
+        group_inflight=3,
+        group_cap=10,
+        line=pause.line(),
+    )
+    line = _upstream_line(u)
+    assert "upstream [bold]a[/] (gateway wallet acme): [red]cap reached" in line
+    assert "in flight 1/10 (group acme 3/10)" in line and "$0.12" in line

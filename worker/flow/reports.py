@@ -42,11 +42,11 @@ class Reports(FlowBase):
         pause: PauseReport | None = None,
     ) -> str:
         s = self.settings.flow
-        known = upstream in self.by_name
-        k = self.pool_upstream(upstream).keys if known else Keys.up(upstream)
-        lock = self.pool_upstream(upstream).canary_lock if known else k.canary
+        m = self.by_name.get(upstream)  # an operator's process may not have it: its own keys
+        k = m.keys if m else Keys.up(upstream)
+        lock = m.canary_lock if m else k.canary
+        wallet = m.wallet if m else None
         p = pause or PauseReport("manual")
-        wallet = self.pool_upstream(upstream).wallet if known else None
         others = []
         if p.scope == "wallet" and wallet:
             others = [m.keys.pause for m in self.wallet_of(upstream) if m.name != upstream]
