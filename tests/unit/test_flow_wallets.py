@@ -7,14 +7,16 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 
 import httpx
 import pytest
 from redis.asyncio import Redis
 
 from producers.cli.fleet import _upstream_line
+from tests.support import fleet_status
 from worker.flow import Admitted, Denied, FlowControl
-from worker.flow.status import PauseInfo, UpstreamStatus
+from worker.flow.status import PauseInfo
 from worker.settings import Settings
 from worker.upstream import errors as e
 from worker.upstream.base import RateInfo
@@ -178,20 +180,14 @@ def test_status_lines_say_why_and_what_lifts_it() -> None:
 
 def test_upscale_status_shows_each_upstream_of_a_pool() -> None:
     pause = PauseInfo("cap_reached", "HTTP 403: scope_exceeded", 0, "a", probe=True)
-    u = UpstreamStatus(
+    u = replace(
+        fleet_status().flow_control.upstreams[0],
         name="a",
-        route="gateway",
         state="paused",
         pause=pause,
-        cooldown_s=0,
-        circuit="closed",
         inflight=1,
         inflight_cap=10,
-        calls_last_minute=4,
-        rpm=600,
-        remaining=None,
         spend_usd=0.12,
-        budget_usd=None,
         wallet="acme",
         inflight_group="acme",
         group_inflight=3,
