@@ -104,8 +104,8 @@ def fleet_status(
     circuit: CircuitState = "closed",
     budgets: Budgets | None = None,
 ) -> FleetStatus:
-    """A fleet of one upstream key, as `Producer.fleet_status()` would read it."""
-    key = UpstreamStatus(
+    """A fleet of one upstream, as `Producer.fleet_status()` would read it."""
+    upstream = UpstreamStatus(
         name="default",
         route="gateway",
         state="open",
@@ -130,7 +130,7 @@ def fleet_status(
         budgets=budgets or Budgets(),
         finished_per_minute=[0] * 60,
         depth_per_minute=[None] * 60,
-        flow_control=FlowStatus(manual_pause=pause, upstreams=[key]),
+        flow_control=FlowStatus(manual_pause=pause, upstreams=[upstream]),
     )
 
 

@@ -90,7 +90,7 @@ class LaneStatus(_ReadModel):
 class FleetStatus(_ReadModel):
     """The whole fleet: jobs per state, lanes, spend and budgets, per-minute series over the
     last hour, and flow control (`flow_control`: pause, circuit, cooldown, calls in flight, and
-    each upstream key)."""
+    each upstream)."""
 
     states: dict[JobState, int]  # only the states that have jobs
     lanes: dict[Lane, LaneStatus]
@@ -108,7 +108,7 @@ class FleetStatus(_ReadModel):
     @model_serializer(mode="wrap")
     def _with_flow(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
         """`flow_control` is dumped flat, as it always was: its summary (pause, cooldown,
-        circuit, in flight, calls last minute) and `upstreams`, one entry per key."""
+        circuit, in flight, calls last minute) and `upstreams`, one entry per upstream."""
         return {**handler(self), **self.flow_control.as_dict()}
 
     @property

@@ -125,22 +125,36 @@ class Keys:
     def spend_batch(batch: str) -> str:
         return f"{PREFIX}spend:batch:{batch}"
 
-    # -- flow control, fleet-wide (per upstream key: `Keys.up(name)`) --------------------
-    pause = PREFIX + "flow:pause"  # hash: reason, detail, since (ms): a manual pause of every key
+    # -- flow control, fleet-wide (per upstream of the pool: `Keys.up(name)`) ----------------
+    pause = PREFIX + "flow:pause"  # hash: reason, detail, since (ms): a manual pause of all
     live_waiting = PREFIX + "flow:live-waiting"  # sorted set: live job id -> expiry ms
     waiting_line = PREFIX + "flow:line"  # sorted set: job id -> lane rank + arrival ms
     waiting_seen = PREFIX + "flow:line:seen"  # sorted set: job id -> last asked (ms)
     # pub/sub channel: a slot was freed (`ids:` the line's head, who may take it), or a limit
     # became known (everyone re-asks)
     wake = PREFIX + "flow:wake"
-    # hash: pool member name -> its public facts (JSON: order, route, tier, cap, price, budget),
-    # written by workers so `status` anywhere shows every key without the pool's config
+    # hash: upstream name -> its public facts (JSON: order, route, tier, cap, price, budget,
+    # wallet, group), written by workers so `status` anywhere shows every upstream without the
+    # pool's config
     pool = PREFIX + "pool"
 
     @staticmethod
     def up(name: str) -> UpstreamKeys:
-        """The flow state of one upstream key of the pool (`UPSCALE_UPSTREAMS`)."""
+        """The flow state of one upstream of the pool (`UPSCALE_UPSTREAMS`)."""
         return UpstreamKeys.named(name)
+
+    @staticmethod
+    def wallet_canary(wallet: str) -> str:
+        """String lock (PX the canary interval): one canary call at a time for every upstream
+        sharing `wallet` (an upstream without one uses its own `canary`)."""
+        return f"{PREFIX}wallet:{wallet}:canary"
+
+    @staticmethod
+    def group_said(group: str) -> str:
+        """Hash: what the upstream said of an in-flight group's cap (`max_inflight`, from a
+        429's `max_inflight_requests`; `seen` ms). An upstream without a group keeps it in its
+        own `said`."""
+        return f"{PREFIX}group:{group}:said"
 
     # hash: slot token -> "est|reserved-day key|reserved-batch key|job id"
     budget_reserved = PREFIX + "budget:reserved"
@@ -156,31 +170,36 @@ class Keys:
 
 
 def upstream_of(slot: str) -> str:
-    """The pool member a slot token was admitted on (`<name>/<hex>`; `_keys.lua`:
+    """The pool upstream a slot token was admitted on (`<name>/<hex>`; `_keys.lua`:
     `slot_upstream`)."""
     return slot.partition("/")[0] if "/" in slot else ""
 
 
 @dataclass(frozen=True)
 class UpstreamKeys:
-    """One upstream key's own window, cooldown, circuit, pause and budget (`uq:up:<name>:`).
+    """One upstream's own window, cooldown, circuit, pause and budget (`uq:up:<name>:`).
 
-    A slot token is `<name>/<hex>`: scripts that settle a call find its key's in-flight set and
-    budget from the token (`_keys.lua`: `k_up`, `slot_upstream`)."""
+    A slot token is `<name>/<hex>`: scripts that settle a call find its upstream's in-flight
+    set and budget from the token (`_keys.lua`: `k_up`, `slot_upstream`)."""
 
-    pause: str  # hash: reason, detail, since (ms): 402 / 401 / 403 or a manual pause of this key
-    cooldown: str  # string: until-ms (this key's 429 cooldown)
+    # hash: reason, detail, since (ms), probe (1: a canary may find it over), scope (upstream |
+    # wallet), wallet, via (the upstream whose answer paused it), until (ms, a timed pause:
+    # the hash expires then); a 402 / 401 / 403, or a manual pause of this upstream
+    pause: str
+    cooldown: str  # string: until-ms (this upstream's 429 cooldown)
     circuit: str  # hash: state, failures, open_until, ease_until
     inflight: str  # sorted set: slot token -> lease expiry ms
     rate: str  # sorted set: call start times (ms) in the rolling window
     canary: str  # string lock: one canary call at a time
-    said: str  # hash: the upstream's x-ratelimit-* word, and a burst cap learned from a 429
+    # hash: the upstream's x-ratelimit-* word, a burst cap learned from a 429, and the in-flight
+    # cap a 429 named (`max_inflight`, when it is in no in-flight group)
+    said: str
     rate_429: str  # sorted set: recent 429s (learning a burst rule)
     rate_bulk: str  # sorted set: bulk call start times (bulk floor, even bulk pacing)
     sent: str  # sorted set: calls that left in the last minute (slot -> send ms): calls/min
     sent_bulk: str  # sorted set: the bulk lane's share of `sent`
-    spend: str  # string: micro-USD billed or possibly billed on this key, ever
-    reserved: str  # string: micro-USD reserved by this key's calls in flight
+    spend: str  # string: micro-USD billed or possibly billed on this upstream, ever
+    reserved: str  # string: micro-USD reserved by this upstream's calls in flight
 
     @classmethod
     def named(cls, name: str) -> UpstreamKeys:
@@ -188,12 +207,13 @@ class UpstreamKeys:
         return cls(**{f: base + f.replace("_", "-") for f in cls.__dataclass_fields__})
 
     def admission(self) -> list[str]:
-        """The KEYS `admit.lua` takes per upstream key, in the order of its `UPSTREAM_KEYS`
-        (`ADMISSION` names them)."""
+        """The KEYS `admit.lua` takes of the upstream itself, in the order of its
+        `UPSTREAM_KEYS` (`ADMISSION` names them; its wallet's canary lock and its cap's word
+        follow, `PoolUpstream.canary_lock` / `.cap_word`)."""
         return [getattr(self, name) for name in ADMISSION]
 
 
-# `admit.lua`'s per upstream key KEYS, by name (`UpstreamKeys` fields).
+# `admit.lua`'s per-upstream KEYS, by name (`UpstreamKeys` fields).
 ADMISSION: tuple[str, ...] = (
     "pause",
     "cooldown",

@@ -23,6 +23,7 @@ from worker.api import (
     PauseInfo,
     SpendSummary,
     UnknownUpstream,
+    UpstreamStatus,
 )
 
 T = TypeVar("T")
@@ -87,18 +88,32 @@ def _fleet_lines(d: FleetStatus) -> list[str]:
         )
     flow = d.flow_control
     if flow.pause:
-        lines.append(
-            f"[bold red]PAUSED[/] reason={flow.pause.reason} {flow.pause.detail} "
-            "- run `upscale resume` once fixed (e.g. after a top-up)"
-        )
+        lines.append(f"[bold red]PAUSED[/] reason={flow.pause.reason}: {flow.pause.line()}")
     else:
         lines.append("[green]running[/] (not paused)")
     lines.append(
         f"in flight: {flow.inflight}  calls last minute: {flow.calls_last_minute}  "
         f"circuit: {flow.circuit}  cooldown: {flow.cooldown_s:.1f}s"
     )
+    if len(flow.upstreams) > 1 or any(u.state != "open" for u in flow.upstreams):
+        lines += [_upstream_line(u) for u in flow.upstreams]
     lines.append(f"spend: today ${d.spend.today_usd:.2f}  total ${d.spend.total_usd:.2f}")
     return lines
+
+
+def _upstream_line(u: UpstreamStatus) -> str:
+    """One upstream of the pool: its state (a pause says why and what lifts it), in flight
+    (and its in-flight group's), calls last minute, spend."""
+    colour = "green" if u.state == "open" else "red" if u.state == "paused" else "yellow"
+    group = (
+        f" (group {u.inflight_group} {u.group_inflight}/{u.group_cap})" if u.inflight_group else ""
+    )
+    wallet = f" wallet {u.wallet}" if u.wallet else ""
+    return (
+        f"  upstream [bold]{u.name}[/] ({u.route}{wallet}): [{colour}]{u.line}[/]  "
+        f"in flight {u.inflight}/{u.inflight_cap}{group}  calls/min {u.calls_last_minute}  "
+        f"${u.spend_usd:.2f}"
+    )
 
 
 def _batch_lines(d: BatchSummary) -> list[str]:
@@ -154,7 +169,7 @@ def spend(batch: tuple[str, ...], as_json: bool) -> None:
 
 
 # -- flow control -----------------------------------------------------------------------------
-UPSTREAM_HELP = "Only this key of the pool (UPSCALE_UPSTREAMS), by its name."
+UPSTREAM_HELP = "Only this upstream of the pool (UPSCALE_UPSTREAMS), by its name."
 
 
 async def _on_key(work: Awaitable[T]) -> T:
@@ -177,7 +192,9 @@ def pause(detail: str, upstream: str, as_json: bool) -> None:
         if as_json:
             echo_json({"paused": True, "upstream": upstream})
         else:
-            console.print(f"key {upstream} paused: its work moves to the pool's other keys")
+            console.print(
+                f"upstream {upstream} paused: its work moves to the pool's other upstreams"
+            )
         return
     if as_json:
         pause_json = asdict(already) if already else None
@@ -190,7 +207,10 @@ def pause(detail: str, upstream: str, as_json: bool) -> None:
         console.print("paused: workers start no new upstream call; `upscale resume` lifts it")
 
 
-@main.command(help="Lift a pause (after a top-up, a key fix, or a manual pause).")
+@main.command(
+    help="Lift a pause (after a top-up, a key fix, a raised cap, or a manual pause); an "
+    "upstream's lifts its wallet's too."
+)
 @click.option("--upstream", default="", metavar="NAME", help=UPSTREAM_HELP)
 @click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
 def resume(upstream: str, as_json: bool) -> None:

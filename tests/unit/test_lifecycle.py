@@ -18,8 +18,8 @@ import worker.lua
 from worker import moves
 from worker.contract import FINAL_STATES, RETRY_STATES, CallState, FinalState, JobSpec, JobState
 from worker.contract import S3Object as S3
-from worker.flow.admission import AdmitKeys, AdmitOptions, UpstreamOption
-from worker.keys import ADMISSION, PREFIX, Keys
+from worker.flow.admission import UPSTREAM_ADMIT_KEYS, AdmitKeys, AdmitOptions, UpstreamOption
+from worker.keys import PREFIX, Keys
 from worker.ledger import Ledger
 from worker.ledger.batches import reopen_batch, set_batch_callback, set_batch_fields
 
@@ -204,7 +204,7 @@ def test_admit_takes_its_keys_and_options_by_name() -> None:
         return re.findall(r"'(\w+)'", m.group(1))
 
     assert lua_list("FLEET_KEYS") == list(AdmitKeys._fields)
-    assert lua_list("UPSTREAM_KEYS") == list(ADMISSION)
+    assert lua_list("UPSTREAM_KEYS") == list(UPSTREAM_ADMIT_KEYS)
     assert set(re.findall(r"\bo\.(\w+)", text)) == set(AdmitOptions.__annotations__)
     assert set(re.findall(r"\bu\.(\w+)", text)) | {"name"} == set(UpstreamOption.__annotations__)
     assert "ARGV[3]" not in text and not re.search(r"KEYS\[\d", text)

@@ -23,12 +23,12 @@ from worker.settings import (
     CallbackSettings,
     FlowSettings,
     JobsSettings,
-    KeyFlowSettings,
     OpsSettings,
     ProducerSettings,
     RedisSettings,
     S3Settings,
     Settings,
+    UpstreamFlowSettings,
     UpstreamSettings,
     get_settings,
 )
@@ -237,7 +237,7 @@ def test_a_pool_member_holds_its_own_sections(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setenv("IDEOGRAM_KEY", "ig-secret")
     s = Settings(api_key="gw-secret", model="m1", read_timeout_s=7, rate_burst_factor=2)
     gw, byok = load_pool(s)
-    assert isinstance(gw.upstream, UpstreamSettings) and type(gw.flow) is KeyFlowSettings
+    assert isinstance(gw.upstream, UpstreamSettings) and type(gw.flow) is UpstreamFlowSettings
     assert (gw.upstream.route, gw.upstream.gateway_url, gw.upstream.api_key_value) == (
         "gateway",
         "http://gw2:9000",  # the OpenAI SDK's spelling, `/v1`, is accepted
@@ -259,7 +259,7 @@ def test_a_pool_member_holds_its_own_sections(monkeypatch: pytest.MonkeyPatch) -
 def test_the_default_member_is_the_flat_settings_sections() -> None:
     s = Settings(rate_rpm=90, max_inflight=5, price_usd=0.1)
     (m,) = load_pool(s)
-    assert (m.name, m.upstream, m.flow) == ("default", s.upstream, s.flow.key())
+    assert (m.name, m.upstream, m.flow) == ("default", s.upstream, s.flow.for_upstream())
     assert (m.flow.rpm_ceiling, m.flow.inflight_cap, m.price_micros) == (90, 5, 100_000)
 
 

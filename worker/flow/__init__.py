@@ -1,5 +1,5 @@
 """Fleet-wide flow control (pause, budget, concurrency, rate, cooldown, circuit) in Redis, per
-upstream key of the pool."""
+upstream of the pool."""
 
 from worker.flow.control import (
     ASK_AGAIN_S,

@@ -1,5 +1,5 @@
-"""Admission: one atomic decision (`admit.lua`) over every control and every key of the pool,
-and the gate (can anything be admitted now?). The slot it takes lives on in `slots.py`."""
+"""Admission: one atomic decision (`admit.lua`) over every control and every upstream of the
+pool, and the gate (can anything be admitted now?). The slot it takes lives on in `slots.py`."""
 
 from __future__ import annotations
 
@@ -18,13 +18,14 @@ from worker.flow.decisions import (
     cap,
 )
 from worker.flow.slots import new_token
-from worker.keys import PREFIX, Keys
+from worker.keys import ADMISSION, PREFIX, Keys
 from worker.ledger.reads import text
+from worker.upstream.pool import PoolUpstream
 
 
 class AdmitKeys(NamedTuple):
     """The fleet's KEYS of `admit.lua`, by name and in its order (its `FLEET_KEYS`); each
-    upstream key's follow (`UpstreamKeys.admission()`, its `UPSTREAM_KEYS`)."""
+    upstream's follow (`upstream_keys`, its `UPSTREAM_KEYS`)."""
 
     pause: str
     reserved: str
@@ -41,7 +42,7 @@ class AdmitKeys(NamedTuple):
 
 
 class UpstreamOption(TypedDict):
-    """One upstream key in `admit.lua`'s options (`o.upstreams[i]`)."""
+    """One upstream in `admit.lua`'s options (`o.upstreams[i]`)."""
 
     name: str
     max_inflight: int
@@ -49,6 +50,18 @@ class UpstreamOption(TypedDict):
     burst_factor: float
     est: int
     cap: int
+    group: str  # its in-flight group ('' none)
+    group_cap: int
+
+
+# `admit.lua`'s KEYS per upstream, by name (its `UPSTREAM_KEYS`): the upstream's own
+# (`ADMISSION`), then its wallet's canary lock and where its in-flight cap's word is kept.
+UPSTREAM_ADMIT_KEYS: tuple[str, ...] = (*ADMISSION, "canary_lock", "cap_word")
+
+
+def upstream_keys(u: PoolUpstream) -> list[str]:
+    """An upstream's KEYS of `admit.lua`, in `UPSTREAM_ADMIT_KEYS`' order."""
+    return [*u.keys.admission(), u.canary_lock, u.cap_word]
 
 
 class AdmitOptions(TypedDict):
@@ -80,7 +93,7 @@ class Admission(FlowBase):
         job_id: str = "",
         prefer: str = "",
     ) -> Admitted | Denied:
-        """One slot on the first key of the pool with room now (`prefer` first: the key an
+        """One slot on the first upstream of the pool with room now (`prefer` first: the one an
         unknown call went to, so it is asked again where its idempotency key means something)."""
         s = self.settings.flow
         token = new_token()
@@ -122,11 +135,13 @@ class Admission(FlowBase):
                     burst_factor=m.flow.rate_burst_factor or 0,
                     est=m.price_micros * images,
                     cap=m.budget_micros,
+                    group=m.inflight_group or "",
+                    group_cap=m.group_cap,
                 )
                 for m in order
             ],
         )
-        keys = [*fleet, *(k for m in order for k in m.keys.admission())]
+        keys = [*fleet, *(k for m in order for k in upstream_keys(m))]
         reply = await self._admit(keys=keys, args=[PREFIX, json.dumps(options)])
         if int(reply[0]) == 1:
             name = text(reply[2])
@@ -144,7 +159,8 @@ class Admission(FlowBase):
             yield
 
     async def gate(self) -> Gate:
-        """Can any call be admitted now, on any key? (pause, cooldown, open circuit, budgets)"""
+        """Can any call be admitted now, on any upstream? (pause, cooldown, open circuit,
+        budgets)"""
         s = self.settings.flow
         day = _today()
         keys = [
@@ -164,7 +180,7 @@ class Admission(FlowBase):
         ]
         for m in self.pool:
             k = m.keys
-            keys += [k.pause, k.canary, k.cooldown, k.circuit, k.spend, k.reserved]
+            keys += [k.pause, m.canary_lock, k.cooldown, k.circuit, k.spend, k.reserved]
             args += [m.price_micros, m.budget_micros]
         reply = await self._gate(keys=keys, args=args)
         state: GateState = text(reply[0])  # type: ignore[assignment]  # the script's values

@@ -2,8 +2,8 @@
 
 A worker asks `admit()` before every upstream call and reports the outcome afterwards. All
 decisions happen in Lua (`worker/lua/admit.lua`, `gate.lua`, `report.lua`, `observe.lua`), so N
-processes on M machines act as one client. Every key of the pool (`worker.upstream.pool`) has
-its own window, cooldown, circuit, pause and budget; admission takes the first key (in the
+processes on M machines act as one client. Every upstream of the pool (`worker.upstream.pool`)
+has its own window, cooldown, circuit, pause and budget; admission takes the first one (in the
 pool's order) that has room now. The call's outcome (and with it the slot and the budget
 reservation) is settled by the ledger's call journal (`call_*.lua`).
 """

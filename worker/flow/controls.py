@@ -1,5 +1,5 @@
-"""What an operator does and sees: pause and resume the fleet or one key, the pool's published
-facts, and the status of every key."""
+"""What an operator does and sees: pause and resume the fleet or one upstream, the pool's
+published facts, and the status of every upstream."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ from worker.flow.decisions import (
     PauseReason,
     UnknownUpstream,
 )
-from worker.flow.reports import Reports
+from worker.flow.reports import PauseReport, Reports
 from worker.flow.status import (
     FlowStatus,
-    MemberFacts,
     PauseInfo,
+    UpstreamFacts,
     read_status,
 )
 from worker.keys import Keys
@@ -26,10 +26,10 @@ class Controls(Reports):
     async def pause(
         self, reason: PauseReason = "manual", detail: str = "", *, upstream: str = ""
     ) -> None:
-        """Pause the fleet (every key), or one key (`upstream`)."""
+        """Pause the fleet (every upstream), or one upstream (`upstream`)."""
         if upstream:
             (name,) = await self._names(upstream)
-            await self._report_outcome(name, "paused", reason, detail=detail)
+            await self._report_outcome(name, "paused", pause=PauseReport(reason, detail))
             return
         async with self.redis.pipeline(transaction=True) as p:  # the first pause wins
             p.hsetnx(Keys.pause, "reason", reason)
@@ -38,15 +38,22 @@ class Controls(Reports):
             await p.execute()
 
     async def resume(self, *, upstream: str = "") -> bool:
-        """Lift a pause: the fleet's and every key's, or one key's. Returns whether one was
-        in force."""
-        members = [Keys.up(n) for n in await self._names(upstream)]
-        keys = [k for m in members for k in (m.pause, m.canary)]
+        """Lift a pause: the fleet's and every upstream's, or one upstream's (with its wallet's:
+        one balance, topped up once). Returns whether one was in force."""
+        known = await self._known_pool()
+        names = await self._names(upstream)
+        if upstream:
+            wallet = dict(known)[upstream].wallet
+            names += [n for n, f in known if wallet and f.wallet == wallet and n != upstream]
+        wallets = {f.wallet for n, f in known if n in names and f.wallet}
+        ups = [Keys.up(n) for n in names]
+        keys = [k for u in ups for k in (u.pause, u.canary)]
+        keys += [Keys.wallet_canary(w) for w in sorted(wallets)]
         if not upstream:
             keys.append(Keys.pause)
         async with self.redis.pipeline(transaction=False) as p:
-            for m in members:
-                p.exists(m.pause)
+            for u in ups:
+                p.exists(u.pause)
             if not upstream:
                 p.exists(Keys.pause)
             p.delete(*keys)
@@ -54,29 +61,32 @@ class Controls(Reports):
         return any(int(r) for r in replies[:-1])
 
     async def pause_info(self) -> PauseInfo | None:
-        """The fleet's manual pause, else (when every key is paused) the first key's."""
+        """The fleet's manual pause, else (when every upstream is paused) the first one's."""
         status = await self.status()
         return status.pause
 
     async def is_paused(self) -> bool:
         return (await self.pause_info()) is not None
 
-    def _facts(self) -> dict[str, MemberFacts]:
+    def _facts(self) -> dict[str, UpstreamFacts]:
         return {
-            m.name: MemberFacts(
+            m.name: UpstreamFacts(
                 order=i,
                 route=m.upstream.route,
                 rpm=m.flow.rpm_ceiling,
                 inflight_cap=m.flow.inflight_cap,
                 price_usd=m.upstream.price_usd,
                 budget_usd=m.budget_usd,
+                wallet=m.wallet,
+                inflight_group=m.inflight_group,
+                group_cap=m.group_cap,
             )
             for i, m in enumerate(self.pool)
         }
 
     async def publish_pool(self) -> None:
-        """Tell the fleet which keys this worker's pool has (names and limits, never a key),
-        so `status` shows them wherever it runs."""
+        """Tell the fleet which upstreams this worker's pool has (names and limits, never an
+        API key), so `status` shows them wherever it runs."""
         facts = {n: json.dumps(asdict(f)) for n, f in self._facts().items()}
         async with self.redis.pipeline(transaction=True) as p:
             p.delete(Keys.pool)
@@ -84,20 +94,20 @@ class Controls(Reports):
             await p.execute()
 
     async def _names(self, upstream: str = "") -> list[str]:
-        """Every known key's name, or just `upstream` (which must be one of them)."""
+        """Every known upstream's name, or just `upstream` (which must be one of them)."""
         known = [n for n, _ in await self._known_pool()]
         if upstream and upstream not in known:
             raise UnknownUpstream(
-                f"no upstream key named {upstream!r} (the pool has: {', '.join(known)})"
+                f"no upstream named {upstream!r} (the pool has: {', '.join(known)})"
             )
         return [upstream] if upstream else known
 
-    async def _known_pool(self) -> list[tuple[str, MemberFacts]]:
+    async def _known_pool(self) -> list[tuple[str, UpstreamFacts]]:
         """The workers' pool as published, else this process's own."""
         published = await self.redis.hgetall(Keys.pool)  # type: ignore[misc]  # redis-py's stubs
-        facts = {text(k): MemberFacts(**json.loads(text(v))) for k, v in published.items()}
+        facts = {text(k): UpstreamFacts(**json.loads(text(v))) for k, v in published.items()}
         return sorted((facts or self._facts()).items(), key=lambda kv: kv[1].order)
 
     async def status(self) -> FlowStatus:
-        """The fleet's pause and every key's state."""
+        """The fleet's pause and every upstream's state."""
         return await read_status(self.redis, await self._known_pool())

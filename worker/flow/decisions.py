@@ -9,8 +9,40 @@ from dataclasses import dataclass
 from typing import Literal
 
 from worker.contract import usd_to_micros
+from worker.settings import Route
+from worker.upstream.errors import PauseReason as PauseReason  # re-exported: flow speaks it
 
-PauseReason = Literal["credits", "auth", "forbidden", "manual"]
+PauseScope = Literal["upstream", "wallet"]
+
+
+@dataclass(frozen=True)
+class PauseRule:
+    """What a pause reason does. `scope`: the upstream alone, or every upstream of its wallet
+    (`wallet` in `UPSCALE_UPSTREAMS`; on the gateway a daily limit may be one key's own, on
+    Ideogram keys cannot be scoped so it is the workspace's: `scope_gateway`). `canary`: one
+    real call per `UPSCALE_CANARY_INTERVAL_S` may find it over; `timed`: it lifts itself when
+    the upstream said the limit resets (no call is made to find out)."""
+
+    scope: PauseScope
+    canary: bool
+    timed: bool = False
+    scope_gateway: PauseScope | None = None
+    line: str = ""  # what `upscale status` says
+
+    def scope_on(self, route: Route) -> PauseScope:
+        return (self.scope_gateway or self.scope) if route == "gateway" else self.scope
+
+
+PAUSE_RULES: Mapping[PauseReason, PauseRule] = {
+    "credits": PauseRule("wallet", canary=True, line="wallet empty: top up"),
+    "daily_limit": PauseRule(
+        "wallet", canary=False, timed=True, scope_gateway="upstream", line="daily limit reached"
+    ),
+    "cap_reached": PauseRule("upstream", canary=True, line="cap reached: raise its spend cap"),
+    "auth": PauseRule("upstream", canary=True, line="key refused (401): fix the key"),
+    "forbidden": PauseRule("upstream", canary=True, line="not allowed (403): check its access"),
+    "manual": PauseRule("upstream", canary=False, line="paused by an operator"),
+}
 EASE_MS = 10_000  # after an unexplained 429: half the rate for this long
 GateState = Literal["open", "canary", "closed"]
 
@@ -35,13 +67,15 @@ DenyReason = Literal[
     "rate",
     "queued",
     "paused:credits",
+    "paused:daily_limit",
+    "paused:cap_reached",
     "paused:auth",
     "paused:forbidden",
     "paused:manual",
     "budget:total",
     "budget:daily",
     "budget:batch",
-    "budget:key",
+    "budget:upstream",
 ]
 
 
@@ -67,9 +101,9 @@ LOCAL_PAUSE_S = 2.0
 
 @dataclass(frozen=True)
 class Admitted:
-    token: str  # the slot: `<upstream key name>/<hex>`
+    token: str  # the slot: `<upstream name>/<hex>`
     kind: AdmitKind
-    upstream: str  # the pool member's name
+    upstream: str  # the pool upstream's name
 
 
 @dataclass(frozen=True)
@@ -79,7 +113,7 @@ class Denied:
 
 
 class UnknownUpstream(ValueError):
-    """An operator named a key the pool does not have."""
+    """An operator named an upstream the pool does not have."""
 
 
 def cap(usd: float | None, applies: bool = True) -> int:

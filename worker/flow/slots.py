@@ -1,7 +1,7 @@
 """The in-flight slot's whole life, in one module (every write to an in-flight set is in
 `worker/lua/_slot.lua`).
 
-A slot, `<upstream key name>/<hex>`, is one call's place under its key's in-flight cap; its
+A slot, `<upstream name>/<hex>`, is one call's place under its upstream's in-flight cap; its
 budget reservation is named by the same token (`worker/lua/_money.lua`).
 - taken: by admission (`admit.lua`: `take_slot`), with its rate-window entries and its
   reservation, in the one atomic decision; `new_token()` makes its hex;
@@ -33,7 +33,7 @@ log = structlog.get_logger("worker.flow")
 
 
 def new_token() -> str:
-    """A slot's own part (admission prefixes it with the key's name)."""
+    """A slot's own part (admission prefixes it with the upstream's name)."""
     return uuid.uuid4().hex
 
 
@@ -43,7 +43,7 @@ def _inflight_by_name(slot: str) -> str:
 
 class Slots:
     """Give back, hold and heal in-flight slots. `inflight_of(slot)`: the in-flight set a slot
-    is in (flow control's: its pool member's)."""
+    is in (flow control's: its pool upstream's)."""
 
     def __init__(
         self,

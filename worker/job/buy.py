@@ -87,8 +87,8 @@ async def resume(job: Job, run: Run) -> Bought | None:
 
 
 def route_for(job: Job, upstream: str) -> Route:
-    """How pool member `upstream` makes its calls: by its route (`UPSCALE_ROUTE`)."""
-    return ROUTES[job.rt.flow.member(upstream).upstream.route]
+    """How pool upstream `upstream` makes its calls: by its route (`UPSCALE_ROUTE`)."""
+    return ROUTES[job.rt.flow.pool_upstream(upstream).upstream.route]
 
 
 class SendThenPoll:
@@ -162,7 +162,7 @@ async def _send(job: Job, slot: Slot, image: ImageInput) -> PaidResult:
         # and the request leaving there is only the send (a 402 meanwhile stops it).
         request = await _build(job, upstream, image)
         journal = await ledger.call_begin(
-            job.id, job.token, slot.token, flow.member(slot.upstream).price_micros
+            job.id, job.token, slot.token, flow.pool_upstream(slot.upstream).price_micros
         )
     except BaseException:
         await release(job, slot)
@@ -232,10 +232,14 @@ async def _tell_flow(job: Job, slot: Slot, exc: ue.UpstreamError) -> None:
     try:
         if o.effect == "pause" and isinstance(exc, ue.PauseError):  # first: calls stop now
             flow.pause_seen(upstream, exc.pause_reason)  # this process, before any await
-            await flow.report_paused(upstream, exc.pause_reason, exc.describe())  # type: ignore[arg-type]  # PauseReason values
+            await flow.report_paused(
+                upstream, exc.pause_reason, exc.describe(), retry_after_s=exc.retry_after_s
+            )
         if exc.rate.known and not isinstance(exc, ue.RateLimited):
             await flow.observe(upstream, exc.rate, exc.status or 0)
         if o.effect == "cooldown" and isinstance(exc, ue.RateLimited):
+            if exc.max_inflight is not None:  # Ideogram's organisation cap, named in its 429
+                await flow.learn_inflight_cap(upstream, exc.max_inflight)
             learned = await flow.observe(upstream, exc.rate, 429, slot=slot.token)
             await flow.report_rate_limited(upstream, exc.retry_after, ease=not learned)
         elif o.effect == "server_error":
@@ -247,7 +251,7 @@ async def _tell_flow(job: Job, slot: Slot, exc: ue.UpstreamError) -> None:
 async def _save(job: Job, slot: str, result: CallResult, t0: float) -> PaidResult:
     """Persist what a successful submit or poll returned, with its spend, first."""
     billed = result.pending_id is None
-    price = job.rt.flow.member(upstream_of(slot)).price_micros
+    price = job.rt.flow.pool_upstream(upstream_of(slot)).price_micros
     cost = price * len(result.outputs) if billed else 0
     if billed and result.cost_micros is not None:  # the upstream's word where it gives one
         cost = result.cost_micros

@@ -1,6 +1,6 @@
 --- @include "_keys"
--- The in-flight slot: every write to an upstream key's in-flight set (zset: slot token ->
--- lease expiry ms) is here. A slot `<key name>/<hex>` is
+-- The in-flight slot: every write to an upstream's in-flight set (zset: slot token ->
+-- lease expiry ms) is here. A slot `<upstream name>/<hex>` is
 --   taken    by admit.lua (take_slot), with its rate-window entries and budget reservation;
 --   renewed  by renew.lua while its call runs (renew_slot);
 --   freed    when its call's outcome is recorded (call_answered / call_refused / call_unknown,

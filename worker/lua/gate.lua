@@ -1,14 +1,16 @@
--- gate: can any call be admitted now, on any upstream key? Read-only (the canary lock is only
+-- gate: can any call be admitted now, on any upstream? Read-only (the canary lock is only
 -- looked at), so a worker can stop picking jobs, and a job can hand itself back before reading
 -- its source.
 -- KEYS: 1 manual pause of the fleet, 2 spend total, 3 spend today, 4 reserved total,
---       5 reserved today; per upstream key i = 1..n from 6 + 6 * (i - 1): pause, canary,
---       cooldown, circuit, this key's spend, this key's reserved
+--       5 reserved today; per upstream i = 1..n from 6 + 6 * (i - 1): pause, canary lock (its
+--       wallet's, or its own `canary`), cooldown, circuit, its spend, its reserved
 -- ARGV: 1 prefix, 2 canary interval ms (0 = off), 3 cap total (-1 none), 4 cap day (-1 none),
---       5 pause poll ms, 6 n; per key i from 7 + 2 * (i - 1): est micros, key cap (-1 none)
--- Returns {'open'} | {'canary'} (every key closed, a canary call is due on one) |
--- {'closed', reason, wait_ms} (the soonest-reopening key's reason).
+--       5 pause poll ms, 6 n; per upstream i from 7 + 2 * (i - 1): est micros, its budget cap
+--       (-1 none)
+-- Returns {'open'} | {'canary'} (every upstream closed, a canary call is due on one) |
+-- {'closed', reason, wait_ms} (the soonest-reopening upstream's reason).
 --- @include "_now"
+--- @include "_pause"
 local now = now_ms()
 local poll = tonumber(ARGV[5])
 if redis.call('EXISTS', KEYS[1]) == 1 then return {'closed', 'paused:manual', poll} end
@@ -22,7 +24,7 @@ local function state(i)
   local est = tonumber(ARGV[a + 1])
   local reason = redis.call('HGET', KEYS[k + 1], 'reason')
   if reason then
-    if tonumber(ARGV[2]) > 0 and reason ~= 'manual' and redis.call('EXISTS', KEYS[k + 2]) == 0 then
+    if tonumber(ARGV[2]) > 0 and may_probe(KEYS[k + 1]) and redis.call('EXISTS', KEYS[k + 2]) == 0 then
       return {'canary'}
     end
     return {'closed', 'paused:' .. reason, poll}
@@ -35,7 +37,7 @@ local function state(i)
   end
   if over(tonumber(ARGV[3]), KEYS[2], KEYS[4], est) then return {'closed', 'budget:total', poll * 5} end
   if over(tonumber(ARGV[4]), KEYS[3], KEYS[5], est) then return {'closed', 'budget:daily', poll * 5} end
-  if over(tonumber(ARGV[a + 2]), KEYS[k + 5], KEYS[k + 6], est) then return {'closed', 'budget:key', poll * 5} end
+  if over(tonumber(ARGV[a + 2]), KEYS[k + 5], KEYS[k + 6], est) then return {'closed', 'budget:upstream', poll * 5} end
   return {'open'}
 end
 local best = nil

@@ -8,8 +8,12 @@
 -- An answer with a result also settles the call's flow state (as `report` 'ok' would): one
 -- round trip per call. A call refused with 429 was not run, so it leaves our rate windows
 -- (where the upstream does count refusals, its `remaining` on the next answer says so).
+-- A canary's success lifts its wallet's pause on every upstream of the wallet (those paused
+-- for the wallet, not for a reason of their own).
 -- KEYS: 1 the upstream's word (hash), 2 rate window (zset of call send times),
---       3 recent 429s (zset), 4 pause, 5 circuit, 6 canary, 7 bulk rate window (zset)
+--       3 recent 429s (zset), 4 pause, 5 circuit, 6 canary, 7 bulk rate window (zset),
+--       8 canary lock (its wallet's, or its own `canary`), 9.. the pauses of the wallet's
+--       other upstreams
 -- ARGV: 1 prefix, 2 limit (-1 unknown), 3 remaining (-1 unknown), 4 reset ms (-1 unknown),
 --       5 HTTP status, 6 burst window ms, 7 how long a learned burst cap holds (ms),
 --       8 our rolling window ms, 9 a unique id for this answer, 10 the call's slot token
@@ -19,12 +23,15 @@
 --- @include "_now"
 --- @include "_keys"
 -- call_ok(pause, circuit, canary, token): a successful call closes the circuit, and a
--- successful canary lifts the pause. Returns 'resumed' or 'closed'.
+-- successful canary lifts the pause (its wallet's too). Returns 'resumed' or 'closed'.
 local function call_ok(pause_key, circuit_key, canary_key, token)
   redis.call('HSET', circuit_key, 'state', 'closed', 'failures', 0)
   redis.call('HDEL', circuit_key, 'probe', 'probe_until', 'open_until')
   if redis.call('GET', canary_key) == token then
-    redis.call('DEL', pause_key, canary_key)
+    redis.call('DEL', pause_key, canary_key, KEYS[8])
+    for i = 9, #KEYS do
+      if redis.call('HGET', KEYS[i], 'scope') == 'wallet' then redis.call('DEL', KEYS[i]) end
+    end
     return 'resumed'
   end
   return 'closed'

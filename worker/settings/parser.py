@@ -62,9 +62,9 @@ class Settings(_Declared):
 
     upstreams: list[UpstreamSpec] = Field(
         default_factory=list,
-        description="A pool of upstream keys: a JSON list, or the path of a JSON file holding "
-        "one (see the pool's fields below). Unset: one key named `default`, from the upstream "
-        "and flow settings.",
+        description="The pool of upstreams: a JSON list, or the path of a JSON file holding "
+        "one (see the pool's fields below). Unset: one upstream named `default`, from the "
+        "upstream and flow settings.",
     )
 
     _sections: dict[type[Section], Section] = PrivateAttr(default_factory=dict)

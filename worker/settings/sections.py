@@ -134,8 +134,8 @@ class S3Settings(Section):
 
 @dataclass(frozen=True, kw_only=True, config=_BY_NAME)
 class UpstreamSettings(Section):
-    """The upscale API: route, URL, key, request shape, price and timeouts. Each key of a pool
-    (`UPSCALE_UPSTREAMS`) has its own, taking what its entry leaves out from these."""
+    """The upscale API: route, URL, key, request shape, price and timeouts. Each upstream of a
+    pool (`UPSCALE_UPSTREAMS`) has its own, taking what its entry leaves out from these."""
 
     route: Route = Field(
         default="gateway",
@@ -261,12 +261,12 @@ class UpstreamSettings(Section):
 
 
 @dataclass(frozen=True, kw_only=True, config=_BY_NAME)
-class KeyFlowSettings(Section):
-    """One upstream key's limits (each pool member has its own)."""
+class UpstreamFlowSettings(Section):
+    """One upstream's limits (each upstream of the pool has its own)."""
 
     rate_rpm: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
         default=600,
-        description="The key's requests per minute, shared by all workers: where pacing "
+        description="The upstream's requests per minute, shared by all workers: where pacing "
         "starts and its ceiling (`auto`: the upstream's `x-ratelimit-limit-requests`). A "
         "smaller limit the upstream reports wins.",
     )
@@ -296,16 +296,17 @@ class KeyFlowSettings(Section):
         """The configured tier (0 = `auto`: whatever the upstream's headers say)."""
         return 0 if self.rate_rpm == "auto" else self.rate_rpm
 
-    def key(self, **changes: Any) -> KeyFlowSettings:
-        """Just the per-key limits (of a fleet section: the default key's), with `changes`."""
-        limits = {f.name: getattr(self, f.name) for f in fields(KeyFlowSettings)}
-        return KeyFlowSettings(**{**limits, **changes})
+    def for_upstream(self, **changes: Any) -> UpstreamFlowSettings:
+        """Just the per-upstream limits (of a fleet section: the default upstream's), with
+        `changes`."""
+        limits = {f.name: getattr(self, f.name) for f in fields(UpstreamFlowSettings)}
+        return UpstreamFlowSettings(**{**limits, **changes})
 
 
 @dataclass(frozen=True, kw_only=True, config=_BY_NAME)
-class FlowSettings(KeyFlowSettings):
+class FlowSettings(UpstreamFlowSettings):
     """The fleet-wide flow control, in Redis: in-flight slots, pause, circuit, budgets, lanes.
-    The per-key limits it inherits are the default key's."""
+    The per-upstream limits it inherits are the default upstream's."""
 
     max_inflight: int | None = Field(
         default=None,
@@ -328,8 +329,17 @@ class FlowSettings(KeyFlowSettings):
     )
     canary_interval_s: float = Field(
         default=0.0,
-        description="While paused by a 402/401/403: one probe call per interval, the first a "
-        "full interval after the pause (0: only `upscale resume` lifts it).",
+        description="While an upstream (or its wallet) is paused by an empty wallet, a spend "
+        "cap, a 401 or a 403: one real call per interval (one per wallet), the first a full "
+        "interval after the pause (0: only `upscale resume` lifts it). A daily limit is never "
+        "probed: it lifts itself when the upstream said it resets.",
+    )
+    group_max_inflight: int = Field(
+        default=10,
+        ge=1,
+        description="The in-flight cap of an `inflight_group` of the pool (Ideogram: images in "
+        "progress per organisation, across its keys and endpoints) unless its entries say; a "
+        "smaller cap a 429 names (`max_inflight_requests`) wins.",
     )
     circuit_threshold: int = Field(
         default=5,

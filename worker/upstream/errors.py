@@ -3,17 +3,32 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+import math
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any, Literal
 
 from worker.logs import redact
 from worker.upstream.base import RateInfo
 
+# Why an upstream is paused, as data (`worker.flow.decisions.PAUSE_RULES` says what each does):
+# `credits` an empty wallet (402 insufficient_funds / insufficient_credits), `daily_limit` a
+# daily spend limit (402 daily_limit, or the gateway's 402 budget_exceeded with a reset time),
+# `cap_reached` a key's own spend cap (gateway 403 scope_exceeded, 402 budget_exceeded of a
+# sub-account), `auth` 401, `forbidden` any other 403, `manual` an operator's.
+PauseReason = Literal["credits", "daily_limit", "cap_reached", "auth", "forbidden", "manual"]
+
 
 class UpstreamError(Exception):
-    """Base class. `message` is safe to show a human (redacted, bounded)."""
+    """Base class. `message` is safe to show a human (redacted, bounded). `retry_after_s`:
+    when the upstream said to come back (Retry-After, else a daily limit's reset time);
+    `max_inflight`: the in-flight cap a 429 named (`max_inflight_requests`)."""
 
     status: int | None = None
     billed: bool = False
+    retry_after_s: float | None = None
+    max_inflight: int | None = None
 
     def __init__(
         self,
@@ -54,25 +69,37 @@ class UnsafeContent(PermanentError):
 
 # --- nothing works until a human acts: global pause, jobs wait -------------------------
 class PauseError(UpstreamError):
-    pause_reason = "credits"
+    @property
+    def pause_reason(self) -> PauseReason:
+        return "credits"
 
 
 class OutOfCredits(PauseError):
-    """402: wallet empty or key budget hit. Not billed."""
+    """402: the wallet is empty, a daily limit or a key's spend cap is reached. Not billed."""
 
-    pause_reason = "credits"
+    @property
+    def pause_reason(self) -> PauseReason:
+        if self.code == "daily_limit":
+            return "daily_limit"
+        if self.code == "budget_exceeded":  # the gateway: a daily limit says when it resets
+            return "daily_limit" if self.retry_after_s is not None else "cap_reached"
+        return "credits"
 
 
 class AuthFailed(PauseError):
     """401: bad or missing key."""
 
-    pause_reason = "auth"
+    @property
+    def pause_reason(self) -> PauseReason:
+        return "auth"
 
 
 class Forbidden(PauseError):
-    """403: key not allowed for this model/scope."""
+    """403: not allowed for this model, or (`scope_exceeded`) a scoped key past its cap."""
 
-    pause_reason = "forbidden"
+    @property
+    def pause_reason(self) -> PauseReason:
+        return "cap_reached" if self.code == "scope_exceeded" else "forbidden"
 
 
 # --- try again later -------------------------------------------------------------------
@@ -137,11 +164,34 @@ def parse_retry_after(value: str | None, default: float = 1.0) -> float:
     try:
         return max(0.0, float(value))
     except ValueError:
-        from datetime import UTC, datetime
-        from email.utils import parsedate_to_datetime
-
         try:
             when = parsedate_to_datetime(value)
             return max(0.0, (when - datetime.now(UTC)).total_seconds())
         except (TypeError, ValueError):
             return default
+
+
+# A 402 daily_limit's reset time (RFC 3339, UTC), besides Retry-After (the simulator's reading;
+# not published: see /work/shared/UPSTREAM.md).
+DAILY_RESET_HEADER = "x-daily-limit-reset"
+
+
+def note_refusal(error: UpstreamError, headers: Mapping[str, str], body: bytes) -> None:
+    """What a refusal says beyond its status: when to come back (Retry-After, counted from
+    now so no clock is compared; else the daily limit's reset time) and the in-flight cap a
+    429 names (`max_inflight_requests`)."""
+    if (after := headers.get("retry-after")) is not None:
+        error.retry_after_s = parse_retry_after(after)
+    elif (reset := headers.get(DAILY_RESET_HEADER)) is not None:
+        try:
+            when = datetime.fromisoformat(reset.replace("Z", "+00:00"))
+            error.retry_after_s = max(0.0, (when - datetime.now(UTC)).total_seconds())
+        except ValueError:
+            pass
+    try:
+        data = json.loads(body) if body else None
+    except (ValueError, UnicodeDecodeError):
+        data = None
+    cap = data.get("max_inflight_requests") if isinstance(data, dict) else None
+    if isinstance(cap, int | float) and not isinstance(cap, bool) and cap >= 1:
+        error.max_inflight = math.floor(cap)

@@ -85,6 +85,7 @@ def raise_for_status(resp: httpx.Response) -> None:
     def err(cls: type[e.UpstreamError]) -> e.UpstreamError:
         error = cls(message, status=status, code=code, request_id=rid)
         error.rate = rate_info(resp)
+        e.note_refusal(error, resp.headers, resp.content)
         return error
 
     if status == 402:
@@ -107,6 +108,7 @@ def raise_for_status(resp: httpx.Response) -> None:
             message, retry_after=retry_after, status=status, code=code, request_id=rid
         )
         limited.rate = rate_info(resp)
+        e.note_refusal(limited, resp.headers, resp.content)
         raise limited
     if status in (400, 413) or 405 <= status < 500:
         raise err(e.InvalidRequest)
