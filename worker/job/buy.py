@@ -144,7 +144,7 @@ class SubmitThenRead:
 
 
 def _read_interval(job: Job, upstream: str) -> float:
-    return job.rt.flow.member(upstream).upstream.ideogram_poll_interval_s
+    return job.rt.flow.pool_upstream(upstream).upstream.ideogram_poll_interval_s
 
 
 SEND_THEN_POLL = SendThenPoll()

@@ -50,7 +50,7 @@ async def after_lost(job: Job, journal: CallJournal) -> None:
     if await _retried(job, journal.n):
         log.info("a lost submit judged earlier; retried by request: submitting", call=journal.n)
         return
-    s = job.rt.flow.member(upstream_of(journal.token)).upstream
+    s = job.rt.flow.pool_upstream(upstream_of(journal.token)).upstream
     if s.ideogram_lost_submit == "fail":
         raise SubmitLost(journal.n)
     wait_s = journal.sent_at / 1000 + s.ideogram_generation_s - time.time()
