@@ -152,3 +152,28 @@ async def test_sigkills_and_dropped_connections_never_buy_an_image_twice(
     )
     _never_bought_twice(r)
     assert r.failed >= 2, r  # the two dropped answers at least
+
+
+async def test_generations_hold_their_slot_so_the_organisation_cap_is_never_overrun(
+    stack: LocalStack, sim: Sim, producer: Producer, buckets: Buckets, workers: WorkerProcs
+) -> None:
+    """Ideogram counts a generation against the organisation's in-flight cap (10) until it
+    completes, not until its submit is answered: a slot freed at the submit's answer lets the
+    fleet submit past the cap, into free but useless 429s. Held until the generation ends,
+    20 jobs on 2 workers at default settings meet no 429 at all."""
+    report = await _run(
+        stack,
+        producer,
+        buckets,
+        workers,
+        "org cap",
+        nothing,
+        jobs=20,
+        procs=2,
+        sim_config={"latency_ms": [1500, 1500]},
+    )
+    _never_bought_twice(report)
+    stats = sim.stats()
+    refused = [c for c in stats["log"] if c["path"] == "/upscale" and c["status"] == 429]
+    assert refused == [], f"{len(refused)} submits refused over the organisation's cap"
+    assert stats["max_inflight"] <= 10, stats["max_inflight"]

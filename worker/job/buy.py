@@ -117,7 +117,7 @@ class SubmitThenRead:
 
     async def buy(self, job: Job, slot: Slot, source: Source) -> PaidResult:
         try:
-            paid = await _send(job, slot, source.image)
+            paid = await _send(job, slot, source.image, hold_while_pending=True)
         except ue.OutcomeUnknown:
             journal = await job.rt.ledger.journal(job.id)
             if journal is not None and journal.token == slot.token:
@@ -125,7 +125,10 @@ class SubmitThenRead:
             raise
         if not paid.pending_id:  # a synchronous answer: billed, its result saved
             return paid
-        return await _poll(job, slot.token, paid, _read_interval(job, slot.upstream))
+        # the generation counts against the organisation's in-flight cap until it ends: its
+        # slot stays held (renewed while read; freed by its outcome, or by its lease)
+        async with job.rt.flow.hold(slot.token):
+            return await _poll(job, slot.token, paid, _read_interval(job, slot.upstream))
 
     async def resume(self, job: Job, run: Run) -> PaidResult | None:
         if run.paid is not None and run.paid.pending_id:
@@ -153,8 +156,11 @@ SUBMIT_THEN_READ = SubmitThenRead()
 ROUTES: Mapping[RouteName, Route] = {"gateway": SEND_THEN_POLL, "ideogram": SUBMIT_THEN_READ}
 
 
-async def _send(job: Job, slot: Slot, image: ImageInput) -> PaidResult:
-    """One call: journaled before it leaves, its outcome recorded whatever it is."""
+async def _send(
+    job: Job, slot: Slot, image: ImageInput, *, hold_while_pending: bool = False
+) -> PaidResult:
+    """One call: journaled before it leaves, its outcome recorded whatever it is.
+    `hold_while_pending`: an accepted async job keeps the slot (see `SubmitThenRead`)."""
     ledger, flow = job.rt.ledger, job.rt.flow
     upstream = job.rt.upstream(slot.upstream)
     try:
@@ -206,7 +212,7 @@ async def _send(job: Job, slot: Slot, image: ImageInput) -> PaidResult:
     status = 202 if result.pending_id else 200
     metrics.UPSTREAM_CALLS.labels(str(status)).inc()
     metrics.UPSTREAM_LATENCY.observe(time.monotonic() - t0)
-    paid = await _save(job, slot.token, result, t0)
+    paid = await _save(job, slot.token, result, t0, keep_slot=hold_while_pending)
     # off the job's path: the money is saved, and flow state is advisory
     job.rt.in_background(
         flow.observe(slot.upstream, result.rate, status, slot=slot.token),
@@ -248,7 +254,9 @@ async def _tell_flow(job: Job, slot: Slot, exc: ue.UpstreamError) -> None:
         log.warning("could not report to flow control", error=type(e).__name__)
 
 
-async def _save(job: Job, slot: str, result: CallResult, t0: float) -> PaidResult:
+async def _save(
+    job: Job, slot: str, result: CallResult, t0: float, *, keep_slot: bool = False
+) -> PaidResult:
     """Persist what a successful submit or poll returned, with its spend, first."""
     billed = result.pending_id is None
     price = job.rt.flow.pool_upstream(upstream_of(slot)).price_micros
@@ -263,7 +271,7 @@ async def _save(job: Job, slot: str, result: CallResult, t0: float) -> PaidResul
         at=time.time(),
     )
     saved = await job.rt.ledger.call_answered(
-        job.id, slot, paid, replayed=result.replayed, token=job.token
+        job.id, slot, paid, replayed=result.replayed, token=job.token, keep_slot=keep_slot
     )
     metrics.SPEND_USD.inc(cost / 1e6)
     log.info(

@@ -328,9 +328,18 @@ class Ledger(LedgerReads):
         return CallJournal(n=int(reply[1]), idem=text(reply[2]), token=slot, state="sent")
 
     async def call_answered(
-        self, job_id: str, slot: str, paid: PaidResult, *, replayed: bool = False, token: str = ""
+        self,
+        job_id: str,
+        slot: str,
+        paid: PaidResult,
+        *,
+        replayed: bool = False,
+        token: str = "",
+        keep_slot: bool = False,
     ) -> str:
         """Save a paid answer with its spend: waits out a Redis outage for as long as it takes.
+        `keep_slot`: an accepted async job keeps its in-flight slot until it ends (Ideogram
+        counts a generation against the organisation's cap until it completes).""
         Returns 'saved' | 'duplicate' | 'pending' | 'stale' (a call its journal no longer holds,
         or a job already final: counted, not this run's result) | 'fenced' (saved, but the run
         `token` lost its lease: it must stop without writing) | 'orphan' (the job has no record:
@@ -348,6 +357,7 @@ class Ledger(LedgerReads):
                     "1" if paid.pending_id else "0",
                     "1" if replayed else "0",
                     token,
+                    "1" if keep_slot else "0",
                 ],
                 patience_s=None,
             )
