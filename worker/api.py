@@ -56,9 +56,9 @@ from worker.contract import (
     render_destination,
     usd_to_micros,
 )
-from worker.fleet import BatchSummary, Budgets, FleetStatus, LaneStatus, SpendSummary
-from worker.flow import FlowControl, PauseInfo
-from worker.flow.control import PauseReason, UnknownUpstream
+from worker.fleet import BatchSummary, Budgets, Fleet, FleetStatus, LaneStatus, SpendSummary
+from worker.flow import PauseInfo
+from worker.flow.control import UnknownUpstream
 from worker.flow.status import FlowStatus, UpstreamStatus
 from worker.ledger import EnqueueResult, JobRecord, Ledger, NewJob
 from worker.ledger.batches import (
@@ -265,34 +265,6 @@ class JobStore(LedgerReads):
         """`enqueue` for jobs a bulk producer made itself (`SpecMaker.job`): (outcome, state)
         per job, in order."""
         return await self._ledger.enqueue_new(jobs)
-
-
-class Fleet:
-    """Fleet-wide flow control as an operator sees it: pause, resume, and its state (the
-    fleet's and each upstream key's, by name)."""
-
-    def __init__(self, redis: Redis, settings: Settings) -> None:
-        self._flow = FlowControl(redis, settings)
-
-    async def pause(
-        self, reason: PauseReason = "manual", detail: str = "", *, upstream: str = ""
-    ) -> None:
-        """Stop every upstream call fleet-wide (or on one key of the pool, by name); jobs
-        wait, nothing fails. An unknown key name raises `UnknownUpstream`."""
-        await self._flow.pause(reason, detail, upstream=upstream)
-
-    async def resume(self, *, upstream: str = "") -> bool:
-        """Lift the fleet's pause and every key's (or one key's). Returns whether one was in
-        force."""
-        return await self._flow.resume(upstream=upstream)
-
-    async def pause_info(self) -> PauseInfo | None:
-        """Why nothing can start (the fleet paused, or every key paused), or None."""
-        return await self._flow.pause_info()
-
-    async def status(self) -> FlowStatus:
-        """The fleet's pause and every upstream key's state (`FlowStatus.upstreams`)."""
-        return await self._flow.status()
 
 
 def make_s3_client(settings: S3Settings, *, fail_fast: bool = False) -> Any:

@@ -1,5 +1,6 @@
-"""The fleet as operators read it: typed read models behind `upscale status` / `spend`, the
-dashboard's JSON (`/api/status`, `/api/batches`) and its fleet gauges (`/metrics`).
+"""The fleet as operators see it: `Fleet` (pause, resume, flow-control status) and the typed
+read models behind `upscale status` / `spend`, the dashboard's JSON (`/api/status`,
+`/api/batches`) and its fleet gauges (`/metrics`).
 
 `producers.api.Producer` builds them from the ledger, the queues and flow control; renderers
 read attributes, and JSON is `model_dump(mode="json")` (the shape the status page reads).
@@ -17,9 +18,13 @@ from pydantic import (
     computed_field,
     model_serializer,
 )
+from redis.asyncio import Redis
 
 from worker.contract import JobState, Lane
+from worker.flow import FlowControl, PauseInfo
+from worker.flow.decisions import PauseReason
 from worker.flow.status import FlowStatus
+from worker.settings import Settings
 
 
 class _ReadModel(BaseModel):
@@ -129,3 +134,31 @@ __all__ = [
     "LaneStatus",
     "SpendSummary",
 ]
+
+
+class Fleet:
+    """Fleet-wide flow control as an operator sees it: pause, resume, and its state (the
+    fleet's and each upstream's, by name)."""
+
+    def __init__(self, redis: Redis, settings: Settings) -> None:
+        self._flow = FlowControl(redis, settings)
+
+    async def pause(
+        self, reason: PauseReason = "manual", detail: str = "", *, upstream: str = ""
+    ) -> None:
+        """Stop every upstream call fleet-wide (or on one upstream of the pool, by name); jobs
+        wait, nothing fails. An unknown upstream name raises `UnknownUpstream`."""
+        await self._flow.pause(reason, detail, upstream=upstream)
+
+    async def resume(self, *, upstream: str = "") -> bool:
+        """Lift the fleet's pause and every upstream's (or one upstream's). Returns whether one was in
+        force."""
+        return await self._flow.resume(upstream=upstream)
+
+    async def pause_info(self) -> PauseInfo | None:
+        """Why nothing can start (the fleet paused, or every upstream paused), or None."""
+        return await self._flow.pause_info()
+
+    async def status(self) -> FlowStatus:
+        """The fleet's pause and every upstream's state (`FlowStatus.upstreams`)."""
+        return await self._flow.status()

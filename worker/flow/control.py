@@ -11,7 +11,6 @@ reservation) is settled by the ledger's call journal (`call_*.lua`).
 from __future__ import annotations
 
 from worker.flow.admission import Admission
-from worker.flow.controls import Controls
 from worker.flow.decisions import (
     ASK_AGAIN_S,
     PICKUP_LEAD_S,
@@ -24,6 +23,7 @@ from worker.flow.decisions import (
     PauseReason,
     UnknownUpstream,
 )
+from worker.flow.operator import Controls
 
 __all__ = [
     "ASK_AGAIN_S",
