@@ -27,6 +27,7 @@ from PIL import Image
 
 from infra.stack import LocalStack
 from producers.api import Producer
+from worker.keys import ARQ_RETRY_PREFIX, QUEUES, Keys, first_of
 from worker.ledger import JobRecord
 
 Fault = Callable[["Run"], Awaitable[None]]
@@ -216,6 +217,54 @@ def _judge(
         workers_exited=exited,
         records=records,
     )
+
+
+def output_versions(s3: Any, dest_uri: str) -> list[dict[str, Any]]:
+    """Every write of an output in a versioned bucket, oldest first, each with its metadata:
+    a second one is an output replaced."""
+    bucket, _, key = dest_uri.removeprefix("s3://").partition("/")
+    listed = s3.list_object_versions(Bucket=bucket, Prefix=key).get("Versions", [])
+    mine = sorted((v for v in listed if v["Key"] == key), key=lambda v: v["LastModified"])
+    return [
+        {
+            **v,
+            "Metadata": s3.head_object(Bucket=bucket, Key=key, VersionId=v["VersionId"])[
+                "Metadata"
+            ],
+        }
+        for v in mine
+    ]
+
+
+async def keys_without_ttl(redis: Any, rec: JobRecord) -> list[str]:
+    """What a final job leaves in Redis for good: its keys (`worker/keys.py` names) with no
+    TTL, and the fleet's indexes still listing it. Only the record itself may stay, and only
+    while it holds money (a call possibly billed) or waits for its batch's report."""
+    job = rec.job_id
+    kept = rec.possible_usd > 0 or rec.batch is not None
+    left: list[str] = []
+    for key in (
+        Keys.job(job),
+        Keys.paid(job),
+        Keys.call(job),
+        Keys.arq_job(job),
+        Keys.arq_in_progress(job),
+        ARQ_RETRY_PREFIX + job,
+    ):
+        if await redis.pttl(key) == -1 and not (key == Keys.job(job) and kept):
+            left.append(key)
+    queues = [q for queue in QUEUES.values() for q in (queue, first_of(queue))]
+    for index in (
+        Keys.runs,
+        Keys.active,
+        Keys.live_waiting,
+        Keys.waiting_line,
+        Keys.waiting_seen,
+        *queues,
+    ):
+        if await redis.zscore(index, job) is not None:
+            left.append(f"{index} (lists it)")
+    return left
 
 
 # -- the faults ------------------------------------------------------------------------------

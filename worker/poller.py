@@ -47,12 +47,18 @@ class ResilientWorker(Worker):
                 await asyncio.sleep(delay)
                 delay = min(5.0, delay * 2)
 
-    async def finish_job(self, *args: Any, **kwargs: Any) -> None:
+    async def finish_job(self, job_id: str, *args: Any, **kwargs: Any) -> None:
         """arq's bookkeeping after a run (its in-progress key, retry count, queue entry): waited
         out like the ledger's writes, or a refused write would leave the job claimed until its
-        in-progress key expires."""
+        in-progress key expires. A run that lost its lease does none: reclaim put the job back
+        in its queue, and its claim, queue entry and payload are the newer run's (removing them
+        would strand a job no run holds)."""
+        rt: Runtime | None = self.ctx.get("runtime")
+        if rt is not None and job_id in rt.fenced:
+            rt.fenced.discard(job_id)
+            return
         finish = super().finish_job
-        await patiently(lambda: finish(*args, **kwargs), what="arq finish")
+        await patiently(lambda: finish(job_id, *args, **kwargs), what="arq finish")
 
     async def _iteration(self) -> None:
         """arq's poll iteration (0.28), but the pick is one atomic script (and finished tasks
@@ -91,7 +97,11 @@ class ResilientWorker(Worker):
         for i in range(0, len(reply), 2):
             job_id, score = text(reply[i]), int(float(reply[i + 1]))
             running = self.tasks.get(job_id)
-            if running is not None and not running.done():  # its in-progress key had expired
+            if running is not None and not running.done():
+                # this process's earlier run of it has not ended yet (a stale run waking after
+                # its job was reclaimed, or a run handing it back): give the claim back, or no
+                # one could run the job until the healer clears it
+                await self.pool.delete(ARQ_IN_PROGRESS_PREFIX + job_id)
                 continue
             await self.sem.acquire()  # never waits: it holds max_jobs + 1 permits
             self.job_counter += 1

@@ -47,6 +47,7 @@ class JobBase:
         except Cancelled:
             raise  # it ended instead: the run stops (`UpscaleJob.run`)
         except Fenced:
+            self.rt.fenced.add(self.job_id)
             return
         metrics.JOB_WAITS.labels(reason.split(":", 1)[0]).inc()
         log.info("job waiting", reason=reason, retry_in_s=round(delay_s, 2))

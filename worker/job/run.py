@@ -71,6 +71,7 @@ class UpscaleJob(CallStep, StoreStep):
                 log.info("job cancelled (upscale cancel); this run stops without a call")
                 out = {"state": "cancelled"}
             except Fenced:
+                self.rt.fenced.add(self.job_id)
                 log.warning("run lost its lease (reclaimed); it stops without writing")
                 return {"state": "fenced"}
             except Exception as exc:
@@ -80,6 +81,7 @@ class UpscaleJob(CallStep, StoreStep):
                     log.info("job cancelled (upscale cancel) after its attempt")
                     out = {"state": "cancelled"}
                 except Fenced:  # reclaimed while it failed: the newer run decides
+                    self.rt.fenced.add(self.job_id)
                     log.warning("run lost its lease (reclaimed); it stops without writing")
                     return {"state": "fenced"}
         finally:

@@ -303,6 +303,7 @@ class Ledger(LedgerReads):
                     "1" if paid.pending_id else "0",
                     "1" if replayed else "0",
                     token,
+                    self.retention_ms,
                 ],
                 patience_s=None,
             )

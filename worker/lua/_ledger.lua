@@ -80,6 +80,17 @@ local function expire_final(job_id, retention_ms)
   return true
 end
 
+-- retire_settled(job_id, retention_ms): a final record kept for its money (a call possibly
+-- billed) whose money a stale run's answer has just settled: its retention starts now, as
+-- `retire` would have started it, unless its batch's report is still to come (which starts it).
+local function retire_settled(job_id, retention_ms)
+  local ledger = k_job(job_id)
+  if redis.call('PTTL', ledger) ~= -1 then return end  -- gone, or expiring already
+  local batch = redis.call('HGET', ledger, 'batch')
+  if batch and batch ~= '' and redis.call('PTTL', k_batch_done(batch)) == -1 then return end
+  expire_final(job_id, retention_ms)
+end
+
 local function retire(job_id, state, retention_ms)
   local ledger = k_job(job_id)
   local batch = redis.call('HGET', ledger, 'batch')

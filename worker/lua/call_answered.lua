@@ -14,7 +14,7 @@
 -- ARGV: 1 prefix, 2 job id, 3 slot token, 4 cost micros, 5 request id, 6 paid result (json),
 --       7 pending ('1': async job accepted, billed when it completes), 8 replayed ('1': the
 --       upstream says this answer replays the earlier call with the same idempotency key),
---       9 run token of the run that asked ('': none to fence)
+--       9 run token of the run that asked ('': none to fence), 10 retention ms (final records)
 -- Returns 'pending' | 'saved' | 'duplicate' | 'stale' | 'fenced' | 'orphan' (no record: saved
 -- nowhere, the run stores it).
 --- @include "_ledger"
@@ -69,6 +69,8 @@ if not current or FINAL[state] then
   add_spend(job_id, cost, 'cost_micros', now, slot)
   redis.call('HINCRBY', KEYS[1], 'billed_calls', 1)
   if open_slot then redis.call('SET', KEYS[3], ARGV[6]) end
+  -- a final record kept only for the possible charge this answer settled expires as usual
+  if FINAL[state] then retire_settled(job_id, ARGV[10]) end
   return 'stale'
 end
 add_request_id(job_id, ARGV[5])
