@@ -113,7 +113,11 @@ async def _teardown(ctx: dict[str, Any]) -> None:
 
 
 def _background(rt: Runtime, workers: Sequence[Worker]) -> list[asyncio.Task[None]]:
-    in_progress_ms = int((rt.settings.jobs.job_timeout_s + 10) * 1000)  # arq's in-progress TTL
+    # arq's in-progress TTL is its longest function timeout + 10 s (the report's hour, not
+    # job_timeout): the healer ages a claim whose run never started by it
+    functions = worker_options(rt.settings)["functions"]
+    longest = max(f.timeout_s or rt.settings.jobs.job_timeout_s for f in functions)
+    in_progress_ms = int((longest + 10) * 1000)
     return [
         asyncio.create_task(Lifecycle(rt, in_progress_ttl_ms=in_progress_ms).run()),
         asyncio.create_task(watch_gate(rt, workers)),

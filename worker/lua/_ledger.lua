@@ -96,7 +96,11 @@ local function retire(job_id, state, retention_ms)
   local batch = redis.call('HGET', ledger, 'batch')
   redis.call('HDEL', ledger, unpack(RUN_FIELDS))
   if state == 'succeeded' or state == 'skipped' then
+    -- a reclaimed job keeps its calls' request ids: a stale run's answer may still come, and
+    -- one already counted (the upstream replayed it to the newer run) is known by its id
+    local ids = redis.call('HGET', ledger, 'reclaims') and redis.call('HGET', ledger, 'request_ids')
     redis.call('HDEL', ledger, unpack(RERUN_FIELDS))
+    if ids then redis.call('HSET', ledger, 'request_ids', ids) end
     -- counters are kept where they tell something: a succeeded job's one billed call is the
     -- rule (`JobRecord` reads it so), a second call or attempt, a reclaim is not
     local calls, billed = unpack(redis.call('HMGET', ledger, 'calls', 'billed_calls'))
