@@ -1,8 +1,9 @@
 """A worker stalled past its run lease (SIGSTOP: a GC pause, a frozen VM, a swapping host) while
 another reclaims and redoes its job, woken before, during or after the newer run's call: the
 stale run replaces no output, the ledger's spend is the bill to the cent, and the final job
-keeps no key without a TTL. Real `upscale worker` processes at default settings; every step
-is triggered on an event seen from outside (the simulator's calls in flight, the ledger)."""
+keeps no key without a TTL. Then the same at fleet scale (30 jobs, 4 workers, three stalls).
+Real `upscale worker` processes at default settings; every step is triggered on an event seen
+from outside (the simulator's calls in flight, the ledger, a worker's connections)."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from worker.ledger import JobRecord
 pytestmark = pytest.mark.slow
 
 CALL_MS = 4000  # the upstream's latency: the stale run is stopped mid-call
-CASE_S = 75  # lease (20 s) + reclaim tick (5 s) + two calls, with room
+CASE_S = 60  # lease (20 s) + reclaim tick (5 s) + two calls, with room
 # the workers' log lines read here
 FENCED = "run lost its lease (reclaimed); it stops without writing"
 CALL_OK = "upstream call ok"
