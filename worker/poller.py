@@ -48,12 +48,18 @@ class ResilientWorker(Worker):
                 await asyncio.sleep(delay)
                 delay = min(5.0, delay * 2)
 
-    async def finish_job(self, *args: Any, **kwargs: Any) -> None:
+    async def finish_job(self, job_id: str, *args: Any, **kwargs: Any) -> None:
         """arq's bookkeeping after a run (its in-progress key, retry count, queue entry): waited
         out like the ledger's writes, or a refused write would leave the job claimed until its
-        in-progress key expires."""
+        in-progress key expires. A run that lost its lease does none: reclaim put the job back
+        in its queue, and its claim, queue entry and payload are the newer run's (removing them
+        would strand a job no run holds)."""
+        rt: Runtime | None = self.ctx.get("runtime")
+        if rt is not None and job_id in rt.fenced:
+            rt.fenced.discard(job_id)
+            return
         finish = super().finish_job
-        await patiently(lambda: finish(*args, **kwargs), what="arq finish")
+        await patiently(lambda: finish(job_id, *args, **kwargs), what="arq finish")
 
     async def _iteration(self) -> None:
         """arq's poll iteration (0.28), but the pick is one atomic script (and finished tasks

@@ -36,6 +36,9 @@ class Runtime:
     downloads: httpx.AsyncClient
     # job id -> run token of every job this process runs (renewed by `worker.leases`)
     runs: dict[str, str] = field(default_factory=dict)
+    # job ids whose run here lost its lease (reclaimed): arq's bookkeeping of the job is the
+    # newer run's, so the stale run's end leaves it alone (`ResilientWorker.finish_job`)
+    fenced: set[str] = field(default_factory=set)
     redis_ok: bool = True  # false while Redis is unreachable (readiness)
     draining: bool = False  # set on SIGTERM: picking never reopens
     waker: Waker = field(default_factory=Waker)  # a slot was freed somewhere in the fleet

@@ -1,7 +1,9 @@
 """`make chaos`: the lifecycle's faults on 100 jobs x 4 worker processes, default settings.
 
 Prints, per fault: time to all-final, jobs stranded, images paid twice, images paid but not
-stored, and the ledger's spend against the simulator's bill. Figures, not a timed test.
+stored, outputs written more than once (where the destination bucket is versioned), keys of
+final jobs left without a TTL, and the ledger's spend against the simulator's bill. Figures,
+not a timed test. Every fault is triggered on an event seen from outside (`tests/faults.py`).
 
     python -m tests.bench.chaos [JOBS] [PROCS]
 """
@@ -12,6 +14,9 @@ import asyncio
 import os
 import subprocess
 import sys
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import NamedTuple
 
 import httpx
 from redis.asyncio import Redis
@@ -25,13 +30,14 @@ from tests.faults import (
     Fault,
     Report,
     Run,
+    answers_saved,
     in_flight,
     nothing,
     redis_restart,
     s3_down_20s,
     scenario,
+    three_stalls,
 )
-from worker.keys import Keys
 from worker.settings import Settings
 
 
@@ -43,13 +49,12 @@ async def kill_every_3s(run: Run) -> None:
 
 
 async def kill_after_answer(run: Run) -> None:
-    async def answered() -> bool:
-        return any([await run.producer.redis.exists(Keys.paid(j)) for j in run.job_ids[:20]])
-
-    await run.until(answered)
-    for _ in range(4):
-        run.kill_worker()
-        await asyncio.sleep(2)
+    """Every answer saved and nothing left at the upstream (as `test_faults.py` waits): a kill
+    now can lose only work done after an answer. Which worker holds which job cannot be seen
+    from outside, so every worker dies (and is replaced)."""
+    await answers_saved(run)
+    run.notes["unstored at the kill"] = await run.unstored()
+    run.kill_workers()
     await run.sim.post("/_admin/config", json={"download_delay_ms": 0})
 
 
@@ -60,53 +65,67 @@ async def async_kills(run: Run) -> None:
         await asyncio.sleep(3)
 
 
-FAULTS: list[tuple[str, Fault, dict[str, object]]] = [
-    ("worker SIGKILL every 3 s (8x)", kill_every_3s, {"latency_ms": [1000, 3000]}),
-    ("worker SIGKILL after answers (4x)", kill_after_answer, {"download_delay_ms": 300}),
-    ("redis SIGKILL, back after 3 s", redis_restart, {"latency_ms": [1000, 3000]}),
-    ("S3 down for 20 s", s3_down_20s, {"latency_ms": [300, 1000]}),
-    ("async 202 + 4 SIGKILLs", async_kills, {"async_mode": True, "latency_ms": [2000, 5000]}),
-    ("connection lost after billing (10x)", nothing, {"disconnect_next": 10}),
+class Row(NamedTuple):
+    name: str
+    fault: Fault
+    sim_config: dict[str, object]
+    versioned: bool = False  # the destination keeps every write: outputs replaced are counted
+    env: Mapping[str, str] = MappingProxyType({})  # workers' settings beyond the defaults
+    direct: bool = False  # UPSCALE_ROUTE=ideogram (the simulator's /upscale)
+
+
+FAULTS: list[Row] = [
+    Row("worker SIGKILL every 3 s (8x)", kill_every_3s, {"latency_ms": [1000, 3000]}),
+    # results arrive in 4 chunks 1 s apart: the last answered jobs are still downloading
+    Row("every worker SIGKILLed after the answers", kill_after_answer, {"download_delay_ms": 1000}),
+    Row("redis SIGKILL, back after 3 s", redis_restart, {"latency_ms": [1000, 3000]}),
+    Row("S3 down for 20 s", s3_down_20s, {"latency_ms": [300, 1000]}),
+    Row("async 202 + 4 SIGKILLs", async_kills, {"async_mode": True, "latency_ms": [2000, 5000]}),
+    Row("connection lost after billing (10x)", nothing, {"disconnect_next": 10}),
     # the same faults against an upstream that honours Idempotency-Key: no image bought twice
-    (
+    Row(
         "worker SIGKILL every 3 s (8x), key honoured",
         kill_every_3s,
         {"latency_ms": [1000, 3000], "honour_idempotency": True},
     ),
-    (
+    Row(
         "async 202 + 4 SIGKILLs, key honoured",
         async_kills,
         {"async_mode": True, "latency_ms": [2000, 5000], "honour_idempotency": True},
+    ),
+    # issue 23: workers stopped (SIGSTOP: a GC pause, a frozen VM) mid-call past the run lease
+    Row(
+        "3 workers SIGSTOPped past the lease",
+        three_stalls,
+        {"latency_ms": [4000, 4000]},
+        versioned=True,
     ),
 ]
 
 # The Ideogram direct route (UPSCALE_ROUTE=ideogram): the upstream ignores Idempotency-Key
 # there, as Ideogram does; a dropped connection drops the answer of an accepted, billed submit.
-DIRECT_FAULTS: list[tuple[str, Fault, dict[str, object], dict[str, str]]] = [
-    (
+DIRECT_FAULTS: list[Row] = [
+    Row(
         "direct: SIGKILL every 3 s (8x) + 10 dropped after billing",
         kill_every_3s,
         {"latency_ms": [1000, 3000], "disconnect_next": 10},
-        {},
+        direct=True,
     ),
     # not the default: what submitting again after a lost submit costs (shown for comparison)
-    (
+    Row(
         "direct, lost_submit=resubmit (10 s): same faults",
         kill_every_3s,
         {"latency_ms": [1000, 3000], "disconnect_next": 10},
-        {"UPSCALE_IDEOGRAM_LOST_SUBMIT": "resubmit", "UPSCALE_IDEOGRAM_GENERATION_S": "10"},
+        env={"UPSCALE_IDEOGRAM_LOST_SUBMIT": "resubmit", "UPSCALE_IDEOGRAM_GENERATION_S": "10"},
+        direct=True,
     ),
 ]
 
 
-def _all_faults() -> list[tuple[str, Fault, dict[str, object], dict[str, str]]]:
+def _all_faults() -> list[Row]:
     """Every row (`CHAOS_ONLY=<text>`: only those whose name holds it)."""
-    rows: list[tuple[str, Fault, dict[str, object], dict[str, str]]] = [
-        (name, fault, cfg, {}) for name, fault, cfg in FAULTS
-    ]
-    rows += DIRECT_FAULTS
     only = os.environ.get("CHAOS_ONLY", "")
-    return [row for row in rows if only in row[0]]
+    return [row for row in FAULTS + DIRECT_FAULTS if only in row.name]
 
 
 async def main(jobs: int, procs: int) -> None:
@@ -120,6 +139,8 @@ async def main(jobs: int, procs: int) -> None:
         "failed",
         "paid twice",
         "paid, not stored",
+        "outputs replaced",
+        "keys w/o TTL",
         "ledger / bill USD",
     ):
         table.add_column(col)
@@ -141,10 +162,11 @@ async def main(jobs: int, procs: int) -> None:
             procs_started.append(p)
             return p
 
-        for n, (name, fault, cfg, extra) in enumerate(_all_faults()):
+        for n, row in enumerate(_all_faults()):
+            name, fault, cfg, versioned = row.name, row.fault, row.sim_config, row.versioned
             fault_env.clear()
-            fault_env.update(extra)
-            if name.startswith("direct"):
+            fault_env.update(row.env)
+            if row.direct:
                 fault_env.update(
                     UPSCALE_ROUTE="ideogram", UPSCALE_IDEOGRAM_URL=f"{stack.simulator_url}/upscale"
                 )
@@ -170,10 +192,11 @@ async def main(jobs: int, procs: int) -> None:
                     fault=fault,
                     sim_config=cfg,
                     deadline_s=900,
+                    versioned=versioned,
                 )
             reports.append(report)
             table.add_row(*report.row())
-            console.print(f"{name}: done", report.row()[2])
+            console.print(f"{name}: done", report.row()[2], report.notes or "")
             await redis.aclose()
     console.print(table)
 

@@ -93,6 +93,7 @@ async def settle(job: Job, exc: Exception, source: Source | None) -> Reply:
         log.info("job cancelled (upscale cancel); this run stops")
         return await _ended(job, JobState.CANCELLED)
     except Fenced:  # reclaimed after a stall: the newer run decides
+        job.rt.fenced.add(job.id)  # and owns arq's bookkeeping of the job (`finish_job`)
         log.warning("run lost its lease (reclaimed); it stops without writing")
         return {"state": FENCED}
 

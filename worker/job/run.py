@@ -124,6 +124,7 @@ async def hand_back(job: Job, reason: str, detail: str, delay_s: float = 0.0) ->
     except Cancelled:
         raise
     except Fenced:
+        job.rt.fenced.add(job.id)  # the newer run owns arq's bookkeeping (`finish_job`)
         return
     metrics.JOB_WAITS.labels(reason.split(":", 1)[0]).inc()
     log.info("job waiting", reason=reason, retry_in_s=round(delay_s, 2))

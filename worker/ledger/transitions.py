@@ -357,6 +357,7 @@ class Ledger(LedgerReads):
                     "1" if paid.pending_id else "0",
                     "1" if replayed else "0",
                     token,
+                    self.retention_ms,
                     "1" if keep_slot else "0",
                 ],
                 patience_s=None,

@@ -92,12 +92,27 @@ local function expire_final(job_id, retention_ms)
   return true
 end
 
+-- retire_settled(job_id, retention_ms): a final record kept for its money (a call possibly
+-- billed) whose money a stale run's answer has just settled: its retention starts now, as
+-- `retire` would have started it, unless its batch's report is still to come (which starts it).
+local function retire_settled(job_id, retention_ms)
+  local ledger = k_job(job_id)
+  if redis.call('PTTL', ledger) ~= -1 then return end  -- gone, or expiring already
+  local batch = redis.call('HGET', ledger, 'batch')
+  if batch and batch ~= '' and redis.call('PTTL', k_batch_done(batch)) == -1 then return end
+  expire_final(job_id, retention_ms)
+end
+
 local function retire(job_id, state, retention_ms)
   local ledger = k_job(job_id)
   local batch = redis.call('HGET', ledger, 'batch')
   redis.call('HDEL', ledger, unpack(RUN_FIELDS))
   if state == 'succeeded' or state == 'skipped' then
+    -- a reclaimed job keeps its calls' request ids: a stale run's answer may still come, and
+    -- one already counted (the upstream replayed it to the newer run) is known by its id
+    local ids = redis.call('HGET', ledger, 'reclaims') and redis.call('HGET', ledger, 'request_ids')
     redis.call('HDEL', ledger, unpack(RERUN_FIELDS))
+    if ids then redis.call('HSET', ledger, 'request_ids', ids) end
     -- counters are kept where they tell something: a succeeded job's one billed call is the
     -- rule (`JobRecord` reads it so), a second call or attempt, a reclaim is not
     local calls, billed = unpack(redis.call('HMGET', ledger, 'calls', 'billed_calls'))

@@ -14,9 +14,9 @@
 -- ARGV: 1 prefix, 2 job id, 3 slot token, 4 cost micros, 5 request id, 6 paid result (json),
 --       7 pending ('1': async job accepted, billed when it completes), 8 replayed ('1': the
 --       upstream says this answer replays the earlier call with the same idempotency key),
---       9 run token of the run that asked ('': none to fence), 10 keep_slot ('1': a pending job
---       keeps its in-flight slot until its outcome: Ideogram counts a generation against the
---       organisation's in-flight cap until it completes)
+--       9 run token of the run that asked ('': none to fence), 10 retention ms (final records),
+--       11 keep_slot ('1': a pending job keeps its in-flight slot until its outcome: Ideogram
+--       counts a generation against the organisation's in-flight cap until it completes)
 -- Returns 'pending' | 'saved' | 'duplicate' | 'stale' | 'fenced' | 'orphan' (no record: saved
 -- nowhere, the run stores it).
 local SCRIPT = 'call_answered'  -- its moves in the lifecycle table (worker/moves.py)
@@ -72,10 +72,12 @@ if not current or FINAL[state] then
   add_spend(job_id, cost, 'cost_micros', now, slot)
   redis.call('HINCRBY', KEYS[1], 'billed_calls', 1)
   if open_slot then redis.call('SET', KEYS[3], ARGV[6]) end
+  -- a final record kept only for the possible charge this answer settled expires as usual
+  if FINAL[state] then retire_settled(job_id, ARGV[10]) end
   return 'stale'
 end
 add_request_id(job_id, ARGV[5])
-if not (pending and ARGV[10] == '1') then free_slot(slot) end
+if not (pending and ARGV[11] == '1') then free_slot(slot) end
 if pending then
   -- the reservation stays with the pending job until its outcome is known
   redis.call('SET', KEYS[3], ARGV[6])
