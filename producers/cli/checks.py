@@ -28,7 +28,8 @@ def health(as_json: bool) -> None:
         click.echo(json.dumps({k: {"ok": v[0], "detail": v[1]} for k, v in results.items()}))
     else:
         for name, (good, detail) in results.items():
-            console.print(f"{'[green]ok  [/]' if good else '[red]FAIL[/]'} {name:<9} {detail}")
+            mark = "[green]ok  [/]" if good else "[red]FAIL[/]"
+            console.print(f"{mark} {name:<9} {detail}", soft_wrap=True)  # one line each
         console.print("healthy" if not failed else "[bold red]unhealthy[/]")
     if failed:
         raise CommandError(

@@ -86,6 +86,6 @@ def shape_check(shape: SchemaShape, s: UpstreamSettings) -> KeyCheck:
     knobs = f", knobs {', '.join(shape.knobs)}" if shape.knobs else ""
     return KeyCheck(
         True,
-        f"schema ok: POST {shape.path or path}, image as {shape.mode or s.image_mode} in "
+        f"POST {shape.path or path}, image as {shape.mode or s.image_mode} in "
         f"{shape.field or field!r}{knobs}{price}",
     )
