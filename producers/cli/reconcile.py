@@ -11,7 +11,7 @@ from rich.table import Table
 
 from producers.api import Producer
 from producers.cli.common import JSON_HELP, console, echo_json, main, with_producer
-from producers.errors import EXIT_CONFIG, EXIT_FAILED, CommandError
+from producers.errors import EXIT_CONFIG, EXIT_FAILED, EXIT_UNAVAILABLE, CommandError
 from worker.api import (
     BooksUnreadable,
     Reconciliation,
@@ -61,7 +61,8 @@ def reconcile(since: date, batch: str | None, as_json: bool) -> None:
         try:
             rec = await reconcile_books(p.redis, p.settings, since=since, batch=batch)
         except BooksUnreadable as e:
-            raise CommandError(f"reconcile: {e}", EXIT_CONFIG) from None
+            code = EXIT_UNAVAILABLE if e.unavailable else EXIT_CONFIG
+            raise CommandError(f"reconcile: {e}", code) from None
         await save_last(p.redis, rec)
         return rec
 

@@ -1,7 +1,8 @@
 """`make chaos`: the lifecycle's faults on 100 jobs x 4 worker processes, default settings.
 
 Prints, per fault: time to all-final, jobs stranded, images paid twice, images paid but not
-stored, and the ledger's spend against the simulator's bill. Figures, not a timed test.
+stored, the ledger's spend against the simulator's bill, and `upscale reconcile`'s difference
+(the ledger per day against the gateway's usage endpoint). Figures, not a timed test.
 
     python -m tests.bench.chaos [JOBS] [PROCS]
 """
@@ -12,6 +13,7 @@ import asyncio
 import os
 import subprocess
 import sys
+from datetime import UTC, datetime
 
 import httpx
 from redis.asyncio import Redis
@@ -31,6 +33,7 @@ from tests.faults import (
     s3_down_20s,
     scenario,
 )
+from worker.api import reconcile
 from worker.keys import Keys
 from worker.settings import Settings
 
@@ -93,6 +96,7 @@ async def main(jobs: int, procs: int) -> None:
         "paid twice",
         "paid, not stored",
         "ledger / bill USD",
+        "reconcile",
     ):
         table.add_column(col)
     reports: list[Report] = []
@@ -137,7 +141,10 @@ async def main(jobs: int, procs: int) -> None:
                     deadline_s=900,
                 )
             reports.append(report)
-            table.add_row(*report.row())
+            # `upscale reconcile`'s comparison: the ledger per day against the usage endpoint
+            rec = await reconcile(redis, Settings(), since=datetime.now(UTC).date())
+            books = f"{rec.drift_usd:+.2f} ({len(rec.over)} over)"
+            table.add_row(*report.row(), books)
             console.print(f"{name}: done", report.row()[2])
             await redis.aclose()
     console.print(table)

@@ -21,7 +21,12 @@ MAX_DAY_BUCKETS = 92  # Ideogram's account usage: at most 92 buckets of 1d a req
 
 
 class BooksUnreadable(Exception):
-    """The upstream's books could not be read (one line: what and the fix)."""
+    """The upstream's books could not be read (one line: what and the fix); `unavailable`:
+    the upstream did not answer (else it refused: a setting to fix)."""
+
+    def __init__(self, message: str, *, unavailable: bool = False) -> None:
+        super().__init__(message)
+        self.unavailable = unavailable
 
 
 # (day, tag) -> micro-USD; tag '' is untagged spend
@@ -102,7 +107,7 @@ async def _get(
     try:
         resp = await client.get(url, headers=headers, params=params)
     except httpx.HTTPError as e:
-        raise BooksUnreadable(f"GET {url} failed: {type(e).__name__}") from None
+        raise BooksUnreadable(f"GET {url} failed: {type(e).__name__}", unavailable=True) from None
     if resp.status_code in (401, 403):
         raise BooksUnreadable(f"GET {url} refused the key (HTTP {resp.status_code}): check {fix}")
     if resp.status_code == 404 and url.endswith(ACCOUNT_USAGE):
@@ -110,7 +115,9 @@ async def _get(
             f"GET {url} answered 404: Ideogram's usage needs an organisation admin's key: set {fix}"
         )
     if not resp.is_success:
-        raise BooksUnreadable(f"GET {url} answered HTTP {resp.status_code}")
+        raise BooksUnreadable(
+            f"GET {url} answered HTTP {resp.status_code}", unavailable=resp.status_code >= 500
+        )
     try:
         return resp.json()
     except ValueError:
