@@ -48,6 +48,7 @@ async def gateway_books(
     """Spend per day and tag from `since` on (`until`'s month included), as the gateway bills."""
     books: TagBooks = defaultdict(int)
     headers = {"Authorization": f"Bearer {key}"}
+    base = base.rstrip("/")
     for month in months(since, until):
         params = {"month": month, "group_by": "day", **({"tag": tag} if tag is not None else {})}
         for row in await _get_rows(client, base + USAGE_BY_TAG, headers, params):
