@@ -4,6 +4,7 @@
     GET  /api/status       fleet: states, lanes, pause, circuit, cooldown, spend, budgets, throughput
     GET  /api/failures     latest failures with their reasons
     GET  /api/batches      per-batch progress and spend
+    GET  /api/reconcile    the last `upscale reconcile` (null: never run)
     POST /api/resume       lift a pause                      (token)
     POST /api/retry/{job}  re-enqueue a failed job           (token)
     GET  /metrics          fleet gauges (one place, so N workers do not report N copies)
@@ -30,7 +31,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from producers.api import Producer
 from producers.serving import bearer_matches, errors_middleware, serve_app
-from worker.api import Settings, fleet_metrics
+from worker.api import Settings, fleet_metrics, last_reconciliation, reconcile_metrics
 
 log = structlog.get_logger("producers.dashboard")
 PRODUCER: web.AppKey[Producer] = web.AppKey("producer", Producer)
@@ -115,8 +116,15 @@ async def retry(request: web.Request) -> web.Response:
     return web.json_response({"job_id": r.job_id, "outcome": r.outcome})
 
 
+async def reconciliation(request: web.Request) -> web.Response:
+    last = await last_reconciliation(request.app[PRODUCER].redis)
+    return web.json_response(None if last is None else last.model_dump(mode="json"))
+
+
 async def metrics(request: web.Request) -> web.Response:
-    body = fleet_metrics(await request.app[PRODUCER].fleet_status())
+    producer = request.app[PRODUCER]
+    body = fleet_metrics(await producer.fleet_status())
+    body += reconcile_metrics(await last_reconciliation(producer.redis))
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
@@ -141,6 +149,7 @@ def create_app(producer: Producer) -> web.Application:
     app.router.add_get("/api/status", status)
     app.router.add_get("/api/failures", failures)
     app.router.add_get("/api/batches", batches)
+    app.router.add_get("/api/reconcile", reconciliation)
     app.router.add_post("/api/resume", resume)
     app.router.add_post("/api/retry/{job_id}", retry)
     app.router.add_get("/metrics", metrics)

@@ -25,7 +25,10 @@ are re-exported here. Everything here is re-exported or a thin wrapper over work
   (`StorageError`, `SourceMissing`, `AccessDenied`);
 - reports: `report_batch` (a batch's completion report, written to S3), `ReportResult`, and
   what it raises when there is nothing to write (`NoSuchBatch`, `NothingToReport`);
-- processes: `run_worker_process`, `check_health` (`Check`).
+- processes: `run_worker_process`, `check_health` (`Check`);
+- the upstream's books: `reconcile` (our ledger beside each upstream's usage per day and
+  batch: a `Reconciliation` of `ReconciliationRow`s; `ALL_BATCHES`; `BooksUnreadable`),
+  `save_last` / `last_reconciliation` (kept in Redis), `reconcile_metrics` (its gauges).
 
 Heavy modules (boto3, the arq app) load on first use.
 """
@@ -72,7 +75,16 @@ from worker.ledger.reads import LedgerReads, text
 from worker.ledger.records import CancelOutcome, EnqueueOutcome, ledger_fields
 from worker.ledger.transitions import DEFAULT_RETENTION_MS
 from worker.logs import configure_logging, redact, register_secret
-from worker.metrics import fleet_metrics
+from worker.metrics import fleet_metrics, reconcile_metrics
+from worker.reconcile import (
+    ALL_BATCHES,
+    BooksUnreadable,
+    Reconciliation,
+    ReconciliationRow,
+    last_reconciliation,
+    reconcile,
+    save_last,
+)
 from worker.redis_conn import RedisUnavailable, connect
 from worker.redis_conn import reason as redis_reason
 from worker.redis_conn import where as redis_where
@@ -97,12 +109,14 @@ if TYPE_CHECKING:
     from worker.storage import AccessDenied, SourceMissing, StorageError
 
 __all__ = [
+    "ALL_BATCHES",
     "LANES",
     "META_JOB_ID",
     "QUEUES",
     "STAGING_PREFIX",
     "AccessDenied",
     "BatchSummary",
+    "BooksUnreadable",
     "Budgets",
     "CallbackSettings",
     "CancelOutcome",
@@ -129,6 +143,8 @@ __all__ = [
     "OpsSettings",
     "PauseInfo",
     "ProducerSettings",
+    "Reconciliation",
+    "ReconciliationRow",
     "RedisSettings",
     "RedisUnavailable",
     "ReportResult",
@@ -152,8 +168,11 @@ __all__ = [
     "fleet_metrics",
     "get_settings",
     "job_id_for",
+    "last_reconciliation",
     "ledger_fields",
     "make_s3_client",
+    "reconcile",
+    "reconcile_metrics",
     "redact",
     "redis_reason",
     "redis_where",
@@ -161,6 +180,7 @@ __all__ = [
     "render_destination",
     "report_batch",
     "run_worker_process",
+    "save_last",
     "usd_to_micros",
 ]
 
@@ -293,13 +313,14 @@ def run_worker_process(*, burst: bool = False) -> None:
 async def check_health(
     settings: Settings, explain: Callable[[BaseException], str]
 ) -> dict[str, Check]:
-    """Redis, S3 and the upstream (URL, key, model; never a billed call), all at once, each
-    with a short timeout. `explain(exc) -> str` words a failure."""
+    """Redis, S3 and the upstream (URL, key, model; then the model's published request shape
+    on the gateway: `schema`; never a billed call), all at once, each with a short timeout.
+    `explain(exc) -> str` words a failure."""
     import asyncio
 
     import httpx
 
-    from worker.health import CHECK_TIMEOUT_S, check_redis, check_s3, check_upstream
+    from worker.health import CHECK_TIMEOUT_S, check_redis, check_s3, check_upstream_and_schema
     from worker.storage import Storage
     from worker.upstream import make_upstream
 
@@ -319,11 +340,11 @@ async def check_health(
     )
     upstream = make_upstream(settings.upstream, client)
     try:
-        checks = await asyncio.gather(
+        redis, s3, up = await asyncio.gather(
             redis_check(),
             check_s3(storage, settings.ops.health_bucket, explain),
-            check_upstream(upstream),
+            check_upstream_and_schema(upstream),
         )
     finally:
         await upstream.aclose()
-    return dict(zip(("redis", "s3", "upstream"), checks, strict=True))
+    return {"redis": redis, "s3": s3, **up}

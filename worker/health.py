@@ -3,7 +3,8 @@
 Liveness (/healthz) is the process's event loop answering. Readiness (/readyz) is Redis and S3
 reachable, and Redis taking this worker's writes (a full or read-only Redis answers PING): a
 worker that cannot use them should get no traffic (and a rollout should wait).
-The upstream key is checked by `upscale health` with a request that is never billed.
+The upstream key, and the model's published request shape on the gateway, are checked by
+`upscale health` with requests that are never billed.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from worker.redis_conn import last_away
 from worker.runtime import Runtime
 from worker.storage import Storage, StorageError
 from worker.upstream.base import Upstream
+from worker.upstream.gateway import GatewayUpstream
 
 log = structlog.get_logger("worker.health")
 
@@ -61,6 +63,26 @@ async def check_upstream(upstream: Upstream) -> Check:
     except TimeoutError:
         return False, f"the upstream did not answer within {CHECK_TIMEOUT_S:.0f} s"
     return verdict.ok, verdict.detail
+
+
+async def check_schema(upstream: Upstream) -> Check | None:
+    """The gateway model's published request shape against the image settings (free); None
+    on a route that publishes none."""
+    if not isinstance(upstream, GatewayUpstream):
+        return None
+    try:
+        verdict = await asyncio.wait_for(upstream.check_schema(), CHECK_TIMEOUT_S + 0.5)
+    except TimeoutError:
+        return False, f"the model's schema did not come within {CHECK_TIMEOUT_S:.0f} s"
+    return verdict.ok, verdict.detail
+
+
+async def check_upstream_and_schema(upstream: Upstream) -> dict[str, Check]:
+    """The key, then (once it is accepted) the model's schema: `upstream`, `schema`."""
+    found = {"upstream": await check_upstream(upstream)}
+    if found["upstream"][0] and (schema := await check_schema(upstream)) is not None:
+        found["schema"] = schema
+    return found
 
 
 async def run_checks(

@@ -125,6 +125,15 @@ class Keys:
     def spend_batch(batch: str) -> str:
         return f"{PREFIX}spend:batch:{batch}"
 
+    @staticmethod
+    def spend_day_by(day: str) -> str:
+        """A day's spend (hash): `<pool upstream>|<batch>` -> micro-USD (either may be ''):
+        what `upscale reconcile` holds against the upstream's books (`_money.lua` add_spend)."""
+        return f"{PREFIX}spend:day:{day}:by"
+
+    # string: the last `upscale reconcile` (JSON), shown by the status page and /metrics
+    reconcile_last = PREFIX + "reconcile:last"
+
     # -- flow control, fleet-wide (per upstream of the pool: `Keys.up(name)`) ----------------
     pause = PREFIX + "flow:pause"  # hash: reason, detail, since (ms): a manual pause of all
     live_waiting = PREFIX + "flow:live-waiting"  # sorted set: live job id -> expiry ms

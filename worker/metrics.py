@@ -19,6 +19,7 @@ from prometheus_client.core import GaugeMetricFamily
 from worker.contract import JobState
 from worker.fleet import FleetStatus
 from worker.flow.status import CIRCUIT_STATES
+from worker.reconcile.model import Reconciliation
 from worker.redis_conn import watch_away
 from worker.replicas import watch_waits
 from worker.upstream import deprecation
@@ -46,6 +47,11 @@ UPSTREAM_DEPRECATED = Counter(
 deprecation.watch(lambda endpoint: UPSTREAM_DEPRECATED.labels(endpoint).inc())
 RESULT_BYTES = Counter("upscale_result_bytes_total", "Bytes of results stored to S3.")
 SPEND_USD = Counter("upscale_spend_usd_total", "USD billed by upstream calls this process made.")
+RESULT_LINKS_REFRESHED = Counter(
+    "upscale_result_links_refreshed_total",
+    "Expired or unreachable result links signed anew by re-reading their upstream async job "
+    "(each one a new call avoided).",
+)
 REDIS_AWAY = Counter(
     "upscale_redis_unavailable_total",
     "Redis commands of this process that found Redis away and were waited out, by kind: "
@@ -142,4 +148,40 @@ def fleet_metrics(status: FleetStatus) -> bytes:
                 yield g
 
     registry.register(Fleet())
+    return bytes(generate_latest(registry))
+
+
+def reconcile_metrics(last: Reconciliation | None) -> bytes:
+    """The last `upscale reconcile` as gauges (nothing before the first): the drift per route
+    (the upstream's books minus our ledger, USD), the rows over the threshold, and when."""
+    if last is None:
+        return b""
+    registry = CollectorRegistry(auto_describe=False)
+    rec: Reconciliation = last
+
+    class Books:
+        def collect(self) -> Iterator[GaugeMetricFamily]:
+            drift = GaugeMetricFamily(
+                "upscale_reconcile_drift_usd",
+                "The upstream's books minus our ledger over the last reconciliation's days "
+                "(USD; > 0: billed more than we counted).",
+                labels=["route"],
+            )
+            for route, usd in sorted(rec.drift_by_route().items()):
+                drift.add_metric([route], usd)
+            yield drift
+            over = GaugeMetricFamily(
+                "upscale_reconcile_rows_over_threshold",
+                "Days (gateway: days and batches) whose difference was over "
+                "UPSCALE_RECONCILE_THRESHOLD_USD at the last reconciliation.",
+            )
+            over.add_metric([], len(rec.over))
+            yield over
+            at = GaugeMetricFamily(
+                "upscale_reconcile_timestamp_seconds", "When the last reconciliation ran."
+            )
+            at.add_metric([], rec.at)
+            yield at
+
+    registry.register(Books())
     return bytes(generate_latest(registry))

@@ -1,4 +1,5 @@
-"""Fetch a paid result (a signed URL or inline base64) as a stream of chunks."""
+"""Fetch a paid result (a signed URL or inline base64) as a stream of chunks, and get a fresh
+link for one whose link expired (`fresh_link`: re-reading its upstream async job)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from worker.upstream import errors as ue
+from worker.upstream.base import Upstream
 from worker.upstream.errors import ResultUnavailable
 
 CHUNK = 1024 * 1024
@@ -76,3 +79,22 @@ async def stream_b64(payload: str) -> AsyncIterator[bytes]:
             yield base64.b64decode(payload[i : i + step], validate=False)
     except ValueError as e:
         raise ResultUnavailable(f"b64_json result is not valid base64: {e}") from None
+
+
+async def fresh_link(upstream: Upstream, upstream_job: str) -> str:
+    """A freshly signed link to the result of async job `upstream_job`: the gateway signs a new
+    one on each read of the job while it keeps the file (7 days). Raises ResultUnavailable
+    only when the upstream says the result is gone (then a new call is justified), and
+    DownloadFailed when it could not be asked now (wait and try again: never a new call)."""
+    try:
+        result = await upstream.poll(upstream_job)
+    except ue.UpstreamJobFailed as e:  # 404 (file no longer kept) included: UpstreamJobLost
+        raise ResultUnavailable(f"the result of upstream job {upstream_job} is gone: {e}") from None
+    except ue.UpstreamError as e:
+        raise DownloadFailed(
+            f"could not re-read upstream job {upstream_job} for a fresh link: {e.describe()}"
+        ) from None
+    url = result.outputs[0].url if result.outputs else None
+    if result.pending_id is not None or not url:  # polled too soon (304): ask again later
+        raise DownloadFailed(f"upstream job {upstream_job} gave no fresh link yet")
+    return url

@@ -2,7 +2,8 @@
 
 Prints, per fault: time to all-final, jobs stranded, images paid twice, images paid but not
 stored, outputs written more than once (where the destination bucket is versioned), keys of
-final jobs left without a TTL, and the ledger's spend against the simulator's bill. Figures,
+final jobs left without a TTL, the ledger's spend against the simulator's bill, and `upscale
+reconcile`'s difference (the ledger per day against the gateway's usage endpoint). Figures,
 not a timed test. Every fault is triggered on an event seen from outside (`tests/faults.py`).
 
     python -m tests.bench.chaos [JOBS] [PROCS]
@@ -15,6 +16,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import NamedTuple
 
@@ -38,6 +40,7 @@ from tests.faults import (
     scenario,
     three_stalls,
 )
+from worker.api import reconcile
 from worker.settings import Settings
 
 
@@ -142,6 +145,7 @@ async def main(jobs: int, procs: int) -> None:
         "outputs replaced",
         "keys w/o TTL",
         "ledger / bill USD",
+        "reconcile",
     ):
         table.add_column(col)
     reports: list[Report] = []
@@ -195,7 +199,10 @@ async def main(jobs: int, procs: int) -> None:
                     versioned=versioned,
                 )
             reports.append(report)
-            table.add_row(*report.row())
+            # `upscale reconcile`'s comparison: the ledger per day against the usage endpoint
+            rec = await reconcile(redis, Settings(), since=datetime.now(UTC).date())
+            books = f"{rec.drift_usd:+.2f} ({len(rec.over)} over)"
+            table.add_row(*report.row(), books)
             console.print(f"{name}: done", report.row()[2], report.notes or "")
             await redis.aclose()
     console.print(table)

@@ -11,7 +11,7 @@ import worker
 LAYERS: list[set[str]] = [
     {"contract", "moves", "formats", "keys", "lua", "settings", "redis_conn", "replicas", "logs"},
     {"storage", "upstream", "results", "images", "output"},
-    {"ledger", "flow", "fleet"},
+    {"ledger", "flow", "fleet", "reconcile"},
     {"runtime", "metrics", "health", "callbacks", "leases", "gate_watch", "poller", "report"},
     {"outcomes", "job"},
     {"app", "api"},

@@ -16,13 +16,17 @@ from worker.job.buy import Bought
 from worker.job.destination import Found, Look
 from worker.job.run import Job, log, ms_since
 from worker.job.source import check_still_newest
+from worker.keys import upstream_of
 from worker.ledger import PaidOutput, PaidResult
 from worker.outcomes import JobFailed, Superseded
-from worker.results import DownloadFailed, ResultRejected, stream_b64, stream_url
+from worker.results import DownloadFailed, ResultRejected, fresh_link, stream_b64, stream_url
 from worker.storage import AccessDenied, DestinationChanged, SourceMissing, StorageRejected
 from worker.upstream import errors as ue
 
-DOWNLOAD_TRIES = 3  # a truncated or failed result download is retried (no new call)
+# A truncated or failed result download is retried (no new call); an expired or unreachable
+# link of an async upstream job is signed anew by re-reading the job, once per run, before the
+# result is declared unavailable.
+DOWNLOAD_TRIES = 3
 
 
 @dataclass(frozen=True)
@@ -49,7 +53,10 @@ async def store(job: Job, bought: Bought, look: Look) -> Stored | Found:
     await check_still_newest(job)
     seen = await look.seen()
     t0 = time.monotonic()
-    for attempt in range(1, DOWNLOAD_TRIES + 1):
+    refreshed = False  # the link was signed anew this run (its upstream job re-read)
+    attempt = 0
+    while True:
+        attempt += 1
         try:
             result = await _upload(job, bought, out, seen)
             break
@@ -65,8 +72,10 @@ async def store(job: Job, bought: Bought, look: Look) -> Stored | Found:
             ) from None
         except DownloadFailed as e:
             log.warning("result download failed; retrying the download", error=str(e), try_=attempt)
-            if attempt == DOWNLOAD_TRIES:
-                raise
+            if attempt >= DOWNLOAD_TRIES:
+                if refreshed or not out.upstream_job:
+                    raise
+                out, refreshed = await _refreshed(job, out), True  # an unreachable link
         except ResultRejected as e:
             raise JobFailed(
                 "ResultRejected",
@@ -74,6 +83,9 @@ async def store(job: Job, bought: Bought, look: Look) -> Stored | Found:
                 "stores it without a new call (while its URL is valid)",
             ) from None
         except ue.ResultUnavailable:
+            if out.upstream_job and not refreshed:  # an expired link: the upstream signs anew
+                out, refreshed = await _refreshed(job, out), True
+                continue
             # Only now is a new call justified: the ledger will show both billed calls.
             await job.rt.ledger.discard_paid(job.id, job.token)
             raise
@@ -94,6 +106,22 @@ async def store(job: Job, bought: Bought, look: Look) -> Stored | Found:
         )
     metrics.RESULT_BYTES.inc(result.stored.size)
     return Stored(result, out.seed, bought, ms_since(t0))
+
+
+async def _refreshed(job: Job, out: PaidOutput) -> PaidOutput:
+    """`out` with a freshly signed link, from its upstream job re-read on the key that made
+    the call. The result gone upstream: the paid result is dropped (a new call may be made)
+    and ResultUnavailable raised; the upstream not answering now: DownloadFailed (wait)."""
+    journal = await job.rt.ledger.journal(job.id)
+    upstream = job.rt.upstream(upstream_of(journal.token) if journal else "")
+    try:
+        url = await fresh_link(upstream, str(out.upstream_job))
+    except ue.ResultUnavailable:  # the upstream says it is gone: only now a new call
+        await job.rt.ledger.discard_paid(job.id, job.token)
+        raise
+    log.info("result link signed anew by its upstream job", upstream_job=out.upstream_job)
+    metrics.RESULT_LINKS_REFRESHED.inc()
+    return out.model_copy(update={"url": url})
 
 
 async def _upload(

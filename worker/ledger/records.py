@@ -38,6 +38,7 @@ class PaidOutput(BaseModel):
     seed: int | None = None
     resolution: str | None = None
     safe: bool = True
+    upstream_job: str | None = None  # its async job upstream: re-read for a fresh link
 
 
 class PaidResult(BaseModel):

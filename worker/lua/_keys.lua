@@ -7,6 +7,8 @@ local function k_call(id) return PFX .. 'call:' .. id end
 local function k_batch(b) return PFX .. 'batch:' .. b end
 local function k_batch_done(b) return PFX .. 'batch:' .. b .. ':done' end
 local function k_batch_open(b) return PFX .. 'batch:' .. b .. ':open' end
+-- A day's spend per pool member and batch (hash `<member>|<batch>`; `Keys.spend_day_by`).
+local function k_spend_day_by(day) return PFX .. 'spend:day:' .. day .. ':by' end
 -- The fleet's flow keys (`Keys.waiting_line` = flow:line, `Keys.wake` = flow:wake, ...).
 local function k_flow(name) return PFX .. 'flow:' .. name end
 -- One upstream key's flow state (mirrors worker/keys.py `UpstreamKeys`: suffixes with '-').

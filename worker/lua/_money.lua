@@ -31,12 +31,16 @@ local function add_spend(job_id, micros, field, now, slot)
   redis.call('INCRBY', PFX .. 'spend:total', micros)
   local up = slot_upstream(slot)
   if up then redis.call('INCRBY', k_up(up, 'spend'), micros) end
-  redis.call('INCRBY', PFX .. 'spend:day:' .. utc_day(now), micros)
+  local day = utc_day(now)
+  redis.call('INCRBY', PFX .. 'spend:day:' .. day, micros)
   local batch = exists and redis.call('HGET', ledger, 'batch')
   if batch and batch ~= '' then
     redis.call('INCRBY', PFX .. 'spend:batch:' .. batch, micros)
     redis.call('HINCRBY', k_batch(batch), 'spend_micros', micros)
   end
+  -- the day's spend per pool member and batch: what `upscale reconcile` holds against the
+  -- upstream's books (spend per day and per x-aig-tag)
+  redis.call('HINCRBY', k_spend_day_by(day), (up or '') .. '|' .. (batch or ''), micros)
 end
 
 -- unreserve(token): drop a slot's budget reservation; returns the reserved micros (0 if none).

@@ -513,7 +513,7 @@ class ProducerSettings(Section):
 
 @dataclass(frozen=True, kw_only=True, config=_BY_NAME)
 class OpsSettings(Section):
-    """Logs, the worker's HTTP port, readiness."""
+    """Logs, the worker's HTTP port, readiness, reconciling with the upstream's books."""
 
     log_format: Literal["auto", "json", "console"] = Field(
         default="auto", description="`auto`: console on a terminal, else JSON lines."
@@ -530,6 +530,18 @@ class OpsSettings(Section):
         default=None,
         description="A bucket readiness checks may HEAD (S3 reachable and allowed); unset: "
         "the S3 endpoint answering.",
+    )
+    reconcile_threshold_usd: float = Field(
+        default=0.01,
+        ge=0,
+        description="`upscale reconcile` exits 1 when the ledger and the upstream's books "
+        "differ by more than this (USD) on a day (gateway: a day and batch).",
+    )
+    reconcile_admin_key: SecretStr | None = Field(
+        default=None,
+        description="An Ideogram organisation admin's key, for `upscale reconcile` to read "
+        "`GET /v2/account/usage` (other keys are answered 404); unset: the Ideogram route's "
+        "own key is tried. Never logged.",
     )
 
 

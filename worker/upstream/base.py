@@ -35,6 +35,8 @@ class Output:
     seed: int | None = None
     resolution: str | None = None
     safe: bool = True
+    # the upstream async job it came from: re-read, it signs a fresh link (`worker.results`)
+    upstream_job: str | None = None
 
 
 @dataclass(frozen=True)

@@ -20,8 +20,14 @@ from worker.upstream.http import (
     transport_error,
     unreachable,
 )
+from worker.upstream.schema import schema_shape, shape_check
 
 _TAG_SAFE = re.compile(r"[^A-Za-z0-9._:@\-]")
+
+
+def tag_for(batch: str) -> str:
+    """The `x-aig-tag` a batch's calls carry (the gateway's books are kept per tag)."""
+    return _TAG_SAFE.sub("_", batch)[:128]
 
 
 def knobs(req: UpscaleRequest) -> dict[str, Any]:
@@ -52,7 +58,7 @@ class GatewayUpstream:
     def _headers(self, tag: str | None) -> dict[str, str]:
         h = {"Authorization": f"Bearer {self.s.api_key_value}"}
         if tag:
-            h["x-aig-tag"] = _TAG_SAFE.sub("_", tag)[:128]
+            h["x-aig-tag"] = tag_for(tag)
         return h
 
     def build(self, req: UpscaleRequest) -> httpx.Request:
@@ -133,7 +139,8 @@ class GatewayUpstream:
             )
             if not url_out:
                 raise e.TransientError("async job completed without a result URL", request_id=rid)
-            return CallResult(request_id=rid, outputs=[Output(url=str(url_out))])
+            out = Output(url=str(url_out), upstream_job=pending_id)
+            return CallResult(request_id=rid, outputs=[out])
         if status in ("failed", "error", "cancelled"):
             message, code = e.error_message(json.dumps(data).encode(), "upstream job failed")
             raise e.UpstreamJobFailed(f"async job failed: {message}", code=code, request_id=rid)
@@ -177,6 +184,28 @@ class GatewayUpstream:
                 f"check {env_var('model')}",
             )
         return KeyCheck(True, "key ok")
+
+    async def check_schema(self) -> KeyCheck:
+        """The model's published request shape (`GET /v1/models/{id}/schema`, free) against
+        `image_mode` / `image_field`: a mismatch would pay for calls without the image."""
+        url = f"{self.base}/v1/models/{self.s.model}/schema"
+        try:
+            resp = await self.client.get(url, headers=self._headers(None))
+        except httpx.HTTPError as exc:
+            return KeyCheck(
+                False, unreachable("the gateway", self.base, exc, env_var("gateway_url"))
+            )
+        if resp.status_code == 404:
+            return KeyCheck(
+                True, f"no schema published for {self.s.model}: request shape unchecked"
+            )
+        if not resp.is_success:
+            return KeyCheck(False, f"GET {url} answered HTTP {resp.status_code}")
+        try:
+            shape = schema_shape(resp.json())
+        except (ValueError, TypeError, AttributeError):
+            return KeyCheck(True, f"the schema of {self.s.model} is unreadable: shape unchecked")
+        return shape_check(shape, self.s)
 
     async def aclose(self) -> None:
         await self.client.aclose()
