@@ -14,6 +14,7 @@ import multiprocessing
 import re
 import subprocess
 import sys
+import tempfile
 import time
 
 from rich.console import Console
@@ -27,13 +28,15 @@ def hog() -> None:
         pass
 
 
-def run_suite() -> tuple[int, int, float, list[str]]:
+def run_suite(log: str) -> tuple[int, int, float, list[str]]:
     t0 = time.monotonic()
     p = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rf"],
         capture_output=True,
         text=True,
     )
+    with open(log, "w") as f:  # the whole output, for the failures' tracebacks
+        f.write(p.stdout + p.stderr)
     elapsed = time.monotonic() - t0
     tail = p.stdout.splitlines()[-1] if p.stdout else ""
     passed = int(m.group(1)) if (m := re.search(r"(\d+) passed", tail)) else 0
@@ -61,10 +64,13 @@ def main() -> None:
     try:
         for i in range(1, runs + 1):
             console.print(f"run {i}/{runs}…")
-            passed, failed, elapsed, names = run_suite()
+            log = f"{tempfile.gettempdir()}/under-load-run-{i}.log"
+            passed, failed, elapsed, names = run_suite(log)
             bad += failed > 0
             t.add_row(str(i), str(passed), str(failed), f"{elapsed:.0f} s", ", ".join(names))
-            console.print(f"  {passed} passed, {failed} failed in {elapsed:.0f} s")
+            console.print(f"  {passed} passed, {failed} failed in {elapsed:.0f} s (output: {log})")
+            for name in names:
+                console.print(f"  FAILED {name}")
     finally:
         for p in procs:
             p.terminate()
