@@ -239,7 +239,7 @@ def test_pause_and_resume_one_key_of_the_pool(
     pool = '[{"name": "key-a", "api_key_env": "K_A"}, {"name": "key-b", "api_key_env": "K_B"}]'
     env = _stack_env(stack, UPSCALE_UPSTREAMS=pool, K_A="a", K_B="b")
     r = upscale("pause", "--upstream", "key-c", env=env, cwd=tmp_path)
-    assert_one_line(r, "no upstream key named 'key-c'")
+    assert_one_line(r, "no upstream named 'key-c'")
     assert r.rc == 2
     r = upscale("pause", "--upstream", "key-a", "--json", env=env, cwd=tmp_path)
     assert r.rc == 0 and json.loads(r.out) == {"paused": True, "upstream": "key-a"}
