@@ -31,7 +31,7 @@ from worker.ledger import Ledger
 from worker.runtime import Runtime
 from worker.settings import Settings
 from worker.storage import Storage
-from worker.upstream.base import CallResult, ImageInput, KeyCheck, Output, UpscaleRequest
+from worker.upstream.base import CallResult, ImageInput, KeyCheck, UpscaleRequest, UpstreamOutput
 
 SRC = S3Object.parse("s3://photos/cat.png")
 DEST = S3Object.parse("s3://photos-upscaled/cat@2x.png")
@@ -207,7 +207,7 @@ _request_ids = itertools.count(1)
 def paid_answer(image: bytes | None = None, *, safe: bool = True) -> CallResult:
     """A billed 200 with one inline (b64) output."""
     data = base64.b64encode(image or png(16, 16)).decode()
-    out = Output(b64=data if safe else None, seed=7, resolution="16x16", safe=safe)
+    out = UpstreamOutput(b64=data if safe else None, seed=7, resolution="16x16", safe=safe)
     return CallResult(request_id=f"req-{next(_request_ids)}", outputs=[out])
 
 

@@ -19,7 +19,7 @@ from worker.keys import Keys
 from worker.ledger import Fenced, PaidOutput
 from worker.outcomes import JobFailed, Superseded
 from worker.upstream import errors as ue
-from worker.upstream.base import CallResult, Output
+from worker.upstream.base import CallResult, UpstreamOutput
 
 
 async def _store(job: Job, bought: buy.Bought) -> Stored | Found:
@@ -66,7 +66,9 @@ async def test_a_destination_written_since_the_run_looked_is_not_overwritten(
 async def test_a_result_that_gives_no_output_is_dropped_for_a_new_call(
     r: Redis, result: str
 ) -> None:
-    outputs = [] if result == "no output" else [Output(b64=base64.b64encode(b"junk").decode())]
+    outputs = (
+        [] if result == "no output" else [UpstreamOutput(b64=base64.b64encode(b"junk").decode())]
+    )
     up = FakeUpstream().answer(CallResult(request_id="r1", outputs=outputs))
     async with fakes(r, up) as f:
         job, _ = await f.started()

@@ -29,7 +29,9 @@ class UpscaleRequest:
 
 
 @dataclass(frozen=True)
-class Output:
+class UpstreamOutput:
+    """One image an upstream answered with: where to fetch it (or its bytes), as it says."""
+
     url: str | None = None
     b64: str | None = None
     seed: int | None = None
@@ -57,7 +59,7 @@ class CallResult:
     """A completed (billed) call, or an accepted async job still pending."""
 
     request_id: str | None
-    outputs: list[Output] = field(default_factory=list)
+    outputs: list[UpstreamOutput] = field(default_factory=list)
     pending_id: str | None = None  # 202 async: poll this upstream job id
     rate: RateInfo = field(default_factory=RateInfo)
     replayed: bool = False  # the upstream says it replayed an earlier answer for this key

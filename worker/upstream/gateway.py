@@ -10,8 +10,8 @@ from typing import Any
 import httpx
 
 from worker.settings import UpstreamSettings, env_var
-from worker.upstream import errors as e
-from worker.upstream.base import CallResult, ImageInput, KeyCheck, Output, UpscaleRequest
+from worker.upstream import errors as ue
+from worker.upstream.base import CallResult, ImageInput, KeyCheck, UpscaleRequest, UpstreamOutput
 from worker.upstream.http import (
     fill_rate_headers,
     raise_for_status,
@@ -47,7 +47,7 @@ class GatewayUpstream:
     """Sends the reference image as a URL, a data URL or a multipart file (`image_mode`)."""
 
     def __init__(self, settings: UpstreamSettings, client: httpx.AsyncClient | None = None) -> None:
-        self.s = settings
+        self.settings = settings
         self.base = settings.gateway_url.rstrip("/")
         self.client = client or httpx.AsyncClient(
             timeout=httpx.Timeout(settings.read_timeout_s, connect=settings.connect_timeout_s),
@@ -56,31 +56,34 @@ class GatewayUpstream:
         self.needs_bytes = settings.image_mode in ("data_url", "edits")
 
     def _headers(self, tag: str | None) -> dict[str, str]:
-        h = {"Authorization": f"Bearer {self.s.api_key_value}"}
+        h = {"Authorization": f"Bearer {self.settings.api_key_value}"}
         if tag:
             h["x-aig-tag"] = tag_for(tag)
         return h
 
     def build(self, req: UpscaleRequest) -> httpx.Request:
         """The request, encoded (a data URL's base64 and JSON happen here, not as it leaves)."""
-        if self.s.image_mode == "edits":
+        if self.settings.image_mode == "edits":
             return self._edits_request(req)
         body: dict[str, Any] = {
             "model": req.model,
             "n": 1,
-            "response_format": self.s.response_format,
-            self.s.image_field: self._image_ref(req.image),
+            "response_format": self.settings.response_format,
+            self.settings.image_field: self._image_ref(req.image),
             **knobs(req),
         }
         return self.client.build_request(
-            "POST", self.base + self.s.gateway_path, json=body, headers=self._headers(req.tag)
+            "POST",
+            self.base + self.settings.gateway_path,
+            json=body,
+            headers=self._headers(req.tag),
         )
 
     async def send(self, request: httpx.Request, idempotency_key: str | None) -> CallResult:
         return self._parse(await send_built(self.client, request, idempotency_key))
 
     def _image_ref(self, image: ImageInput) -> str:
-        if self.s.image_mode == "url":
+        if self.settings.image_mode == "url":
             if not image.url:
                 raise ValueError("image_mode=url needs a presigned URL")
             return image.url
@@ -94,13 +97,13 @@ class GatewayUpstream:
         form = {
             "model": req.model,
             "n": "1",
-            "response_format": self.s.response_format,
+            "response_format": self.settings.response_format,
             **{k: str(v) for k, v in knobs(req).items()},
         }
         files = {"image": (req.image.filename, req.image.data, req.image.content_type)}
         return self.client.build_request(
             "POST",
-            self.base + self.s.gateway_edits_path,
+            self.base + self.settings.gateway_edits_path,
             data=form,
             files=files,
             headers=self._headers(req.tag),
@@ -113,13 +116,13 @@ class GatewayUpstream:
         if resp.status_code == 202:
             pending = data.get("id")
             if not pending:
-                raise e.TransientError("202 Accepted without a job id", request_id=rid)
+                raise ue.TransientError("202 Accepted without a job id", request_id=rid)
             return fill_rate_headers(CallResult(request_id=rid, pending_id=str(pending)), resp)
         return fill_rate_headers(CallResult(request_id=rid, outputs=_outputs(data, rid)), resp)
 
     async def poll(self, pending_id: str) -> CallResult:
         """One poll of an async job. Returns a result with outputs, or with pending_id still set."""
-        url = self.base + self.s.gateway_jobs_path.format(id=pending_id)
+        url = self.base + self.settings.gateway_jobs_path.format(id=pending_id)
         try:
             resp = await self.client.get(url, headers=self._headers(None))
         except httpx.HTTPError as exc:
@@ -127,7 +130,7 @@ class GatewayUpstream:
         if resp.status_code == 304:  # polled too soon: nothing new
             return CallResult(request_id=request_id(resp), pending_id=pending_id)
         if resp.status_code == 404:
-            raise e.UpstreamJobLost(f"async job {pending_id} is unknown upstream (expired?)")
+            raise ue.UpstreamJobLost(f"async job {pending_id} is unknown upstream (expired?)")
         raise_for_status(resp)
         data = _json(resp)
         status = str(data.get("status", "")).lower()
@@ -138,12 +141,12 @@ class GatewayUpstream:
                 result.get("file_url") or result.get("url") if isinstance(result, dict) else None
             )
             if not url_out:
-                raise e.TransientError("async job completed without a result URL", request_id=rid)
-            out = Output(url=str(url_out), upstream_job=pending_id)
+                raise ue.TransientError("async job completed without a result URL", request_id=rid)
+            out = UpstreamOutput(url=str(url_out), upstream_job=pending_id)
             return CallResult(request_id=rid, outputs=[out])
         if status in ("failed", "error", "cancelled"):
-            message, code = e.error_message(json.dumps(data).encode(), "upstream job failed")
-            raise e.UpstreamJobFailed(f"async job failed: {message}", code=code, request_id=rid)
+            message, code = ue.error_message(json.dumps(data).encode(), "upstream job failed")
+            raise ue.UpstreamJobFailed(f"async job failed: {message}", code=code, request_id=rid)
         return CallResult(request_id=rid, pending_id=pending_id)
 
     async def check_key(self) -> KeyCheck:
@@ -176,11 +179,11 @@ class GatewayUpstream:
                 False,
                 f"GET {url} is not an OpenAI-compatible model list: check {env_var('gateway_url')}",
             )
-        if models and self.s.model not in models:
+        if models and self.settings.model not in models:
             offered = ", ".join(sorted(models)[:5]) + (", ..." if len(models) > 5 else "")
             return KeyCheck(
                 False,
-                f"model {self.s.model} is not offered by the gateway (offered: {offered}); "
+                f"model {self.settings.model} is not offered by the gateway (offered: {offered}); "
                 f"check {env_var('model')}",
             )
         return KeyCheck(True, "key ok")
@@ -188,7 +191,7 @@ class GatewayUpstream:
     async def check_schema(self) -> KeyCheck:
         """The model's published request shape (`GET /v1/models/{id}/schema`, free) against
         `image_mode` / `image_field`: a mismatch would pay for calls without the image."""
-        url = f"{self.base}/v1/models/{self.s.model}/schema"
+        url = f"{self.base}/v1/models/{self.settings.model}/schema"
         try:
             resp = await self.client.get(url, headers=self._headers(None))
         except httpx.HTTPError as exc:
@@ -197,15 +200,17 @@ class GatewayUpstream:
             )
         if resp.status_code == 404:
             return KeyCheck(
-                True, f"no schema published for {self.s.model}: request shape unchecked"
+                True, f"no schema published for {self.settings.model}: request shape unchecked"
             )
         if not resp.is_success:
             return KeyCheck(False, f"GET {url} answered HTTP {resp.status_code}")
         try:
             shape = schema_shape(resp.json())
         except (ValueError, TypeError, AttributeError):
-            return KeyCheck(True, f"the schema of {self.s.model} is unreadable: shape unchecked")
-        return shape_check(shape, self.s)
+            return KeyCheck(
+                True, f"the schema of {self.settings.model} is unreadable: shape unchecked"
+            )
+        return shape_check(shape, self.settings)
 
     async def aclose(self) -> None:
         await self.client.aclose()
@@ -215,19 +220,19 @@ def _json(resp: httpx.Response) -> dict[str, Any]:
     try:
         data = resp.json()
     except ValueError:
-        raise e.TransientError(
+        raise ue.TransientError(
             f"upstream returned non-JSON (HTTP {resp.status_code})", request_id=request_id(resp)
         ) from None
     if not isinstance(data, dict):
-        raise e.TransientError("upstream returned unexpected JSON", request_id=request_id(resp))
+        raise ue.TransientError("upstream returned unexpected JSON", request_id=request_id(resp))
     return data
 
 
-def _outputs(data: dict[str, Any], rid: str | None) -> list[Output]:
+def _outputs(data: dict[str, Any], rid: str | None) -> list[UpstreamOutput]:
     items = data.get("data")
     if not isinstance(items, list) or not items:
-        raise e.TransientError("upstream response has no data", request_id=rid)
-    outs: list[Output] = []
+        raise ue.TransientError("upstream response has no data", request_id=rid)
+    outs: list[UpstreamOutput] = []
     for item in items:
         if not isinstance(item, dict):
             continue
@@ -235,7 +240,7 @@ def _outputs(data: dict[str, Any], rid: str | None) -> list[Output]:
         safe = item.get("is_image_safe", True) is not False
         seed = item.get("seed")
         outs.append(
-            Output(
+            UpstreamOutput(
                 url=str(url) if url else None,
                 b64=str(b64) if b64 else None,
                 seed=int(seed) if isinstance(seed, int) else None,
@@ -244,5 +249,5 @@ def _outputs(data: dict[str, Any], rid: str | None) -> list[Output]:
             )
         )
     if not outs:
-        raise e.TransientError("upstream response has no usable output", request_id=rid)
+        raise ue.TransientError("upstream response has no usable output", request_id=rid)
     return outs

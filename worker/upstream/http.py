@@ -6,7 +6,7 @@ import re
 
 import httpx
 
-from worker.upstream import errors as e
+from worker.upstream import errors as ue
 from worker.upstream.base import CallResult, RateInfo
 
 _DURATION = re.compile(r"^\s*(?:(\d+(?:\.\d+)?)m(?!s))?\s*(?:(\d+(?:\.\d+)?)s)?\s*(?:(\d+)ms)?\s*$")
@@ -79,49 +79,49 @@ def raise_for_status(resp: httpx.Response) -> None:
     status = resp.status_code
     if status < 400:
         return
-    message, code = e.error_message(resp.content, resp.reason_phrase or f"HTTP {status}")
+    message, code = ue.error_message(resp.content, resp.reason_phrase or f"HTTP {status}")
     rid = request_id(resp)
 
-    def err(cls: type[e.UpstreamError]) -> e.UpstreamError:
+    def err(cls: type[ue.UpstreamError]) -> ue.UpstreamError:
         error = cls(message, status=status, code=code, request_id=rid)
         error.rate = rate_info(resp)
-        e.note_refusal(error, resp.headers, resp.content)
+        ue.note_refusal(error, resp.headers, resp.content)
         return error
 
     if status == 402:
-        raise err(e.OutOfCredits)
+        raise err(ue.OutOfCredits)
     if status == 401:
-        raise err(e.AuthFailed)
+        raise err(ue.AuthFailed)
     if status == 403:
-        raise err(e.Forbidden)
+        raise err(ue.Forbidden)
     if status == 404:
-        raise err(e.ModelNotFound)
+        raise err(ue.ModelNotFound)
     if status == 422:
-        raise err(e.UnsafeContent)
+        raise err(ue.UnsafeContent)
     if status == 429:
         # Ideogram's inflight_limit comes without Retry-After: a short global cooldown is right.
-        retry_after = e.parse_retry_after(
+        retry_after = ue.parse_retry_after(
             resp.headers.get("retry-after"),
             default=parse_reset(resp.headers.get("x-ratelimit-reset-requests")) or 1.0,
         )
-        limited = e.RateLimited(
+        limited = ue.RateLimited(
             message, retry_after=retry_after, status=status, code=code, request_id=rid
         )
         limited.rate = rate_info(resp)
-        e.note_refusal(limited, resp.headers, resp.content)
+        ue.note_refusal(limited, resp.headers, resp.content)
         raise limited
     if status in (400, 413) or 405 <= status < 500:
-        raise err(e.InvalidRequest)
-    raise err(e.TransientError)
+        raise err(ue.InvalidRequest)
+    raise err(ue.TransientError)
 
 
-def transport_error(exc: httpx.HTTPError) -> e.TransientError:
+def transport_error(exc: httpx.HTTPError) -> ue.TransientError:
     """No answer. Before the request left it is a plain transient error; after, the outcome is
     unknown (the upstream may have run and billed it)."""
     if isinstance(exc, _NOT_SENT):
-        return e.TransientError(f"upstream unreachable: {type(exc).__name__}")
+        return ue.TransientError(f"upstream unreachable: {type(exc).__name__}")
     kind = "timed out" if isinstance(exc, httpx.TimeoutException) else "connection lost"
-    return e.OutcomeUnknown(f"upstream {kind} after the request was sent: {type(exc).__name__}")
+    return ue.OutcomeUnknown(f"upstream {kind} after the request was sent: {type(exc).__name__}")
 
 
 def unreachable(what: str, url: str, exc: httpx.HTTPError, fix: str) -> str:

@@ -17,7 +17,7 @@ import httpx
 
 from worker.settings import UpstreamSettings, env_var
 from worker.upstream import deprecation
-from worker.upstream import errors as e
+from worker.upstream import errors as ue
 from worker.upstream.base import CallResult, KeyCheck, UpscaleRequest
 from worker.upstream.gateway import _json, _outputs, knobs
 from worker.upstream.http import (
@@ -42,7 +42,7 @@ class IdeogramUpstream:
     needs_bytes = True  # the direct API takes the file itself
 
     def __init__(self, settings: UpstreamSettings, client: httpx.AsyncClient | None = None) -> None:
-        self.s = settings
+        self.settings = settings
         # a timeout does not stop the work: a synchronous call waits out the whole generation
         read = settings.read_timeout_s
         if not settings.ideogram_async:
@@ -56,7 +56,7 @@ class IdeogramUpstream:
         self.submit_path = url.path or "/"
 
     def _headers(self) -> dict[str, str]:
-        return {"Api-Key": self.s.api_key_value}
+        return {"Api-Key": self.settings.api_key_value}
 
     def build(self, req: UpscaleRequest) -> httpx.Request:
         if req.image.data is None:
@@ -64,8 +64,8 @@ class IdeogramUpstream:
         request: dict[str, Any] = knobs(req)
         form: dict[str, str] = {}
         params: dict[str, str] = {}
-        if self.s.ideogram_async:
-            where = self.s.ideogram_async_param
+        if self.settings.ideogram_async:
+            where = self.settings.ideogram_async_param
             if where == "image_request":
                 request[ASYNC_FLAG] = True
             else:
@@ -74,7 +74,7 @@ class IdeogramUpstream:
         files = {"image_file": (req.image.filename, req.image.data, req.image.content_type)}
         return self.client.build_request(
             "POST",
-            self.s.ideogram_url,
+            self.settings.ideogram_url,
             params=params or None,
             data=form,
             files=files,
@@ -92,7 +92,7 @@ class IdeogramUpstream:
             if not generation:
                 # a 200 that is neither a result nor a generation: it may be running; the
                 # caller counts it as possibly billed (never submitted again blindly)
-                raise e.OutcomeUnknown("the submit's answer has no generation id", request_id=rid)
+                raise ue.OutcomeUnknown("the submit's answer has no generation id", request_id=rid)
             return fill_rate_headers(CallResult(request_id=rid, pending_id=str(generation)), resp)
         return fill_rate_headers(
             CallResult(request_id=rid, outputs=_outputs(data, rid), cost_micros=_cost(data)), resp
@@ -101,7 +101,7 @@ class IdeogramUpstream:
     async def poll(self, pending_id: str) -> CallResult:
         """One read of the generation: a result with outputs (completed), or `pending_id` still
         set. A failed generation raises `UpstreamJobFailed` (free: it may be submitted again)."""
-        path = self.s.ideogram_generations_path
+        path = self.settings.ideogram_generations_path
         try:
             resp = await self.client.get(
                 self.origin + path.format(id=pending_id), headers=self._headers()
@@ -110,7 +110,7 @@ class IdeogramUpstream:
             raise transport_error(exc) from None
         deprecation.note(resp, path, _body(resp))
         if resp.status_code == 404:
-            raise e.UpstreamJobLost(f"generation {pending_id} is unknown upstream")
+            raise ue.UpstreamJobLost(f"generation {pending_id} is unknown upstream")
         raise_for_status(resp)
         data = _json(resp)
         status = str(data.get("status", "")).lower()
@@ -121,14 +121,14 @@ class IdeogramUpstream:
             )
         if status == FAILED:
             reason = data.get("failure_reason") or "no reason given"
-            raise e.UpstreamJobFailed(
+            raise ue.UpstreamJobFailed(
                 f"generation {pending_id} failed: {reason}", request_id=pending_id
             )
         return CallResult(request_id=request_id(resp), pending_id=pending_id)
 
     async def check_key(self) -> KeyCheck:
         # Reading a generation is free: an unknown id answers 404 for a good key, 401 for a bad.
-        path = self.s.ideogram_generations_path
+        path = self.settings.ideogram_generations_path
         url = self.origin + path.format(id=_PROBE_ID)
         try:
             resp = await self.client.get(url, headers=self._headers())
