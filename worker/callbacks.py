@@ -23,6 +23,7 @@ import structlog
 from arq import ArqRedis, Retry
 
 from worker.contract import QUEUE_NAME, Keys
+from worker.ledger.records import CallbackState
 from worker.report.batch import batch_end
 from worker.report.job import queue_report
 from worker.runtime import Runtime
@@ -101,7 +102,9 @@ async def notify(ctx: dict[str, Any], kind: str, ident: str) -> str:
         ledger_key = Keys.batch(ident)
     if not url:
         return "no callback"
-    tries = int(await rt.redis.hincrby(ledger_key, "callback_attempts", 1))  # type: ignore[misc]
+    tries = await rt.ledger.callback_try(ledger_key)
+    if tries == 0:
+        return "record gone"  # its retention ended meanwhile: nothing to tell about
     try:
         check_url(str(url), s)
     except CallbackRefused as e:
@@ -134,12 +137,5 @@ async def notify(ctx: dict[str, Any], kind: str, ident: str) -> str:
     raise Retry(defer=delay)
 
 
-async def _record(rt: Runtime, key: str, state: str, detail: str) -> None:
-    await rt.redis.hset(  # type: ignore[misc]
-        key,
-        mapping={
-            "callback_state": state,
-            "callback_detail": detail,
-            "callback_at": int(time.time()),
-        },
-    )
+async def _record(rt: Runtime, key: str, state: CallbackState, detail: str) -> None:
+    await rt.ledger.callback_state(key, state, detail)

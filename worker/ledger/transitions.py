@@ -32,6 +32,7 @@ from worker.keys import (
 )
 from worker.ledger.reads import LedgerReads, text
 from worker.ledger.records import (
+    CallbackState,
     CallJournal,
     CancelOutcome,
     EnqueueOutcome,
@@ -102,6 +103,7 @@ class Ledger(LedgerReads):
                 "reclaim",
                 "heal",
                 "cancel",
+                "callback_mark",
             )
         }
 
@@ -390,6 +392,15 @@ class Ledger(LedgerReads):
         )
         if text(reply) == "fenced":
             raise Fenced(job_id)
+
+    # -- completion notices ---------------------------------------------------------------
+    async def callback_try(self, record_key: str) -> int:
+        """One more delivery attempt of a notice about `record_key`; returns the attempts so
+        far (0: the record is gone)."""
+        return int(await self._run("callback_mark", [record_key], ["try", "", 0]))
+
+    async def callback_state(self, record_key: str, state: CallbackState, detail: str) -> None:
+        await self._run("callback_mark", [record_key], [state, detail, int(time.time())])
 
     # -- cancel (any producer) ------------------------------------------------------------
     async def cancel(self, job_ids: list[str], *, chunk: int = 1000) -> list[CancelOutcome]:
