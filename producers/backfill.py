@@ -77,6 +77,9 @@ class Backfill:
         self.guard_prefix = self._destination_prefix() if self.bucket else None
         self._report_uri = settings.jobs.report_uri or ""  # read once: this runs per key
         self._flushing: asyncio.Task[None] | None = None
+        # a chunk must fit the bulk lane's back-pressure limit, or it would wait for ever
+        limit = plan.max_queue or bulk_limit(settings)
+        self._chunk = max(1, min(plan.chunk, limit // 2))
         self._lister: OrderedLister | None = None
 
     def _destination_prefix(self) -> str | None:
@@ -156,7 +159,7 @@ class Backfill:
                         continue
                     pending.append(self.maker.job(entry, dst, listed))
                     stats.dest_listed += listed
-                    if len(pending) >= self.plan.chunk:
+                    if len(pending) >= self._chunk:
                         await self._flush(pending, stats, ck, entry.cursor)
                         pending = []
                 if stats.budget_stop or stats.cancelled:
