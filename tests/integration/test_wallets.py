@@ -47,7 +47,9 @@ class Jobs:
             self.ids.append(new[-1])
         return new
 
-    async def succeed(self, ids: list[str], timeout: float = 60) -> None:
+    async def succeed(self, ids: list[str], timeout: float = 180) -> None:
+        # the bound of a failure only: worker processes starting on a loaded machine take
+        # tens of seconds (60 s was seen to run out with a CPU hog and a second suite beside)
         for j in ids:
             rec = await wait_state(self.producer, j, "succeeded", "failed", timeout=timeout)
             assert rec.state == "succeeded", rec.error
