@@ -13,8 +13,9 @@ import pytest
 
 from infra.stack import LocalStack
 from producers.api import Producer
-from tests.faults import Fault, Report, Run, in_flight, nothing, scenario
+from tests.faults import Fault, Report, Run, in_flight, nothing
 from tests.integration.conftest import Buckets, Sim, WorkerProcs
+from tests.integration.test_faults import _run as run_scenario
 from worker.keys import Keys
 
 pytestmark = pytest.mark.slow
@@ -35,22 +36,20 @@ async def _run(
     procs: int,
     sim_config: dict[str, Any],
 ) -> Report:
+    """`test_faults._run` on the direct route (UPSCALE_ROUTE=ideogram)."""
     direct = {"route": "ideogram", "ideogram_url": f"{stack.simulator_url}/upscale"}
-    report = await scenario(
+    return await run_scenario(
         stack,
         producer,
-        name=name,
-        src_bucket=buckets.src,
-        dest_bucket=buckets.dest,
-        start_worker=lambda: workers.start(1, log_level="WARNING", **direct)[0],
+        buckets,
+        workers,
+        name,
+        fault,
         jobs=jobs,
         procs=procs,
-        fault=fault,
         sim_config=sim_config,
-        deadline_s=DEADLINE_S,
+        worker_env=direct,
     )
-    print(report)
-    return report
 
 
 def _submits(stats: dict[str, Any]) -> int:

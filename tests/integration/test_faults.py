@@ -8,7 +8,7 @@ import asyncio
 import signal
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import httpx
@@ -56,14 +56,17 @@ async def _run(
     jobs: int,
     procs: int = 2,
     sim_config: dict[str, object] | None = None,
+    worker_env: Mapping[str, object] | None = None,
 ) -> Report:
+    """One scenario (`tests.faults.scenario`) with workers at default settings (`worker_env`:
+    what a route needs beyond them)."""
     report = await scenario(
         stack,
         producer,
         name=name,
         src_bucket=buckets.src,
         dest_bucket=buckets.dest,
-        start_worker=_starter(workers),
+        start_worker=_starter(workers, **(worker_env or {})),
         jobs=jobs,
         procs=procs,
         fault=fault,
